@@ -1,0 +1,203 @@
+//! The normative Segment -> Pointillist mapping (`shared/spec/pointillist.md`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::JsonMap;
+use crate::error::ValidationError;
+use crate::event::{EventTime, PointillistEvent};
+use crate::message::{Id, MessageType};
+use crate::validate::ValidMessage;
+
+/// The destination name used in a message's `integrations` object.
+pub const POINTILLIST: &str = "Pointillist";
+
+/// The mapping's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapConfig {
+    /// The `eventSource` of every event.
+    pub event_source: String,
+    /// The primary actor type.
+    pub actor_type: String,
+}
+
+impl Default for MapConfig {
+    fn default() -> Self {
+        Self {
+            event_source: "segment".into(),
+            actor_type: "customer".into(),
+        }
+    }
+}
+
+/// Maps validated Segment messages to Pointillist events.
+#[derive(Debug, Clone)]
+pub struct Mapper {
+    config: MapConfig,
+}
+
+/// The secondary actor type of a group call.
+const ACCOUNT: &str = "account";
+
+impl Mapper {
+    /// A mapper with the given settings.
+    pub fn new(config: MapConfig) -> Self {
+        Self { config }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &MapConfig {
+        &self.config
+    }
+
+    /// Maps one message. It fails only when the message has no usable time
+    /// (`missing_timestamp`); routing (`integrations`) is the caller's decision, see
+    /// [`crate::Message::is_enabled_for`].
+    pub fn map(&self, valid: ValidMessage) -> Result<PointillistEvent, ValidationError> {
+        let event_time = EventTime(valid.event_time()?);
+        let kind = valid.kind();
+        let m = valid.into_message();
+        let mut attrs = Attributes::default();
+        let mut customer = BTreeMap::new();
+        let mut actors = BTreeMap::new();
+        let event_type;
+
+        match kind {
+            MessageType::Alias => {
+                insert_id(&mut customer, "userId", m.user_id);
+                insert_id(&mut customer, "previousId", m.previous_id);
+                event_type = kind.as_str().to_owned();
+            }
+            _ => {
+                insert_id(&mut customer, "userId", m.user_id);
+                insert_id(&mut customer, "anonymousId", m.anonymous_id);
+                let mut context = m.context.unwrap_or_default();
+                match kind {
+                    MessageType::Identify => {
+                        event_type = kind.as_str().to_owned();
+                        let traits = m.traits.or_else(|| take_object(&mut context, "traits"));
+                        attrs.flatten("", traits);
+                    }
+                    MessageType::Group => {
+                        event_type = kind.as_str().to_owned();
+                        let mut account = BTreeMap::new();
+                        insert_id(&mut account, "groupId", m.group_id);
+                        actors.insert(ACCOUNT.to_owned(), account);
+                        attrs.flatten("group", m.traits);
+                    }
+                    MessageType::Track | MessageType::Page | MessageType::Screen => {
+                        attrs.flatten("trait", take_object(&mut context, "traits"));
+                        attrs.flatten("device", take_object(&mut context, "device"));
+                        attrs.flatten("campaign", take_object(&mut context, "campaign"));
+                        attrs.flatten("location", take_object(&mut context, "location"));
+                        attrs.flatten("", m.properties);
+                        event_type = match kind {
+                            MessageType::Track => m.event.unwrap_or_default(),
+                            _ => kind.as_str().to_owned(),
+                        };
+                        // The call's own fields win over properties of the same name.
+                        if let Some(name) = m.name {
+                            attrs.label("name".to_owned(), name);
+                        }
+                        if kind == MessageType::Page {
+                            if let Some(category) = m.category {
+                                attrs.label("category".to_owned(), category);
+                            }
+                        }
+                    }
+                    MessageType::Alias => unreachable!("handled above"),
+                }
+            }
+        }
+        if let Some(id) = m.message_id {
+            attrs.label("messageId".to_owned(), id);
+        }
+        actors.insert(self.config.actor_type.clone(), customer);
+        Ok(PointillistEvent {
+            event_source: self.config.event_source.clone(),
+            event_type,
+            event_time,
+            actors,
+            labels: attrs.labels,
+            numbers: attrs.numbers,
+        })
+    }
+}
+
+fn insert_id(actor: &mut BTreeMap<String, String>, name: &str, id: Option<Id>) {
+    if let Some(text) = id.and_then(Id::into_text) {
+        actor.insert(name.to_owned(), text);
+    }
+}
+
+fn take_object(context: &mut JsonMap, key: &str) -> Option<JsonMap> {
+    match context.remove(key)? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// Labels and numbers being built; a key lives in only one of the two, the last
+/// written wins.
+#[derive(Default)]
+struct Attributes {
+    labels: BTreeMap<String, String>,
+    numbers: BTreeMap<String, serde_json::Number>,
+}
+
+impl Attributes {
+    fn label(&mut self, key: String, value: String) {
+        if !self.numbers.is_empty() {
+            self.numbers.remove(&key);
+        }
+        self.labels.insert(key, value);
+    }
+
+    fn number(&mut self, key: String, value: serde_json::Number) {
+        if !self.labels.is_empty() {
+            self.labels.remove(&key);
+        }
+        self.numbers.insert(key, value);
+    }
+
+    /// Flattens `object` under `prefix` (`""` for none): nested objects join keys with
+    /// `.`, strings become labels, booleans the labels `"true"`/`"false"`, numbers
+    /// numbers, arrays labels of their compact JSON, nulls nothing.
+    fn flatten(&mut self, prefix: &str, object: Option<JsonMap>) {
+        if let Some(object) = object {
+            let mut path = String::from(prefix);
+            self.flatten_into(&mut path, object);
+        }
+    }
+
+    fn flatten_into(&mut self, path: &mut String, object: JsonMap) {
+        for (key, value) in object {
+            let key = if path.is_empty() {
+                key
+            } else {
+                let mut full = String::with_capacity(path.len() + 1 + key.len());
+                full.push_str(path);
+                full.push('.');
+                full.push_str(&key);
+                full
+            };
+            match value {
+                Value::Null => {}
+                Value::String(s) => self.label(key, s),
+                Value::Bool(b) => self.label(key, b.to_string()),
+                Value::Number(n) => self.number(key, n),
+                Value::Array(items) => {
+                    let text = serde_json::to_string(&items).unwrap_or_default();
+                    self.label(key, text);
+                }
+                Value::Object(inner) => {
+                    let mut inner_path = key;
+                    self.flatten_into(&mut inner_path, inner);
+                }
+            }
+        }
+    }
+}

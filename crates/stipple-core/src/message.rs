@@ -1,0 +1,331 @@
+//! The Segment message model. Fields Stipple reads are typed; every other field is kept
+//! in [`Message::other`] so a message survives a parse/serialise round trip unchanged.
+
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::JsonMap;
+
+/// The six Segment calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageType {
+    /// Who the user is, with traits.
+    Identify,
+    /// Something the user did.
+    Track,
+    /// A web page view.
+    Page,
+    /// A mobile screen view.
+    Screen,
+    /// The user joins a group (an account).
+    Group,
+    /// Two user identities are the same person.
+    Alias,
+}
+
+impl MessageType {
+    /// Every call type, in Segment's documentation order.
+    pub const ALL: [MessageType; 6] = [
+        Self::Identify,
+        Self::Track,
+        Self::Page,
+        Self::Screen,
+        Self::Group,
+        Self::Alias,
+    ];
+
+    /// Reads a `type` value.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "identify" => Self::Identify,
+            "track" => Self::Track,
+            "page" => Self::Page,
+            "screen" => Self::Screen,
+            "group" => Self::Group,
+            "alias" => Self::Alias,
+            _ => return None,
+        })
+    }
+
+    /// The `type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identify => "identify",
+            Self::Track => "track",
+            Self::Page => "page",
+            Self::Screen => "screen",
+            Self::Group => "group",
+            Self::Alias => "alias",
+        }
+    }
+}
+
+impl fmt::Display for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An identifier (`userId`, `anonymousId`, `groupId`, `previousId`): clients send
+/// strings, some send numbers. Kept as sent; [`Id::to_text`] gives the decimal text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Id {
+    /// A string identifier.
+    String(String),
+    /// A numeric identifier.
+    Number(serde_json::Number),
+}
+
+impl Id {
+    /// The identifier as text; `None` when it is an empty string.
+    pub fn to_text(&self) -> Option<String> {
+        match self {
+            Id::String(s) if s.is_empty() => None,
+            Id::String(s) => Some(s.clone()),
+            Id::Number(n) => Some(n.to_string()),
+        }
+    }
+
+    /// Like [`Id::to_text`], consuming the identifier.
+    pub fn into_text(self) -> Option<String> {
+        match self {
+            Id::String(s) if s.is_empty() => None,
+            Id::String(s) => Some(s),
+            Id::Number(n) => Some(n.to_string()),
+        }
+    }
+
+    /// True for an empty string.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Id::String(s) if s.is_empty())
+    }
+}
+
+impl Serialize for Id {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Id::String(v) => s.serialize_str(v),
+            Id::Number(n) => n.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl Visitor<'_> for IdVisitor {
+            type Value = Id;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
+                Ok(Id::String(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Id, E> {
+                Ok(Id::String(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id, E> {
+                Ok(Id::Number(v.into()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Id, E> {
+                Ok(Id::Number(v.into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Id, E> {
+                serde_json::Number::from_f64(v)
+                    .map(Id::Number)
+                    .ok_or_else(|| E::custom("identifier is not a finite number"))
+            }
+        }
+        d.deserialize_any(IdVisitor)
+    }
+}
+
+/// One Segment message, as a client sends it (before validation).
+///
+/// Reading is lenient: every field is optional, and [`Message::validate`] says what is
+/// missing. Unknown fields (`version`, `_metadata`, …) are kept in `other`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    /// `type`: identify, track, page, screen, group or alias.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Unique message id, used for deduplication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// The known user's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Id>,
+    /// The device or browser's anonymous id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anonymous_id: Option<Id>,
+    /// alias: the id being merged into `userId`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_id: Option<Id>,
+    /// group: the group (account) id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<Id>,
+    /// track: the event name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// page / screen: the page or screen name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// page: the page category.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// When the event happened (after clock-skew correction, once the ingress took it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    /// The `timestamp` the client sent, set by the ingress.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_timestamp: Option<String>,
+    /// When the client sent the message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<String>,
+    /// When the ingress received the message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<String>,
+    /// track / page / screen properties.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub properties: Option<JsonMap>,
+    /// identify / group traits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traits: Option<JsonMap>,
+    /// The `context` object (device, campaign, location, traits, personas, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<JsonMap>,
+    /// Per-destination switches: `{"All": false, "Pointillist": true}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrations: Option<JsonMap>,
+    /// Every other field, kept as sent.
+    #[serde(flatten)]
+    pub other: JsonMap,
+}
+
+impl Message {
+    /// The object `context.<key>`, when present and an object.
+    pub fn context_object(&self, key: &str) -> Option<&JsonMap> {
+        self.context.as_ref()?.get(key)?.as_object()
+    }
+
+    /// `context.personas`, present on Engage audience and computed-trait calls.
+    pub fn personas(&self) -> Option<&JsonMap> {
+        self.context_object("personas")
+    }
+
+    /// Whether this message is to be delivered to `destination` according to its
+    /// `integrations` object: `"<destination>": false` turns it off, and so does
+    /// `"All": false` unless the destination is named with anything but `false`.
+    pub fn is_enabled_for(&self, destination: &str) -> bool {
+        let Some(integrations) = &self.integrations else {
+            return true;
+        };
+        match integrations.get(destination) {
+            Some(serde_json::Value::Bool(false)) => false,
+            Some(_) => true,
+            None => !matches!(
+                integrations.get("All"),
+                Some(serde_json::Value::Bool(false))
+            ),
+        }
+    }
+}
+
+// Hand-written rather than derived: `#[serde(flatten)]` on deserialisation buffers the
+// whole message, which costs a large share of the mapping's time.
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MessageVisitor;
+        impl<'de> Visitor<'de> for MessageVisitor {
+            type Value = Message;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a Segment message (a JSON object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+                let mut m = Message::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match &*key {
+                        "type" => m.kind = map.next_value()?,
+                        "messageId" => m.message_id = map.next_value()?,
+                        "userId" => m.user_id = map.next_value()?,
+                        "anonymousId" => m.anonymous_id = map.next_value()?,
+                        "previousId" => m.previous_id = map.next_value()?,
+                        "groupId" => m.group_id = map.next_value()?,
+                        "event" => m.event = map.next_value()?,
+                        "name" => m.name = map.next_value()?,
+                        "category" => m.category = map.next_value()?,
+                        "timestamp" => m.timestamp = map.next_value()?,
+                        "originalTimestamp" => m.original_timestamp = map.next_value()?,
+                        "sentAt" => m.sent_at = map.next_value()?,
+                        "receivedAt" => m.received_at = map.next_value()?,
+                        "properties" => m.properties = map.next_value()?,
+                        "traits" => m.traits = map.next_value()?,
+                        "context" => m.context = map.next_value()?,
+                        "integrations" => m.integrations = map.next_value()?,
+                        _ => {
+                            let value = map.next_value()?;
+                            m.other.insert(key.into_owned(), value);
+                        }
+                    }
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(MessageVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_fields_survive_a_round_trip() {
+        let input = json!({
+            "type": "track", "event": "E", "userId": 42, "anonymousId": "a",
+            "version": 2, "_metadata": {"bundled": ["x"]}, "writeKey": "wk",
+            "properties": {"a": [1, {"b": null}]}, "context": {"library": {"name": "x"}},
+            "integrations": {"All": false}, "timestamp": "2026-01-01T00:00:00Z"
+        });
+        let message: Message = serde_json::from_value(input.clone()).unwrap();
+        assert_eq!(message.user_id, Some(Id::Number(42.into())));
+        assert_eq!(serde_json::to_value(&message).unwrap(), input);
+    }
+
+    #[test]
+    fn wrong_field_types_are_errors_not_panics() {
+        for bad in [
+            json!({"userId": true}),
+            json!({"properties": "x"}),
+            json!([1]),
+            json!(3),
+        ] {
+            assert!(serde_json::from_value::<Message>(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn integrations_routing() {
+        fn check(integrations: serde_json::Value, expected: bool) {
+            let m = Message {
+                integrations: integrations.as_object().cloned(),
+                ..Message::default()
+            };
+            assert_eq!(m.is_enabled_for("Pointillist"), expected, "{integrations}");
+        }
+        check(json!(null), true);
+        check(json!({}), true);
+        check(json!({"Pointillist": false}), false);
+        check(json!({"Pointillist": true}), true);
+        check(json!({"All": false}), false);
+        check(json!({"All": false, "Pointillist": true}), true);
+        check(json!({"All": false, "Pointillist": {"setting": 1}}), true);
+        check(json!({"All": true, "Pointillist": false}), false);
+        check(json!({"All": false, "Amplitude": true}), false);
+        check(json!({"Amplitude": false}), true);
+    }
+}

@@ -1,0 +1,319 @@
+//! Validation of one Segment message and the timestamp work the ingress does on it.
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{ErrorCode, ValidationError};
+use crate::message::{Id, Message, MessageType};
+use crate::time::{format_timestamp, parse_timestamp};
+
+/// Segment's limit: a `messageId` is under 100 characters.
+pub const MAX_MESSAGE_ID_LEN: usize = 100;
+
+/// A message that passed [`Message::validate`]: its type is known and the fields its
+/// call needs are there, and every timestamp it carries parses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidMessage {
+    message: Message,
+    kind: MessageType,
+}
+
+fn present(id: &Option<Id>) -> bool {
+    id.as_ref().is_some_and(|id| !id.is_empty())
+}
+
+fn check_time(
+    field: &str,
+    value: &Option<String>,
+) -> Result<Option<DateTime<Utc>>, ValidationError> {
+    match value {
+        None => Ok(None),
+        Some(text) => parse_timestamp(text).map(Some).ok_or_else(|| {
+            ValidationError::new(
+                ErrorCode::InvalidTimestamp,
+                format!("{field} {text:?} is not an ISO-8601 date-time"),
+            )
+        }),
+    }
+}
+
+impl Message {
+    /// Checks the message against Segment's rules: a known `type`; `userId` or
+    /// `anonymousId`; alias needs `userId` and `previousId`; group needs `groupId`;
+    /// track needs a non-empty `event`; timestamps parse; `messageId`, when given, is
+    /// non-empty and under [`MAX_MESSAGE_ID_LEN`] characters.
+    pub fn validate(self) -> Result<ValidMessage, ValidationError> {
+        let kind = match self.kind.as_deref() {
+            None => {
+                return Err(ValidationError::new(
+                    ErrorCode::MissingType,
+                    "the message has no \"type\"",
+                ));
+            }
+            Some(text) => MessageType::parse(text).ok_or_else(|| {
+                ValidationError::new(
+                    ErrorCode::InvalidType,
+                    format!(
+                        "type {text:?} is not one of identify, track, page, screen, group, alias"
+                    ),
+                )
+            })?,
+        };
+        if !present(&self.user_id) && !present(&self.anonymous_id) {
+            return Err(ValidationError::new(
+                ErrorCode::NoUserAnonId,
+                "userId or anonymousId is required",
+            ));
+        }
+        match kind {
+            MessageType::Track if self.event.as_deref().is_none_or(|e| e.trim().is_empty()) => {
+                return Err(ValidationError::new(
+                    ErrorCode::MissingEvent,
+                    "a track call needs a non-empty \"event\"",
+                ));
+            }
+            MessageType::Group if !present(&self.group_id) => {
+                return Err(ValidationError::new(
+                    ErrorCode::MissingGroupId,
+                    "a group call needs \"groupId\"",
+                ));
+            }
+            MessageType::Alias if !present(&self.user_id) => {
+                return Err(ValidationError::new(
+                    ErrorCode::MissingUserId,
+                    "an alias call needs \"userId\"",
+                ));
+            }
+            MessageType::Alias if !present(&self.previous_id) => {
+                return Err(ValidationError::new(
+                    ErrorCode::MissingPreviousId,
+                    "an alias call needs \"previousId\"",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(id) = &self.message_id {
+            if id.is_empty() || id.chars().count() >= MAX_MESSAGE_ID_LEN {
+                return Err(ValidationError::new(
+                    ErrorCode::InvalidMessageId,
+                    format!(
+                        "messageId must be 1 to {} characters",
+                        MAX_MESSAGE_ID_LEN - 1
+                    ),
+                ));
+            }
+        }
+        check_time("timestamp", &self.timestamp)?;
+        check_time("originalTimestamp", &self.original_timestamp)?;
+        check_time("sentAt", &self.sent_at)?;
+        check_time("receivedAt", &self.received_at)?;
+        Ok(ValidMessage {
+            message: self,
+            kind,
+        })
+    }
+}
+
+impl ValidMessage {
+    /// The call type.
+    pub fn kind(&self) -> MessageType {
+        self.kind
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// Gives the message back.
+    pub fn into_message(self) -> Message {
+        self.message
+    }
+
+    /// Sets `messageId` with `make` when the client sent none.
+    pub fn ensure_message_id(&mut self, make: impl FnOnce() -> String) {
+        if self.message.message_id.is_none() {
+            self.message.message_id = Some(make());
+        }
+    }
+
+    /// Sets the body-level `sentAt` of a batch on an item that has none of its own.
+    pub fn inherit_sent_at(&mut self, sent_at: &str) -> Result<(), ValidationError> {
+        if self.message.sent_at.is_none() {
+            let parsed = Some(sent_at.to_owned());
+            check_time("sentAt", &parsed)?;
+            self.message.sent_at = parsed;
+        }
+        Ok(())
+    }
+
+    /// What the ingress does on receipt: `receivedAt` is its clock, `originalTimestamp`
+    /// the client's `timestamp`, and `timestamp` is corrected for the client's clock
+    /// skew: `receivedAt - (sentAt - originalTimestamp)` when the client sent both,
+    /// its own `timestamp` when it sent no `sentAt`, `receivedAt` when it sent no time.
+    ///
+    /// Applying it twice with the same `received_at` changes nothing more.
+    pub fn apply_received_at(&mut self, received_at: DateTime<Utc>) {
+        let m = &mut self.message;
+        let original = m
+            .original_timestamp
+            .as_deref()
+            .or(m.timestamp.as_deref())
+            .and_then(parse_timestamp);
+        let sent_at = m.sent_at.as_deref().and_then(parse_timestamp);
+        let corrected = match (original, sent_at) {
+            (Some(original), Some(sent_at)) => received_at - (sent_at - original),
+            (Some(original), None) => original,
+            (None, _) => received_at,
+        };
+        if m.original_timestamp.is_none() {
+            m.original_timestamp = m.timestamp.take();
+        }
+        m.timestamp = Some(format_timestamp(corrected));
+        m.received_at = Some(format_timestamp(received_at));
+    }
+
+    /// The time the Pointillist event carries: `timestamp`, or else `receivedAt`, or
+    /// else `originalTimestamp`.
+    pub fn event_time(&self) -> Result<DateTime<Utc>, ValidationError> {
+        let m = &self.message;
+        [&m.timestamp, &m.received_at, &m.original_timestamp]
+            .into_iter()
+            .find_map(|t| t.as_deref().and_then(parse_timestamp))
+            .ok_or_else(|| {
+                ValidationError::new(
+                    ErrorCode::MissingTimestamp,
+                    "the message has no timestamp and no receivedAt",
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(input: serde_json::Value, expected: Option<ErrorCode>) {
+        let message: Message = serde_json::from_value(input.clone()).unwrap();
+        assert_eq!(
+            message.validate().err().map(|e| e.code),
+            expected,
+            "{input}"
+        );
+    }
+
+    #[test]
+    fn segment_rules() {
+        use ErrorCode::*;
+        check(json!({"type": "track", "event": "E", "userId": "u"}), None);
+        check(
+            json!({"type": "track", "event": "E", "anonymousId": "a"}),
+            None,
+        );
+        check(json!({"type": "identify", "userId": 7}), None);
+        check(json!({"event": "E", "userId": "u"}), Some(MissingType));
+        check(
+            json!({"type": "Track", "event": "E", "userId": "u"}),
+            Some(InvalidType),
+        );
+        check(json!({"type": "track", "event": "E"}), Some(NoUserAnonId));
+        check(
+            json!({"type": "track", "event": "E", "userId": "", "anonymousId": ""}),
+            Some(NoUserAnonId),
+        );
+        check(json!({"type": "track", "userId": "u"}), Some(MissingEvent));
+        check(
+            json!({"type": "track", "event": "  ", "userId": "u"}),
+            Some(MissingEvent),
+        );
+        check(
+            json!({"type": "group", "userId": "u"}),
+            Some(MissingGroupId),
+        );
+        check(
+            json!({"type": "group", "userId": "u", "groupId": "g"}),
+            None,
+        );
+        check(
+            json!({"type": "alias", "anonymousId": "a", "previousId": "p"}),
+            Some(MissingUserId),
+        );
+        check(
+            json!({"type": "alias", "userId": "u"}),
+            Some(MissingPreviousId),
+        );
+        check(
+            json!({"type": "alias", "userId": "u", "previousId": "p"}),
+            None,
+        );
+        check(
+            json!({"type": "page", "userId": "u", "timestamp": "noon"}),
+            Some(InvalidTimestamp),
+        );
+        check(
+            json!({"type": "page", "userId": "u", "sentAt": "x"}),
+            Some(InvalidTimestamp),
+        );
+        check(
+            json!({"type": "page", "userId": "u", "messageId": ""}),
+            Some(InvalidMessageId),
+        );
+        check(
+            json!({"type": "page", "userId": "u", "messageId": "x".repeat(100)}),
+            Some(InvalidMessageId),
+        );
+        check(
+            json!({"type": "page", "userId": "u", "messageId": "x".repeat(99)}),
+            None,
+        );
+    }
+
+    fn stamped(input: serde_json::Value, received_at: &str) -> Message {
+        let message: Message = serde_json::from_value(input).unwrap();
+        let mut valid = message.validate().unwrap();
+        valid.apply_received_at(parse_timestamp(received_at).unwrap());
+        valid.into_message()
+    }
+
+    #[test]
+    fn clock_skew_is_corrected_from_sent_at() {
+        // The client's clock is 1 h fast: it says it sent at 13:00:10 what happened at 13:00:00.
+        let m = stamped(
+            json!({"type": "track", "event": "E", "userId": "u",
+                   "timestamp": "2026-11-28T13:00:00Z", "sentAt": "2026-11-28T13:00:10Z"}),
+            "2026-11-28T12:00:10.5Z",
+        );
+        assert_eq!(m.timestamp.as_deref(), Some("2026-11-28T12:00:00.500Z"));
+        assert_eq!(
+            m.original_timestamp.as_deref(),
+            Some("2026-11-28T13:00:00Z")
+        );
+        assert_eq!(m.received_at.as_deref(), Some("2026-11-28T12:00:10.500Z"));
+    }
+
+    #[test]
+    fn timestamp_stands_without_sent_at_and_received_at_fills_a_missing_one() {
+        let m = stamped(
+            json!({"type": "track", "event": "E", "userId": "u", "timestamp": "2020-01-01T00:00:00Z"}),
+            "2026-11-28T12:00:00Z",
+        );
+        assert_eq!(m.timestamp.as_deref(), Some("2020-01-01T00:00:00.000Z"));
+        let m = stamped(
+            json!({"type": "track", "event": "E", "userId": "u"}),
+            "2026-11-28T12:00:00Z",
+        );
+        assert_eq!(m.timestamp.as_deref(), Some("2026-11-28T12:00:00.000Z"));
+        assert_eq!(m.original_timestamp, None);
+    }
+
+    #[test]
+    fn stamping_twice_is_stable() {
+        let once = stamped(
+            json!({"type": "track", "event": "E", "userId": "u",
+                   "timestamp": "2026-11-28T13:00:00Z", "sentAt": "2026-11-28T13:00:10Z"}),
+            "2026-11-28T12:00:10Z",
+        );
+        let twice = stamped(serde_json::to_value(&once).unwrap(), "2026-11-28T12:00:10Z");
+        assert_eq!(once, twice);
+    }
+}

@@ -1,0 +1,1 @@
+//! Delivery workers: lease, map, send, retry, dead-letter. Not built yet (issue 3).

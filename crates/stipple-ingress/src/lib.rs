@@ -1,0 +1,1 @@
+//! The Segment HTTP Tracking API ingress. Not built yet (issue 3).
