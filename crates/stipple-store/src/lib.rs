@@ -1,1 +1,190 @@
-//! The durable store: queue, dedup window, dead letters and rejected input. Not built yet (issue 3).
+//! Stipple's durable store: the delivery queue, the per-source `messageId` dedup window,
+//! dead letters and rejected input, behind one [`Store`] trait.
+//!
+//! The embedded default is SQLite (`sqlite://PATH`); the trait is shaped so that a
+//! PostgreSQL store can let several instances share one queue.
+//!
+//! Architecture invariants:
+//! - [`Store::append`] returns only once everything it was given is durably committed;
+//!   the ingress answers 200 only after it returns.
+//! - Delivery is at-least-once: an event leased and neither acknowledged, retried nor
+//!   dead-lettered before its lease runs out is leased again (after a crash too).
+//! - Nothing is deleted except by [`Store::ack`] (delivered) or the expiry of dedup keys.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// The store's row id of a queued event.
+pub type EventId = i64;
+
+/// An accepted message, ready to be queued.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// The source (write key's name) it came from.
+    pub source: String,
+    /// Its `messageId`: the dedup key within the source.
+    pub message_id: String,
+    /// The Segment message as JSON (already stamped by the ingress).
+    pub payload: Vec<u8>,
+}
+
+/// Input the ingress refused but keeps for inspection (never silently dropped).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RejectedInput {
+    /// The source it came from.
+    pub source: String,
+    /// Its index in the batch, when it was a batch item.
+    pub index: Option<usize>,
+    /// The validation code (`no_user_anon_id`, …).
+    pub code: String,
+    /// The human explanation.
+    pub message: String,
+    /// The input exactly as received.
+    pub payload: Vec<u8>,
+}
+
+/// One request's worth of writes, committed together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Append {
+    /// Accepted messages to queue (unless their `messageId` was seen in the window).
+    pub events: Vec<NewEvent>,
+    /// Refused input to keep.
+    pub rejected: Vec<RejectedInput>,
+}
+
+/// What [`Store::append`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// For each of [`Append::events`], in order: true when it was a duplicate within
+    /// the dedup window and so not queued again.
+    pub duplicate: Vec<bool>,
+}
+
+/// A queued event handed to a delivery worker until its lease runs out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leased {
+    /// Row id, to acknowledge, retry or dead-letter it.
+    pub id: EventId,
+    /// Source name.
+    pub source: String,
+    /// `messageId`.
+    pub message_id: String,
+    /// The stored Segment message.
+    pub payload: Vec<u8>,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// When it was first queued: the retry horizon counts from here.
+    pub enqueued_at: DateTime<Utc>,
+}
+
+/// Why an event was dead-lettered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetterReason {
+    /// Pointillist's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// Pointillist's answer body or the transport error.
+    pub detail: String,
+}
+
+/// A dead-lettered event, for listing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// Row id in the dead-letter table.
+    pub id: EventId,
+    /// Source name.
+    pub source: String,
+    /// `messageId`.
+    pub message_id: String,
+    /// The stored Segment message (JSON text).
+    pub payload: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why.
+    pub reason: DeadLetterReason,
+    /// When.
+    pub dead_at: DateTime<Utc>,
+}
+
+/// A stored rejected input, for listing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredRejection {
+    /// Row id.
+    pub id: EventId,
+    /// What was refused and why.
+    #[serde(flatten)]
+    pub input: RejectedInput,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+}
+
+/// Counts for `/metrics`, `/readyz` and `stipple status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Events waiting for delivery (leased or not).
+    pub queued: u64,
+    /// Dead letters kept.
+    pub dead_letters: u64,
+    /// Rejected inputs kept.
+    pub rejected: u64,
+}
+
+/// Store failures. All of them are worth retrying later; the ingress answers 503.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed.
+    #[error("store database error: {0}")]
+    Database(String),
+    /// The store is shutting down or its writer is gone.
+    #[error("the store is closed")]
+    Closed,
+    /// The store URL or files are unusable.
+    #[error("cannot open the store: {0}")]
+    Open(String),
+}
+
+/// The durable store. See the crate docs for the invariants every implementation keeps.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Queues the events that are not duplicates within `dedup_window` for their source,
+    /// keeps the rejected inputs, and returns once all of it is committed durably.
+    async fn append(&self, append: Append, dedup_window: Duration) -> Result<Appended, StoreError>;
+
+    /// Leases up to `max` events that are due (`not_before` passed, no live lease), oldest
+    /// first, for `lease_for`.
+    async fn lease(&self, max: usize, lease_for: Duration) -> Result<Vec<Leased>, StoreError>;
+
+    /// Delivered: removes the events from the queue.
+    async fn ack(&self, ids: &[EventId]) -> Result<(), StoreError>;
+
+    /// Failed for now: counts one attempt and makes the event due again at `not_before`.
+    async fn retry(&self, id: EventId, not_before: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Hands leased events back untouched (no attempt counted), due at once: used on
+    /// shutdown and while delivery is paused for credentials.
+    async fn release(&self, ids: &[EventId]) -> Result<(), StoreError>;
+
+    /// Moves an event from the queue to the dead letters.
+    async fn dead_letter(&self, id: EventId, reason: DeadLetterReason) -> Result<(), StoreError>;
+
+    /// Dead letters, oldest first.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Moves dead letters back into the queue (all of them when `ids` is `None`); returns
+    /// how many moved.
+    async fn requeue_dead_letters(&self, ids: Option<&[EventId]>) -> Result<u64, StoreError>;
+
+    /// Rejected inputs, oldest first.
+    async fn rejected(&self, limit: usize) -> Result<Vec<StoredRejection>, StoreError>;
+
+    /// Counts.
+    async fn stats(&self) -> Result<Stats, StoreError>;
+
+    /// Forgets dedup keys older than `dedup_window`; returns how many went.
+    async fn expire_dedup(&self, dedup_window: Duration) -> Result<u64, StoreError>;
+
+    /// A cheap check that the store can still write (for `/readyz`).
+    async fn check_writable(&self) -> Result<(), StoreError>;
+}
