@@ -5,7 +5,7 @@ use serde_json::value::RawValue;
 
 use crate::JsonMap;
 use crate::error::ValidationError;
-use crate::message::Message;
+use crate::message::{Context, Message};
 
 /// The body of `/v1/batch`: items are kept raw so that one bad item is reported on its
 /// own and the rest still go through.
@@ -16,7 +16,7 @@ pub struct Batch {
     pub batch: Vec<Box<RawValue>>,
     /// Merged into each item's `context` (the item's keys win).
     #[serde(default)]
-    pub context: Option<JsonMap>,
+    pub context: Option<Context>,
     /// Merged into each item's `integrations` (the item's keys win).
     #[serde(default)]
     pub integrations: Option<JsonMap>,
@@ -39,7 +39,12 @@ impl Batch {
         })?;
         let mut message: Message =
             serde_json::from_str(raw.get()).map_err(|e| ValidationError::from_json(&e))?;
-        merge(&mut message.context, &self.context);
+        if let Some(defaults) = &self.context {
+            message
+                .context
+                .get_or_insert_with(Context::default)
+                .merge_defaults(defaults);
+        }
         merge(&mut message.integrations, &self.integrations);
         if message.sent_at.is_none() {
             message.sent_at.clone_from(&self.sent_at);
@@ -109,11 +114,9 @@ mod tests {
             panic!()
         };
         let a = batch.item(0).unwrap();
-        assert_eq!(a.context.as_ref().unwrap()["ip"], "1.1.1.1");
-        assert_eq!(
-            a.context.as_ref().unwrap()["library"]["name"],
-            "analytics-python"
-        );
+        let context = serde_json::to_value(a.context.as_ref().unwrap()).unwrap();
+        assert_eq!(context["ip"], "1.1.1.1");
+        assert_eq!(context["library"]["name"], "analytics-python");
         assert!(!a.is_enabled_for("Pointillist"));
         assert_eq!(a.sent_at.as_deref(), Some("2026-01-01T00:00:00Z"));
         let b = batch.item(1).unwrap();

@@ -33,7 +33,7 @@ pub use batch::{Batch, Input};
 pub use error::{ErrorCode, ValidationError};
 pub use event::{EventTime, PointillistEvent};
 pub use map::{MapConfig, Mapper, POINTILLIST};
-pub use message::{Id, Message, MessageType};
+pub use message::{Context, Id, Message, MessageType, RawMap};
 pub use time::{format_timestamp, parse_timestamp};
 pub use validate::{MAX_MESSAGE_ID_LEN, ValidMessage};
 

@@ -74,11 +74,11 @@ impl Mapper {
             _ => {
                 insert_id(&mut customer, "userId", m.user_id);
                 insert_id(&mut customer, "anonymousId", m.anonymous_id);
-                let mut context = m.context.unwrap_or_default();
+                let context = m.context.unwrap_or_default();
                 match kind {
                     MessageType::Identify => {
                         event_type = kind.as_str().to_owned();
-                        let traits = m.traits.or_else(|| take_object(&mut context, "traits"));
+                        let traits = m.traits.or_else(|| object(context.traits));
                         attrs.flatten("", traits);
                     }
                     MessageType::Group => {
@@ -89,10 +89,10 @@ impl Mapper {
                         attrs.flatten("group", m.traits);
                     }
                     MessageType::Track | MessageType::Page | MessageType::Screen => {
-                        attrs.flatten("trait", take_object(&mut context, "traits"));
-                        attrs.flatten("device", take_object(&mut context, "device"));
-                        attrs.flatten("campaign", take_object(&mut context, "campaign"));
-                        attrs.flatten("location", take_object(&mut context, "location"));
+                        attrs.flatten("trait", object(context.traits));
+                        attrs.flatten("device", object(context.device));
+                        attrs.flatten("campaign", object(context.campaign));
+                        attrs.flatten("location", object(context.location));
                         attrs.flatten("", m.properties);
                         event_type = match kind {
                             MessageType::Track => m.event.unwrap_or_default(),
@@ -133,8 +133,9 @@ fn insert_id(actor: &mut BTreeMap<String, String>, name: &str, id: Option<Id>) {
     }
 }
 
-fn take_object(context: &mut JsonMap, key: &str) -> Option<JsonMap> {
-    match context.remove(key)? {
+/// A context block, when it is an object (anything else is not mapped).
+fn object(block: Option<Value>) -> Option<JsonMap> {
+    match block? {
         Value::Object(map) => Some(map),
         _ => None,
     }

@@ -8,6 +8,87 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::JsonMap;
 
+/// Fields kept verbatim as raw JSON: read without building a tree, written back as sent.
+pub type RawMap = std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>;
+
+/// The `context` object. The blocks the mapping reads are parsed; every other key
+/// (`library`, `page`, `userAgent`, …) is kept as raw JSON, which is what makes
+/// reading a message cheaper than building a whole `serde_json::Value`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Context {
+    /// `context.traits`: the user's traits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traits: Option<serde_json::Value>,
+    /// `context.device`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<serde_json::Value>,
+    /// `context.campaign` (UTM parameters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<serde_json::Value>,
+    /// `context.location`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<serde_json::Value>,
+    /// `context.personas`: present on Engage audience and computed-trait calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub personas: Option<serde_json::Value>,
+    /// Every other context key, verbatim.
+    #[serde(flatten)]
+    pub other: RawMap,
+}
+
+impl Context {
+    /// Adds the keys of `defaults` that this context lacks (a batch's top-level
+    /// `context` merged into an item: the item's own keys win).
+    pub fn merge_defaults(&mut self, defaults: &Context) {
+        for (mine, theirs) in [
+            (&mut self.traits, &defaults.traits),
+            (&mut self.device, &defaults.device),
+            (&mut self.campaign, &defaults.campaign),
+            (&mut self.location, &defaults.location),
+            (&mut self.personas, &defaults.personas),
+        ] {
+            if mine.is_none() {
+                mine.clone_from(theirs);
+            }
+        }
+        for (key, value) in &defaults.other {
+            self.other
+                .entry(key.clone())
+                .or_insert_with(|| value.clone());
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Context {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ContextVisitor;
+        impl<'de> Visitor<'de> for ContextVisitor {
+            type Value = Context;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a context object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Context, A::Error> {
+                let mut c = Context::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match &*key {
+                        "traits" => c.traits = map.next_value()?,
+                        "device" => c.device = map.next_value()?,
+                        "campaign" => c.campaign = map.next_value()?,
+                        "location" => c.location = map.next_value()?,
+                        "personas" => c.personas = map.next_value()?,
+                        _ => {
+                            let value = map.next_value()?;
+                            c.other.insert(key.into_owned(), value);
+                        }
+                    }
+                }
+                Ok(c)
+            }
+        }
+        d.deserialize_map(ContextVisitor)
+    }
+}
+
 /// The six Segment calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageType {
@@ -146,7 +227,7 @@ impl<'de> Deserialize<'de> for Id {
 ///
 /// Reading is lenient: every field is optional, and [`Message::validate`] says what is
 /// missing. Unknown fields (`version`, `_metadata`, …) are kept in `other`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     /// `type`: identify, track, page, screen, group or alias.
@@ -196,24 +277,19 @@ pub struct Message {
     pub traits: Option<JsonMap>,
     /// The `context` object (device, campaign, location, traits, personas, …).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub context: Option<JsonMap>,
+    pub context: Option<Context>,
     /// Per-destination switches: `{"All": false, "Pointillist": true}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub integrations: Option<JsonMap>,
-    /// Every other field, kept as sent.
+    /// Every other field (`version`, `_metadata`, …), kept verbatim.
     #[serde(flatten)]
-    pub other: JsonMap,
+    pub other: RawMap,
 }
 
 impl Message {
-    /// The object `context.<key>`, when present and an object.
-    pub fn context_object(&self, key: &str) -> Option<&JsonMap> {
-        self.context.as_ref()?.get(key)?.as_object()
-    }
-
     /// `context.personas`, present on Engage audience and computed-trait calls.
     pub fn personas(&self) -> Option<&JsonMap> {
-        self.context_object("personas")
+        self.context.as_ref()?.personas.as_ref()?.as_object()
     }
 
     /// Whether this message is to be delivered to `destination` according to its

@@ -5,6 +5,9 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 /// Parses a Segment timestamp: RFC 3339 with any offset, or a date-time without an
 /// offset, which is taken as UTC (some server libraries send those).
 pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    if let Some(t) = parse_canonical(text.as_bytes()) {
+        return Some(t);
+    }
     let text = text.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Some(t.with_timezone(&Utc));
@@ -15,6 +18,37 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
         }
     }
     None
+}
+
+/// The fast path for the form the ingress itself writes, `2026-11-28T12:00:00.123Z`,
+/// which every stored message carries: several times faster than the general parser.
+fn parse_canonical(b: &[u8]) -> Option<DateTime<Utc>> {
+    if b.len() != 24
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    if b[19] != b'.' || b[23] != b'Z' {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<u32> {
+        b[range].iter().try_fold(0u32, |acc, &d| {
+            d.is_ascii_digit().then(|| acc * 10 + u32::from(d - b'0'))
+        })
+    };
+    let date =
+        chrono::NaiveDate::from_ymd_opt(i32::try_from(num(0..4)?).ok()?, num(5..7)?, num(8..10)?)?;
+    let time = chrono::NaiveTime::from_hms_milli_opt(
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+        num(20..23)?,
+    )?;
+    Some(date.and_time(time).and_utc())
 }
 
 /// Formats a time the way Pointillist's `eventTime` wants it: `2026-11-28T12:00:00.123Z`.
@@ -35,6 +69,20 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_path_agrees_with_the_general_parser() {
+        for text in [
+            "2026-11-28T12:00:00.123Z",
+            "2000-02-29T23:59:59.999Z",
+            "1970-01-01T00:00:00.000Z",
+        ] {
+            let general = DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc);
+            assert_eq!(parse_canonical(text.as_bytes()), Some(general), "{text}");
+        }
+    }
+
+    #[test]
     fn parses_the_forms_clients_send() {
         check("2026-11-28T12:00:00.123Z", Some("2026-11-28T12:00:00.123Z"));
         check("2026-11-28T12:00:00Z", Some("2026-11-28T12:00:00.000Z"));
@@ -52,5 +100,9 @@ mod tests {
         check("yesterday", None);
         check("", None);
         check("2026-13-28T12:00:00Z", None);
+        check("2026-02-30T12:00:00.000Z", None);
+        check("2026-11-28T24:00:00.000Z", None);
+        check("2026-11-28T12:61:00.000Z", None);
+        check("2026-11-28T1a:00:00.000Z", None);
     }
 }

@@ -1,0 +1,98 @@
+//! The golden suite: every file in `tests/golden/` holds a Segment message and either
+//! the Pointillist event it must map to (`expected`), the validation code it must fail
+//! with (`error`), or `"routed": false`. Every mismatch is reported before the test fails.
+
+use std::path::Path;
+
+use serde_json::Value;
+use stipple_core::{MapConfig, Mapper, Message, POINTILLIST};
+
+fn check(mapper: &Mapper, case: &Value) -> Result<(), String> {
+    let message: Result<Message, _> = serde_json::from_value(case["message"].clone());
+    let result = message
+        .map_err(|e| stipple_core::ValidationError::from_json(&e))
+        .and_then(|m| m.validate());
+    if let Some(code) = case.get("error").and_then(Value::as_str) {
+        return match result {
+            Err(e) if e.code.as_str() == code => Ok(()),
+            Err(e) => Err(format!("expected error {code}, got {e}")),
+            Ok(_) => Err(format!("expected error {code}, the message passed")),
+        };
+    }
+    let valid = result.map_err(|e| format!("unexpected validation error: {e}"))?;
+    let routed = case.get("routed").and_then(Value::as_bool).unwrap_or(true);
+    if valid.message().is_enabled_for(POINTILLIST) != routed {
+        return Err(format!("expected routed = {routed}"));
+    }
+    let event = mapper
+        .map(valid)
+        .map_err(|e| format!("unexpected mapping error: {e}"))?;
+    let Some(expected) = case.get("expected") else {
+        return Ok(());
+    };
+    let actual: Value = serde_json::from_slice(&event.to_json()).map_err(|e| e.to_string())?;
+    if &actual != expected {
+        return Err(format!(
+            "mapped event differs\n  expected: {expected}\n  actual:   {actual}"
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn golden_fixtures_map_exactly() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mapper = Mapper::new(MapConfig::default());
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/golden exists")
+        .map(|entry| entry.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    assert!(
+        paths.len() >= 15,
+        "the golden suite lost fixtures: {}",
+        paths.len()
+    );
+    let mut failures = Vec::new();
+    for path in &paths {
+        let text = std::fs::read_to_string(path).expect("readable fixture");
+        let case: Value = match serde_json::from_str(&text) {
+            Ok(case) => case,
+            Err(e) => {
+                failures.push(format!("{}: not JSON: {e}", path.display()));
+                continue;
+            }
+        };
+        if let Err(why) = check(&mapper, &case) {
+            failures.push(format!(
+                "{}: {why}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} golden cases failed:\n{}",
+        failures.len(),
+        paths.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn settings_change_event_source_and_actor_type() {
+    let mapper = Mapper::new(MapConfig {
+        event_source: "web-app".into(),
+        actor_type: "visitor".into(),
+    });
+    let message: Message = serde_json::from_str(
+        r#"{"type":"group","groupId":"g","anonymousId":"a","timestamp":"2026-11-28T12:00:00Z"}"#,
+    )
+    .unwrap();
+    let event = mapper.map(message.validate().unwrap()).unwrap();
+    assert_eq!(event.event_source, "web-app");
+    assert_eq!(event.actors["visitor"]["anonymousId"], "a");
+    assert_eq!(event.actors["account"]["groupId"], "g");
+    assert!(!event.actors.contains_key("customer"));
+}
