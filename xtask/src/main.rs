@@ -1,1 +1,67 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
+//!
+//! - `ci`: formatting, clippy with warnings denied, docs without warnings, every test.
+//! - `bench-core`: the mapping benchmark, printing the ratio to its serde_json baseline.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+mod bench_core;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Stipple's build and test automation")]
+struct Xtask {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Everything CI checks: fmt --check, clippy -D warnings, rustdoc without warnings,
+    /// and every test of the workspace.
+    Ci,
+    /// The mapping benchmark (criterion), with the ratio to its serde_json baseline.
+    BenchCore,
+}
+
+fn main() -> anyhow::Result<()> {
+    let xtask = Xtask::parse();
+    let root = project_root();
+    match xtask.command {
+        Task::Ci => ci(&root),
+        Task::BenchCore => bench_core::run(&root),
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn ci(root: &Path) -> anyhow::Result<()> {
+    cargo(root, &["fmt", "--all", "--", "--check"], &[]).context("formatting differs: run `cargo fmt --all`")?;
+    cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
+    cargo(root, &["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings")])?;
+    cargo(root, &["test", "--workspace", "--all-targets"], &[])?;
+    cargo(root, &["test", "--workspace", "--doc"], &[])?;
+    eprintln!("xtask ci: all checks passed");
+    Ok(())
+}
+
+/// Runs `cargo ARGS` in the project root, failing when it fails.
+pub(crate) fn cargo(root: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

@@ -5,6 +5,8 @@
 //! `cargo bench -p stipple-core --bench mapping` (or `cargo xtask bench-core`, which
 //! prints the ratio).
 
+#![allow(clippy::unwrap_used, reason = "benchmark set-up on fixed data")]
+
 use criterion::{BatchSize, Criterion, Throughput, black_box, criterion_group, criterion_main};
 use serde_json::json;
 use stipple_core::{MapConfig, Mapper, Message};

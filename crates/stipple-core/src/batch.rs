@@ -65,6 +65,10 @@ fn merge(item: &mut Option<JsonMap>, batch: &Option<JsonMap>) {
 
 /// What a line of input (or a request body) holds: one message, or a batch.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per request or line, never stored in bulk"
+)]
 pub enum Input {
     /// A single message.
     Message(Box<Message>),

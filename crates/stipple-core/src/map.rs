@@ -169,12 +169,11 @@ impl Attributes {
     /// numbers, arrays labels of their compact JSON, nulls nothing.
     fn flatten(&mut self, prefix: &str, object: Option<JsonMap>) {
         if let Some(object) = object {
-            let mut path = String::from(prefix);
-            self.flatten_into(&mut path, object);
+            self.flatten_into(prefix, object);
         }
     }
 
-    fn flatten_into(&mut self, path: &mut String, object: JsonMap) {
+    fn flatten_into(&mut self, path: &str, object: JsonMap) {
         for (key, value) in object {
             let key = if path.is_empty() {
                 key
@@ -194,10 +193,7 @@ impl Attributes {
                     let text = serde_json::to_string(&items).unwrap_or_default();
                     self.label(key, text);
                 }
-                Value::Object(inner) => {
-                    let mut inner_path = key;
-                    self.flatten_into(&mut inner_path, inner);
-                }
+                Value::Object(inner) => self.flatten_into(&key, inner),
             }
         }
     }

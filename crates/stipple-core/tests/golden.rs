@@ -2,6 +2,8 @@
 //! the Pointillist event it must map to (`expected`), the validation code it must fail
 //! with (`error`), or `"routed": false`. Every mismatch is reported before the test fails.
 
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly")]
+
 use std::path::Path;
 
 use serde_json::Value;

@@ -1,6 +1,8 @@
 //! Property tests: whatever JSON comes in, the mapper answers with an event or an error,
 //! never a panic, and every event it produces keeps the Pointillist contract.
 
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly")]
+
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use stipple_core::{MapConfig, Mapper, Message, PointillistEvent};
@@ -141,14 +143,11 @@ proptest! {
 
     #[test]
     fn bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-        if let Ok(input) = stipple_core::Input::parse(&bytes) {
-            if let stipple_core::Input::Message(m) = input {
-                if let Ok(valid) = m.validate() {
-                    let _ = Mapper::new(MapConfig::default()).map(valid);
-                }
+        if let Ok(stipple_core::Input::Message(m)) = stipple_core::Input::parse(&bytes) {
+            if let Ok(valid) = m.validate() {
+                let _ = Mapper::new(MapConfig::default()).map(valid);
             }
         }
-    }
 }
 
 #[test]

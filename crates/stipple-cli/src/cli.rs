@@ -1,0 +1,92 @@
+//! The command line, declared with clap. Every flag's help is written for the user.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Stipple: Segment-spec events in, Pointillist events out.
+///
+/// Stipple accepts events from every Segment client library over Segment's own HTTP
+/// Tracking API, maps them to Pointillist events and delivers them reliably.
+#[derive(Debug, Parser)]
+#[command(name = "stipple", version, about, long_about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Map Segment messages to Pointillist events, offline.
+    ///
+    /// Reads one JSON message per line (a `{"batch": [...]}` object is also accepted,
+    /// per line or as the whole input) and writes one Pointillist event per line, in
+    /// input order. Bad lines are reported on stderr with their line number and
+    /// validation code; the rest still go through, and the exit status is 1.
+    /// Messages keep their own `timestamp`; a message with none gets the current time.
+    Map(MapArgs),
+    /// Run a mock Pointillist server for tests and first tries.
+    ///
+    /// It checks every request against the Pointillist contract, records what it
+    /// accepts (GET /mock/events) and injects faults set here or at run time
+    /// (PUT /mock/faults).
+    Mock(MockArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MapArgs {
+    /// File of Segment messages; `-` or nothing reads standard input.
+    pub(crate) file: Option<PathBuf>,
+    /// The `eventSource` of every event.
+    #[arg(long, default_value = "segment", value_name = "NAME")]
+    pub(crate) event_source: String,
+    /// The primary actor type.
+    #[arg(long, default_value = "customer", value_name = "TYPE")]
+    pub(crate) actor_type: String,
+    /// Pretty-print each event over several lines instead of one line each.
+    #[arg(long)]
+    pub(crate) pretty: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9090", value_name = "ADDR")]
+    pub(crate) listen: SocketAddr,
+    /// The API token requests must carry in their `apiToken` header.
+    #[arg(long, env = "STIPPLE_MOCK_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub(crate) token: String,
+    /// Share of requests (0 to 1) answered with a 5xx.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub(crate) error_rate: f64,
+    /// Share of requests (0 to 1) answered 429.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub(crate) throttle_rate: f64,
+    /// The `Retry-After` seconds sent with a 429.
+    #[arg(long, default_value_t = 1, value_name = "SECONDS")]
+    pub(crate) retry_after: u64,
+    /// Answer 401 to everything for this long from start (e.g. `30s`, `5m`).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) unauthorized_for: Option<Duration>,
+    /// Delay added before every answer (e.g. `20ms`).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) latency: Option<Duration>,
+    /// Share of requests (0 to 1) whose connection is dropped without an answer.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub(crate) drop_rate: f64,
+    /// Only count accepted events instead of keeping them (for load tests).
+    #[arg(long)]
+    pub(crate) no_record: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

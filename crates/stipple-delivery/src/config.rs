@@ -1,0 +1,46 @@
+//! Delivery settings.
+
+use std::time::Duration;
+
+use stipple_pointillist::Backoff;
+
+/// How delivery behaves. Every field has a sensible default.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Requests to Pointillist in flight at once.
+    pub concurrency: usize,
+    /// Most events leased in one store round trip.
+    pub lease_batch: usize,
+    /// How long a lease lasts before an unacknowledged event is due again.
+    pub lease_for: Duration,
+    /// How long after it was queued an event keeps being retried before it is
+    /// dead-lettered.
+    pub retry_horizon: Duration,
+    /// Backoff between retries of one event.
+    pub backoff: Backoff,
+    /// Backoff between credential probes while delivery is paused.
+    pub probe_backoff: Backoff,
+    /// How long to wait before looking again when nothing is due.
+    pub idle_poll: Duration,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 32,
+            lease_batch: 256,
+            lease_for: Duration::from_secs(300),
+            retry_horizon: Duration::from_secs(72 * 3600),
+            backoff: Backoff::default(),
+            probe_backoff: Backoff {
+                min: Duration::from_secs(5),
+                max: Duration::from_secs(300),
+                multiplier: 2.0,
+            },
+            idle_poll: Duration::from_millis(100),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}

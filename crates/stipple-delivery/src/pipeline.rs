@@ -1,0 +1,348 @@
+//! The delivery pipeline: a dispatcher leases due events as worker slots free up, one
+//! task per event maps and sends it, and an acknowledger batches the acks.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use stipple_core::{Mapper, Message, POINTILLIST};
+use stipple_pointillist::{Client, Outcome};
+use stipple_store::{DeadLetterReason, EventId, Leased, Store};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info};
+
+use crate::config::DeliveryConfig;
+use crate::health::DeliveryHealth;
+use crate::telemetry::{DeadLettered, Delivered, Paused, Resumed, Retried, Skipped, StoreTrouble};
+
+/// The delivery service. Build it with [`Delivery::new`], keep [`Delivery::health`] for
+/// readiness, then [`Delivery::run`] it until shutdown.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    client: Client,
+    mapper: Mapper,
+    config: DeliveryConfig,
+    health: Arc<DeliveryHealth>,
+}
+
+/// What became of one event, for the dispatcher's bookkeeping.
+#[derive(Debug, PartialEq, Eq)]
+enum Fate {
+    Done,
+    Credentials,
+}
+
+impl Delivery {
+    /// A delivery service over `store`, sending with `client`, mapping with `mapper`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        client: Client,
+        mapper: Mapper,
+        config: DeliveryConfig,
+    ) -> Self {
+        let inner = Inner {
+            store,
+            client,
+            mapper,
+            config,
+            health: Arc::default(),
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The destination health this service keeps up to date.
+    pub fn health(&self) -> Arc<DeliveryHealth> {
+        self.inner.health.clone()
+    }
+
+    /// Delivers until `shutdown` resolves, then stops leasing, lets requests in flight
+    /// finish (up to the configured grace), and hands back what it did not finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (ack_tx, ack_rx) = mpsc::channel::<EventId>(4096);
+        let acker = tokio::spawn(acknowledge(self.inner.store.clone(), ack_rx));
+        let dispatcher = self.dispatch(stop_rx, ack_tx);
+        tokio::pin!(dispatcher);
+        tokio::select! {
+            () = &mut dispatcher => {}
+            () = shutdown => {
+                let _ = stop_tx.send(true);
+                dispatcher.await;
+            }
+        }
+        // The dispatcher dropped its ack sender: the acknowledger drains and ends.
+        let _ = acker.await;
+        info!("delivery stopped");
+    }
+
+    async fn dispatch(&self, mut stop: watch::Receiver<bool>, acks: mpsc::Sender<EventId>) {
+        let inner = &self.inner;
+        let slots = Arc::new(Semaphore::new(inner.config.concurrency.max(1)));
+        let mut tasks: JoinSet<Fate> = JoinSet::new();
+        let mut probe_attempt = 0u32;
+        while !*stop.borrow() {
+            while tasks.try_join_next().is_some() {}
+            if inner.health.is_paused() {
+                // Probe with one real event at a time, backing off, until the token works.
+                let delay = inner
+                    .config
+                    .probe_backoff
+                    .delay(probe_attempt, None)
+                    .max(Duration::from_millis(50));
+                probe_attempt = probe_attempt.saturating_add(1);
+                if sleep_or_stop(delay, &mut stop).await {
+                    break;
+                }
+                match inner.store.lease(1, inner.config.lease_for).await {
+                    Ok(events) => {
+                        for event in events {
+                            let fate = inner.process(event, &acks).await;
+                            if fate != Fate::Credentials && inner.health.resume() {
+                                Resumed.emit();
+                            }
+                        }
+                    }
+                    Err(error) => StoreTrouble {
+                        during: "lease",
+                        error: &error,
+                    }
+                    .emit(),
+                }
+                continue;
+            }
+            probe_attempt = 0;
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = tasks.join_next() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            let events = match inner
+                .store
+                .lease(free.min(inner.config.lease_batch), inner.config.lease_for)
+                .await
+            {
+                Ok(events) => events,
+                Err(error) => {
+                    StoreTrouble {
+                        during: "lease",
+                        error: &error,
+                    }
+                    .emit();
+                    if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if events.is_empty() {
+                if sleep_or_stop(inner.config.idle_poll, &mut stop).await {
+                    break;
+                }
+                continue;
+            }
+            debug!(count = events.len(), "leased events");
+            for event in events {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let delivery = self.clone();
+                let acks = acks.clone();
+                tasks.spawn(async move {
+                    let fate = delivery.inner.process(event, &acks).await;
+                    drop(permit);
+                    fate
+                });
+            }
+        }
+        let grace = inner.config.shutdown_grace;
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            info!(
+                ?grace,
+                "requests still in flight at shutdown are left leased and will be delivered again"
+            );
+            tasks.abort_all();
+        }
+    }
+}
+
+/// Sleeps for `delay`; true when asked to stop meanwhile.
+async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+impl Inner {
+    async fn process(&self, event: Leased, acks: &mpsc::Sender<EventId>) -> Fate {
+        let message_id = event.message_id.clone();
+        let body = match self.prepare(&event) {
+            Ok(Some(body)) => body,
+            Ok(None) => {
+                Skipped.emit();
+                let _ = acks.send(event.id).await;
+                return Fate::Done;
+            }
+            Err(detail) => {
+                self.dead_letter(&event, "unmappable", None, detail).await;
+                return Fate::Done;
+            }
+        };
+        match self.client.send_body(body).await {
+            Outcome::Delivered { .. } => {
+                let latency = (Utc::now() - event.enqueued_at)
+                    .to_std()
+                    .unwrap_or_default();
+                Delivered { latency }.emit();
+                let _ = acks.send(event.id).await;
+                Fate::Done
+            }
+            Outcome::Transient {
+                status,
+                reason,
+                retry_after,
+            } => {
+                let age = (Utc::now() - event.enqueued_at)
+                    .to_std()
+                    .unwrap_or_default();
+                if age >= self.config.retry_horizon {
+                    let detail = format!(
+                        "still failing after the retry horizon ({}): {reason}",
+                        humanize(self.config.retry_horizon)
+                    );
+                    self.dead_letter(&event, "retry_horizon", status, detail)
+                        .await;
+                    return Fate::Done;
+                }
+                let delay = self.config.backoff.delay(event.attempts, retry_after);
+                Retried {
+                    message_id: &message_id,
+                    attempts: event.attempts + 1,
+                    delay,
+                    reason: &reason,
+                }
+                .emit();
+                let not_before =
+                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                if let Err(error) = self.store.retry(event.id, not_before).await {
+                    StoreTrouble {
+                        during: "retry",
+                        error: &error,
+                    }
+                    .emit();
+                }
+                Fate::Done
+            }
+            Outcome::Credentials { status } => {
+                if self.health.pause(status) {
+                    Paused { status }.emit();
+                }
+                if let Err(error) = self.store.release(&[event.id]).await {
+                    StoreTrouble {
+                        during: "release",
+                        error: &error,
+                    }
+                    .emit();
+                }
+                Fate::Credentials
+            }
+            Outcome::Rejected { status, body } => {
+                self.dead_letter(&event, "rejected", Some(status), body)
+                    .await;
+                Fate::Done
+            }
+        }
+    }
+
+    /// The request body for a stored message; `None` when its `integrations` route it
+    /// away from Pointillist.
+    fn prepare(&self, event: &Leased) -> Result<Option<bytes::Bytes>, String> {
+        let message: Message = serde_json::from_slice(&event.payload)
+            .map_err(|e| format!("stored message is not readable: {e}"))?;
+        let valid = message
+            .validate()
+            .map_err(|e| format!("stored message is not valid: {e}"))?;
+        if !valid.message().is_enabled_for(POINTILLIST) {
+            return Ok(None);
+        }
+        let mapped = self
+            .mapper
+            .map(valid)
+            .map_err(|e| format!("cannot map: {e}"))?;
+        Ok(Some(mapped.to_json().into()))
+    }
+
+    async fn dead_letter(
+        &self,
+        event: &Leased,
+        reason: &'static str,
+        status: Option<u16>,
+        detail: String,
+    ) {
+        DeadLettered {
+            message_id: &event.message_id,
+            reason,
+            detail: &detail,
+        }
+        .emit();
+        if let Err(error) = self
+            .store
+            .dead_letter(event.id, DeadLetterReason { status, detail })
+            .await
+        {
+            StoreTrouble {
+                during: "dead_letter",
+                error: &error,
+            }
+            .emit();
+        }
+    }
+}
+
+/// Batches acknowledgements: one store write for many delivered events.
+async fn acknowledge(store: Arc<dyn Store>, mut acks: mpsc::Receiver<EventId>) {
+    let mut batch = Vec::with_capacity(1024);
+    while acks.recv_many(&mut batch, 1024).await > 0 {
+        // Unacknowledged events are delivered again once their lease runs out, so
+        // giving up after a few tries loses nothing; it only risks duplicates.
+        for attempt in 1..=5u64 {
+            match store.ack(&batch).await {
+                Ok(()) => break,
+                Err(error) => {
+                    StoreTrouble {
+                        during: "ack",
+                        error: &error,
+                    }
+                    .emit();
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else {
+        format!("{secs}s")
+    }
+}

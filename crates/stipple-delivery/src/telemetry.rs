@@ -1,0 +1,92 @@
+//! What delivery reports, as typed events: each `emit` logs and counts one thing.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use tracing::{debug, info, warn};
+
+pub(crate) struct Delivered {
+    pub(crate) latency: Duration,
+}
+
+impl Delivered {
+    pub(crate) fn emit(self) {
+        counter!("stipple_delivered_total").increment(1);
+        histogram!("stipple_delivery_latency_seconds").record(self.latency.as_secs_f64());
+    }
+}
+
+pub(crate) struct Retried<'a> {
+    pub(crate) message_id: &'a str,
+    pub(crate) attempts: u32,
+    pub(crate) delay: Duration,
+    pub(crate) reason: &'a str,
+}
+
+impl Retried<'_> {
+    pub(crate) fn emit(self) {
+        counter!("stipple_retried_total").increment(1);
+        debug!(message_id = self.message_id, attempts = self.attempts, delay = ?self.delay, reason = self.reason, "delivery will be retried");
+    }
+}
+
+pub(crate) struct DeadLettered<'a> {
+    pub(crate) message_id: &'a str,
+    pub(crate) reason: &'static str,
+    pub(crate) detail: &'a str,
+}
+
+impl DeadLettered<'_> {
+    pub(crate) fn emit(self) {
+        counter!("stipple_dead_lettered_total", "reason" => self.reason).increment(1);
+        warn!(
+            message_id = self.message_id,
+            reason = self.reason,
+            detail = self.detail,
+            "event dead-lettered"
+        );
+    }
+}
+
+pub(crate) struct Skipped;
+
+impl Skipped {
+    pub(crate) fn emit(self) {
+        counter!("stipple_skipped_total").increment(1);
+    }
+}
+
+pub(crate) struct Paused {
+    pub(crate) status: u16,
+}
+
+impl Paused {
+    pub(crate) fn emit(self) {
+        gauge!("stipple_delivery_paused").set(1.0);
+        warn!(
+            status = self.status,
+            "Pointillist refuses the API token: delivery paused, events stay queued"
+        );
+    }
+}
+
+pub(crate) struct Resumed;
+
+impl Resumed {
+    pub(crate) fn emit(self) {
+        gauge!("stipple_delivery_paused").set(0.0);
+        info!("Pointillist accepts the API token again: delivery resumed");
+    }
+}
+
+pub(crate) struct StoreTrouble<'a> {
+    pub(crate) during: &'static str,
+    pub(crate) error: &'a stipple_store::StoreError,
+}
+
+impl StoreTrouble<'_> {
+    pub(crate) fn emit(self) {
+        counter!("stipple_delivery_store_errors_total").increment(1);
+        warn!(during = self.during, error = %self.error, "store error in delivery; will try again");
+    }
+}
