@@ -148,6 +148,7 @@ proptest! {
                 let _ = Mapper::new(MapConfig::default()).map(valid);
             }
         }
+    }
 }
 
 #[test]
