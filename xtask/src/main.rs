@@ -9,7 +9,9 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod bench_core;
+mod e2e;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "Stipple's build and test automation")]
@@ -25,6 +27,10 @@ enum Task {
     Ci,
     /// The mapping benchmark (criterion), with the ratio to its serde_json baseline.
     BenchCore,
+    /// End-to-end tests: the release binary, the mock, Segment's official clients.
+    E2e(e2e::E2eArgs),
+    /// Load generator against `stipple serve`, with a bare-handler baseline.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +39,8 @@ fn main() -> anyhow::Result<()> {
     match xtask.command {
         Task::Ci => ci(&root),
         Task::BenchCore => bench_core::run(&root),
+        Task::E2e(args) => e2e::run(&root, &args),
+        Task::Bench(args) => bench::run(&root, &args),
     }
 }
 

@@ -19,6 +19,12 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Run the service: the Segment-compatible ingress, the durable queue and delivery.
+    ///
+    /// Settings come from the TOML file given with --config, and every key can be set
+    /// or overridden by an environment variable STIPPLE_<SECTION>__<KEY>, e.g.
+    /// STIPPLE_POINTILLIST__API_TOKEN. See docs/configuration.md.
+    Serve(ServeArgs),
     /// Map Segment messages to Pointillist events, offline.
     ///
     /// Reads one JSON message per line (a `{"batch": [...]}` object is also accepted,
@@ -33,6 +39,17 @@ pub(crate) enum Command {
     /// accepts (GET /mock/events) and injects faults set here or at run time
     /// (PUT /mock/faults).
     Mock(MockArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The configuration file (TOML).
+    #[arg(long, short, env = "STIPPLE_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Deliver to a mock Pointillist started in this process instead of Pointillist,
+    /// to try Stipple without an account. Nothing reaches Pointillist.
+    #[arg(long)]
+    pub(crate) mock: bool,
 }
 
 #[derive(Debug, Args)]

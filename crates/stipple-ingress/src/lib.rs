@@ -1,1 +1,94 @@
-//! The Segment HTTP Tracking API ingress. Not built yet (issue 3).
+//! Stipple's HTTP ingress: Segment's Tracking API, so that every Segment client library
+//! works by changing only its host (`shared/spec/segment.md`).
+//!
+//! [`router`] serves `POST /v1/{identify,track,page,screen,group,alias,batch,import}`,
+//! the browser's short forms `/v1/{i,t,p,s,g,a,b}` (each also with a trailing slash),
+//! `GET /healthz`, `GET /readyz` and `GET /metrics`. Collaborators come in through
+//! [`IngressState`]: the [`stipple_store::Store`], a [`Clock`], a [`DestinationHealth`]
+//! and an optional Prometheus handle.
+//!
+//! Architecture invariants:
+//! - A tracking request is answered 200 only after [`stipple_store::Store::append`]
+//!   returned Ok for everything it carried; anything worth retrying is a 503 with
+//!   `Retry-After`, never a 4xx (Segment's clients drop data on 4xx).
+//! - Refused messages from an authenticated source are kept as
+//!   [`stipple_store::RejectedInput`], never dropped; whole-request errors (no key,
+//!   wrong content type, too large, not JSON) are not stored.
+//! - Write keys are compared in constant time and never logged or stored.
+//!
+//! Where the spec is silent, the ingress decides:
+//! - A missing `Content-Type` is read as JSON; other types than `application/json` and
+//!   `text/plain` (any parameters) are 415, and so are encodings other than gzip.
+//! - When the `Authorization: Basic` header carries a key it alone decides (an unknown
+//!   header key is 401 even if the body's `writeKey` is known); a Basic password is
+//!   ignored; other schemes are ignored and the body's `writeKey` is used.
+//! - On a single-call endpoint a missing `type` is the path's; a different `type` is
+//!   refused with code `type_mismatch` (400, kept as rejected), not guessed at.
+//! - Single-call endpoints take one message and batch endpoints one envelope; the other
+//!   shape is 400 `wrong_shape`.
+//! - A batch whose items are all refused still answers 200, listing them.
+//! - `writeKey` is removed from stored messages and rejected inputs.
+//! - Limits answer 400 as Segment does (not 413), counted after decompression.
+//! - A request takes an in-flight permit before its body is read, so
+//!   [`IngressConfig::max_in_flight`] bounds the memory held by bodies as well.
+#![forbid(unsafe_code)]
+
+mod auth;
+mod body;
+mod capture;
+mod config;
+mod error;
+mod ops;
+mod state;
+pub mod telemetry;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, Method, header};
+use axum::routing::{get, post};
+use tower_http::cors::CorsLayer;
+
+pub use config::{ConfigError, IngressConfig, Source};
+pub use error::IngressError;
+pub use state::{
+    AlwaysHealthy, Clock, DestinationHealth, DestinationStatus, FixedClock, IngressState,
+    SystemClock,
+};
+
+/// The ingress's HTTP routes, CORS included, ready to serve.
+pub fn router(state: IngressState) -> Router {
+    telemetry::describe_metrics();
+    let mut api = Router::new();
+    for (name, endpoint) in capture::ENDPOINTS {
+        let handler = post(
+            move |State(state): State<IngressState>, headers: HeaderMap, body: Body| {
+                capture::handle(state, endpoint, headers, body)
+            },
+        );
+        api = api
+            .route(&format!("/v1/{name}"), handler.clone())
+            .route(&format!("/v1/{name}/"), handler);
+    }
+    let api = api.layer(axum::middleware::from_fn(telemetry::count_requests));
+    let cors = CorsLayer::new()
+        .allow_origin(state.cors_origin.clone())
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::CONTENT_ENCODING,
+            HeaderName::from_static("x-retry-count"),
+            HeaderName::from_static("x-requested-with"),
+        ])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(Duration::from_secs(24 * 60 * 60));
+    api.route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { IngressError::NoSuchEndpoint })
+        .with_state(state)
+        .layer(cors)
+}

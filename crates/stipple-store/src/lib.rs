@@ -12,10 +12,21 @@
 //! - Nothing is deleted except by [`Store::ack`] (delivered) or the expiry of dedup keys.
 #![forbid(unsafe_code)]
 
+mod clock;
+mod memory;
+mod open;
+mod sqlite;
+mod time;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use memory::MemoryStore;
+pub use open::open;
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, UnknownSynchronous};
 
 /// The store's row id of a queued event.
 pub type EventId = i64;

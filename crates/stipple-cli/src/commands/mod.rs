@@ -6,11 +6,13 @@ use crate::cli::{Cli, Command};
 
 mod map;
 mod mock;
+mod serve;
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Map(args) => map::run(&args),
         Command::Mock(args) => mock::run(args),
+        Command::Serve(args) => serve::run(&args),
     }
 }
 

@@ -1,0 +1,192 @@
+//! `stipple serve`: the ingress, the store and delivery in one process.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use secrecy::SecretString;
+use stipple_core::{MapConfig, Mapper};
+use stipple_delivery::{Delivery, DeliveryConfig, DeliveryHealth};
+use stipple_ingress::{DestinationHealth, DestinationStatus, IngressConfig, IngressState, Source};
+use stipple_pointillist::{Backoff, Client, ClientConfig};
+use stipple_store::{SqliteOptions, Store};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::cli::ServeArgs;
+use crate::config::{Config, LogFormat};
+
+pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(args.config.as_deref())?;
+    init_logging(&config);
+    super::runtime()?.block_on(serve(config, args.mock))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// The latency buckets, in seconds: from a fast local hop to a long retry.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0];
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .context("bad histogram buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    stipple_ingress::telemetry::describe_metrics();
+    Ok(handle)
+}
+
+async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
+    let metrics = install_metrics()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Where events go: Pointillist, or the in-process mock when asked for explicitly.
+    let mut mock_server = None;
+    let (endpoint, token) = if mock {
+        let token = config.pointillist.api_token.clone().unwrap_or_else(|| SecretString::from("mock-token"));
+        let server = stipple_mock::MockServer::start(
+            "127.0.0.1:0".parse()?,
+            stipple_mock::MockConfig::new(secrecy::ExposeSecret::expose_secret(&token).to_owned()),
+        )
+        .context("cannot start the in-process mock Pointillist")?;
+        warn!(url = %server.url(), "--mock: delivering to the in-process mock Pointillist; nothing reaches Pointillist (see GET {}/mock/events)", server.url());
+        let endpoint = server.url();
+        // Scripts read this line for the mock's address.
+        println!("mock Pointillist listening on {endpoint}");
+        mock_server = Some(server);
+        (endpoint, token)
+    } else {
+        let token = config.pointillist.api_token.clone().context(
+            "pointillist.api_token is missing: set it in the configuration file or as STIPPLE_POINTILLIST__API_TOKEN \
+             (or run `stipple serve --mock` to try Stipple without a Pointillist account)",
+        )?;
+        (config.pointillist.endpoint.clone(), token)
+    };
+
+    let store = open_store(&config)?;
+    let client = Client::new(ClientConfig {
+        timeout: config.pointillist.timeout,
+        concurrency: config.pointillist.concurrency,
+        ..ClientConfig::new(url::Url::parse(&endpoint)?, token)
+    })
+    .context("cannot build the Pointillist client")?;
+    let d = &config.delivery;
+    let delivery = Delivery::new(
+        store.clone(),
+        client,
+        Mapper::new(MapConfig {
+            event_source: config.pointillist.event_source.clone(),
+            actor_type: config.pointillist.actor_type.clone(),
+        }),
+        DeliveryConfig {
+            concurrency: config.pointillist.concurrency,
+            lease_batch: d.lease_batch,
+            lease_for: d.lease_for,
+            retry_horizon: d.retry_horizon,
+            backoff: Backoff { min: d.backoff_min, max: d.backoff_max, ..Backoff::default() },
+            ..DeliveryConfig::default()
+        },
+    );
+
+    let ingress_config = IngressConfig {
+        sources: config.sources.iter().map(|s| Source { name: s.name.clone(), write_key: s.write_key.clone() }).collect(),
+        dedup_window: config.ingress.dedup_window,
+        cors_origins: config.ingress.cors_origins.clone(),
+        max_in_flight: config.ingress.max_in_flight,
+        ..IngressConfig::default()
+    };
+    let state = IngressState::new(ingress_config, store.clone())?
+        .with_destination_health(Arc::new(Health(delivery.health())))
+        .with_metrics(metrics.clone());
+    let app = stipple_ingress::router(state);
+
+    let listen = config.listen()?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    info!(%addr, sources = config.sources.len(), store = %config.store.url, "stipple is listening");
+    // Scripts read this line for the port (with listen = "127.0.0.1:0").
+    println!("stipple listening on http://{addr}");
+
+    let housekeeping = tokio::spawn(housekeeping(store.clone(), metrics, config.ingress.dedup_window, stop_rx.clone()));
+    let delivering = tokio::spawn(delivery.run(stopped(stop_rx.clone())));
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        super::shutdown_signal().await;
+        info!("shutting down: no new requests; finishing those in flight");
+    });
+    let served = server.await;
+    // Requests are all answered: now stop delivery and housekeeping.
+    let _ = stop_tx.send(true);
+    let _ = delivering.await;
+    let _ = housekeeping.await;
+    if let Some(mock) = mock_server {
+        mock.shutdown().await.ok();
+    }
+    served.context("the HTTP server failed")?;
+    info!("stopped cleanly");
+    Ok(())
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let options = SqliteOptions { synchronous: config.synchronous()?, ..SqliteOptions::default() };
+    stipple_store::open(&config.store.url, options).with_context(|| format!("store.url {:?}", config.store.url))
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Periodic chores: forget expired dedup keys, keep histogram summaries fresh.
+async fn housekeeping(
+    store: Arc<dyn Store>,
+    metrics: PrometheusHandle,
+    dedup_window: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut rounds = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        metrics.run_upkeep();
+        rounds += 1;
+        if rounds % 60 == 1 {
+            match store.expire_dedup(dedup_window).await {
+                Ok(n) if n > 0 => info!(expired = n, "forgot expired dedup keys"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "cannot expire dedup keys; will try again"),
+            }
+        }
+    }
+}
+
+/// Delivery's health as the ingress's `/readyz` reads it.
+struct Health(Arc<DeliveryHealth>);
+
+impl DestinationHealth for Health {
+    fn status(&self) -> DestinationStatus {
+        let s = self.0.status();
+        DestinationStatus { healthy: s.healthy, detail: s.detail }
+    }
+}
+

@@ -1,0 +1,289 @@
+//! The `stipple serve` configuration: a TOML file, every key overridable by an
+//! environment variable `STIPPLE_<SECTION>__<KEY>`. Documented key by key in
+//! `docs/configuration.md`; a bad file refuses to start with one line naming the key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    #[serde(default)]
+    pub(crate) pointillist: PointillistSection,
+    #[serde(default)]
+    pub(crate) ingress: IngressSection,
+    #[serde(default)]
+    pub(crate) sources: Vec<SourceSection>,
+    #[serde(default)]
+    pub(crate) store: StoreSection,
+    #[serde(default)]
+    pub(crate) delivery: DeliverySection,
+    #[serde(default)]
+    pub(crate) log: LogSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct PointillistSection {
+    pub(crate) api_token: Option<SecretString>,
+    pub(crate) endpoint: String,
+    pub(crate) event_source: String,
+    pub(crate) actor_type: String,
+    #[serde(with = "humantime_serde")]
+    pub(crate) timeout: Duration,
+    pub(crate) concurrency: usize,
+}
+
+impl Default for PointillistSection {
+    fn default() -> Self {
+        Self {
+            api_token: None,
+            endpoint: "https://stream.pointillist.com".into(),
+            event_source: "segment".into(),
+            actor_type: "customer".into(),
+            timeout: Duration::from_secs(10),
+            concurrency: 32,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct IngressSection {
+    pub(crate) listen: String,
+    #[serde(with = "humantime_serde")]
+    pub(crate) dedup_window: Duration,
+    pub(crate) cors_origins: Vec<String>,
+    pub(crate) max_in_flight: usize,
+}
+
+impl Default for IngressSection {
+    fn default() -> Self {
+        let d = stipple_ingress::IngressConfig::default();
+        Self {
+            listen: "127.0.0.1:8088".into(),
+            dedup_window: d.dedup_window,
+            cors_origins: d.cors_origins,
+            max_in_flight: d.max_in_flight,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SourceSection {
+    pub(crate) name: String,
+    pub(crate) write_key: SecretString,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct StoreSection {
+    pub(crate) url: String,
+    pub(crate) synchronous: String,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self { url: "sqlite://./stipple-data/stipple.db".into(), synchronous: "full".into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct DeliverySection {
+    #[serde(with = "humantime_serde")]
+    pub(crate) retry_horizon: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) backoff_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) lease_for: Duration,
+    pub(crate) lease_batch: usize,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        let d = stipple_delivery::DeliveryConfig::default();
+        Self {
+            retry_horizon: d.retry_horizon,
+            backoff_min: d.backoff.min,
+            backoff_max: d.backoff.max,
+            lease_for: d.lease_for,
+            lease_batch: d.lease_batch,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct LogSection {
+    pub(crate) level: String,
+    pub(crate) format: LogFormat,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Reads `path` (when given) and the `STIPPLE_*` environment, then checks the values.
+    pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            if !path.exists() {
+                bail!("the configuration file {} does not exist", path.display());
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("STIPPLE")
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("ingress.cors_origins")
+                .try_parsing(true),
+        );
+        let merged = builder.build().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let config: Config = merged.try_deserialize().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let p = &self.pointillist;
+        if let Some(token) = &p.api_token {
+            if token.expose_secret().trim().is_empty() {
+                bail!("pointillist.api_token is empty: set the API token Pointillist gave you");
+            }
+        }
+        url::Url::parse(&p.endpoint)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .with_context(|| format!("pointillist.endpoint {:?} is not an http(s) URL", p.endpoint))?;
+        if p.event_source.is_empty() {
+            bail!("pointillist.event_source must not be empty");
+        }
+        if p.actor_type.is_empty() {
+            bail!("pointillist.actor_type must not be empty");
+        }
+        if p.concurrency == 0 {
+            bail!("pointillist.concurrency must be at least 1");
+        }
+        if p.timeout.is_zero() {
+            bail!("pointillist.timeout must be longer than zero, e.g. \"10s\"");
+        }
+        self.listen()?;
+        if self.sources.is_empty() {
+            bail!("no [[sources]]: add at least one source with a name and a write_key");
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            if s.name.trim().is_empty() {
+                bail!("sources[{i}].name is empty: every source needs a name");
+            }
+            if s.write_key.expose_secret().is_empty() {
+                bail!("sources[{i}].write_key (source {:?}) is empty", s.name);
+            }
+        }
+        for (i, a) in self.sources.iter().enumerate() {
+            for b in &self.sources[i + 1..] {
+                if a.name == b.name {
+                    bail!("sources: the name {:?} is used twice", a.name);
+                }
+                if a.write_key.expose_secret() == b.write_key.expose_secret() {
+                    bail!("sources {:?} and {:?} have the same write_key", a.name, b.name);
+                }
+            }
+        }
+        self.synchronous()?;
+        let d = &self.delivery;
+        if d.backoff_min.is_zero() || d.backoff_min > d.backoff_max {
+            bail!("delivery.backoff_min must be above zero and at most delivery.backoff_max");
+        }
+        if d.lease_batch == 0 {
+            bail!("delivery.lease_batch must be at least 1");
+        }
+        if d.lease_for < Duration::from_secs(1) {
+            bail!("delivery.lease_for must be at least 1s");
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level))?;
+        Ok(())
+    }
+
+    pub(crate) fn listen(&self) -> anyhow::Result<SocketAddr> {
+        self.ingress.listen.parse().with_context(|| {
+            format!("ingress.listen {:?} is not an address like 127.0.0.1:8088", self.ingress.listen)
+        })
+    }
+
+    pub(crate) fn synchronous(&self) -> anyhow::Result<stipple_store::Synchronous> {
+        self.store
+            .synchronous
+            .parse()
+            .map_err(|_| anyhow::anyhow!("store.synchronous {:?} must be \"full\" or \"normal\"", self.store.synchronous))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("stipple.toml");
+        std::fs::write(&path, text)?;
+        Config::load(Some(&path))
+    }
+
+    const MINIMAL: &str = "[pointillist]\napi_token = \"tok\"\n[[sources]]\nname = \"web\"\nwrite_key = \"wk\"\n";
+
+    #[test]
+    fn a_minimal_file_gets_the_documented_defaults() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.pointillist.endpoint, "https://stream.pointillist.com");
+        assert_eq!(c.ingress.listen, "127.0.0.1:8088");
+        assert_eq!(c.store.url, "sqlite://./stipple-data/stipple.db");
+        assert_eq!(c.delivery.retry_horizon, Duration::from_secs(72 * 3600));
+        assert_eq!(c.sources[0].name, "web");
+    }
+
+    #[test]
+    fn bad_files_name_the_key() {
+        fn check(text: &str, expected: &str) {
+            let err = format!("{:#}", load(text).unwrap_err());
+            assert!(err.contains(expected), "{expected:?} not in {err:?}");
+        }
+        check(&format!("{MINIMAL}[store]\nurl = \"x\"\nbogus = 1\n"), "bogus");
+        check(&format!("{MINIMAL}[delivery]\nretry_horizon = \"forever\"\n"), "retry_horizon");
+        check(&format!("{MINIMAL}[ingress]\nlisten = \"nowhere\"\n"), "ingress.listen");
+        check(&format!("{MINIMAL}[store]\nsynchronous = \"maybe\"\n"), "store.synchronous");
+        check("[pointillist]\napi_token = \"t\"\n", "no [[sources]]");
+        check(&MINIMAL.replace("tok", " "), "pointillist.api_token is empty");
+        check(&format!("{MINIMAL}[[sources]]\nname = \"web\"\nwrite_key = \"other\"\n"), "used twice");
+        check(&format!("{MINIMAL}[pointillist2]\n"), "pointillist2");
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let c = load(MINIMAL.replace("\"tok\"", "\"s3cr3t-token\"").replace("\"wk\"", "\"s3cr3t-key\"").as_str()).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+    }
+}

@@ -1,0 +1,179 @@
+//! Finding the write key of a request and the source it names.
+//!
+//! The key comes from `Authorization: Basic base64("<writeKey>:")` (the colon may be
+//! missing, a password is ignored) or else from `"writeKey"` in the JSON body. When the
+//! header carries a key it decides alone: a body key is not a second chance. Keys are
+//! compared in constant time against every source, so timing tells nothing about how
+//! much of a guess was right. Keys are never logged.
+
+use std::borrow::Cow;
+
+use axum::http::{HeaderMap, header};
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::config::Source;
+use crate::error::IngressError;
+
+/// Standard base64, with or without padding (clients differ).
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The source the request's write key names.
+pub(crate) fn authenticate<'a>(
+    sources: &'a [Source],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<&'a Source, IngressError> {
+    let found = match basic_username(headers)? {
+        Some(key) => find(sources, &key),
+        None => {
+            let key = body_write_key(body)?.ok_or(IngressError::MissingWriteKey)?;
+            find(sources, &key)
+        }
+    };
+    found.ok_or_else(|| {
+        tracing::debug!("request with an unknown write key refused");
+        IngressError::UnknownWriteKey
+    })
+}
+
+/// The Basic username; `None` without an `Authorization` header, with another scheme,
+/// or with an empty username (then the body may carry the key).
+fn basic_username(headers: &HeaderMap) -> Result<Option<String>, IngressError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| IngressError::BadAuthorization)?
+        .trim();
+    let (scheme, credentials) = text.split_once(' ').unwrap_or((text, ""));
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(None);
+    }
+    let decoded = BASE64
+        .decode(credentials.trim())
+        .map_err(|_| IngressError::BadAuthorization)?;
+    let decoded = String::from_utf8(decoded).map_err(|_| IngressError::BadAuthorization)?;
+    let username = decoded.split_once(':').map_or(decoded.as_str(), |(u, _)| u);
+    Ok((!username.is_empty()).then(|| username.to_owned()))
+}
+
+/// `"writeKey"` at the top level of the body (a message or a batch envelope).
+fn body_write_key(body: &[u8]) -> Result<Option<String>, IngressError> {
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(rename = "writeKey", default, borrow)]
+        write_key: Option<Cow<'a, str>>,
+    }
+    match serde_json::from_slice::<Probe<'_>>(body) {
+        Ok(probe) => Ok(probe
+            .write_key
+            .filter(|k| !k.is_empty())
+            .map(Cow::into_owned)),
+        // Not an object, or a `writeKey` that is not a string: no key here.
+        Err(e) if e.classify() == serde_json::error::Category::Data => Ok(None),
+        Err(e) => Err(IngressError::InvalidJson(e.to_string())),
+    }
+}
+
+/// The source with write key `key`, looking at every source whatever matches.
+fn find<'a>(sources: &'a [Source], key: &str) -> Option<&'a Source> {
+    let mut found = None;
+    for source in sources {
+        let equal: bool = source
+            .write_key
+            .expose_secret()
+            .as_bytes()
+            .ct_eq(key.as_bytes())
+            .into();
+        if equal {
+            found = Some(source);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn sources() -> Vec<Source> {
+        vec![Source::new("web", "wk_web"), Source::new("app", "wk_app")]
+    }
+
+    fn basic(credentials: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&value).unwrap(),
+        );
+        headers
+    }
+
+    fn check(headers: HeaderMap, body: &str, expected: Result<&str, &str>) {
+        let sources = sources();
+        let got = authenticate(&sources, &headers, body.as_bytes())
+            .map(|s| s.name.as_str())
+            .map_err(|e| e.code());
+        assert_eq!(got, expected, "{headers:?} {body}");
+    }
+
+    #[test]
+    fn finds_the_source() {
+        let none = HeaderMap::new;
+        check(basic("wk_web:"), "{}", Ok("web"));
+        check(basic("wk_app"), "{}", Ok("app"));
+        check(basic("wk_app:ignored-password"), "{}", Ok("app"));
+        check(none(), r#"{"writeKey": "wk_web", "batch": []}"#, Ok("web"));
+        check(
+            none(),
+            r#"{"type": "track", "writeKey": "wk_app"}"#,
+            Ok("app"),
+        );
+        // The header decides when it has a key.
+        check(
+            basic("wk_nope:"),
+            r#"{"writeKey": "wk_web"}"#,
+            Err("unknown_write_key"),
+        );
+        check(basic(":"), r#"{"writeKey": "wk_web"}"#, Ok("web"));
+        check(none(), "{}", Err("missing_write_key"));
+        check(none(), r#"{"writeKey": ""}"#, Err("missing_write_key"));
+        check(none(), r#"{"writeKey": 5}"#, Err("missing_write_key"));
+        check(none(), "[1]", Err("missing_write_key"));
+        check(none(), "{nope", Err("invalid_json"));
+        check(none(), r#"{"writeKey": "wk_we"}"#, Err("unknown_write_key"));
+        check(
+            none(),
+            r#"{"writeKey": "wk_web2"}"#,
+            Err("unknown_write_key"),
+        );
+        let mut bearer = HeaderMap::new();
+        bearer.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        check(bearer, r#"{"writeKey": "wk_web"}"#, Ok("web"));
+        let mut garbage = HeaderMap::new();
+        garbage.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
+        check(garbage, "{}", Err("bad_authorization"));
+        let mut unpadded = HeaderMap::new();
+        // base64("wk_web") without its padding.
+        unpadded.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("basic d2tfd2Vi"),
+        );
+        check(unpadded, "{}", Ok("web"));
+    }
+}

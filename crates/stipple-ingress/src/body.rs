@@ -1,0 +1,226 @@
+//! Reading a request body: the content type check, the size caps and gzip.
+//!
+//! The body is read at most up to its cap, and a gzip body is inflated at most up to
+//! the same cap (plus one byte to notice the excess), so a gzip bomb costs no more
+//! memory than an honest body.
+
+use std::future::poll_fn;
+use std::io::Read;
+use std::pin::Pin;
+
+use axum::body::{Body, HttpBody};
+use axum::http::{HeaderMap, header};
+use flate2::read::MultiGzDecoder;
+
+use crate::error::IngressError;
+
+/// How the body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    /// As is.
+    Identity,
+    /// `Content-Encoding: gzip`.
+    Gzip,
+}
+
+/// Why a body could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BodyError {
+    /// Over the cap (before or after inflating).
+    TooLarge,
+    /// A transport error or bad gzip.
+    Unreadable(String),
+}
+
+/// Accepts `application/json` and `text/plain` (the browser library's choice, to avoid
+/// a CORS preflight) with any parameters, and a missing `Content-Type` (curl and some
+/// server libraries send none; the body must still be JSON).
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), IngressError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| IngressError::UnsupportedContentType("(not text)".to_owned()))?;
+    let mime = text.split(';').next().unwrap_or_default().trim();
+    if mime.is_empty()
+        || mime.eq_ignore_ascii_case("application/json")
+        || mime.eq_ignore_ascii_case("text/plain")
+    {
+        Ok(())
+    } else {
+        Err(IngressError::UnsupportedContentType(mime.to_owned()))
+    }
+}
+
+/// Reads `Content-Encoding`: none, `identity`, `gzip` or `x-gzip`.
+pub(crate) fn encoding(headers: &HeaderMap) -> Result<Encoding, IngressError> {
+    let mut result = Encoding::Identity;
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = value
+            .to_str()
+            .map_err(|_| IngressError::UnsupportedContentEncoding("(not text)".to_owned()))?;
+        for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if coding.eq_ignore_ascii_case("identity") {
+                continue;
+            }
+            let gzip = coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip");
+            if !gzip || result == Encoding::Gzip {
+                return Err(IngressError::UnsupportedContentEncoding(text.to_owned()));
+            }
+            result = Encoding::Gzip;
+        }
+    }
+    Ok(result)
+}
+
+/// Reads the body, inflating gzip, and refuses it when it is over `limit` bytes.
+pub(crate) async fn read(
+    body: Body,
+    headers: &HeaderMap,
+    encoding: Encoding,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
+    // gzip of incompressible data is slightly larger than the data itself.
+    let raw_cap = match encoding {
+        Encoding::Identity => limit,
+        Encoding::Gzip => limit.saturating_add(limit / 64).saturating_add(1024),
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|len| len > raw_cap as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let raw = collect(body, raw_cap).await?;
+    match encoding {
+        Encoding::Identity => Ok(raw),
+        Encoding::Gzip => gunzip(&raw, limit),
+    }
+}
+
+async fn collect(mut body: Body, cap: usize) -> Result<Vec<u8>, BodyError> {
+    let mut out = Vec::new();
+    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len().saturating_add(data.len()) > cap {
+                return Err(BodyError::TooLarge);
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
+}
+
+/// Inflates at most `limit + 1` bytes. At 500 KiB this takes a millisecond or so,
+/// short enough to do on the async worker.
+pub(crate) fn gunzip(raw: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
+    let mut out = Vec::new();
+    MultiGzDecoder::new(raw)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| BodyError::Unreadable(format!("invalid gzip: {e}")))?;
+    if out.len() > limit {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use axum::http::HeaderValue;
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+
+    use super::*;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn content_types() {
+        let check = |value: Option<&str>, ok: bool| {
+            let map = match value {
+                Some(v) => headers(&[(header::CONTENT_TYPE, v)]),
+                None => HeaderMap::new(),
+            };
+            assert_eq!(check_content_type(&map).is_ok(), ok, "{value:?}");
+        };
+        check(None, true);
+        check(Some("application/json"), true);
+        check(Some("application/json; charset=utf-8"), true);
+        check(Some("Application/JSON"), true);
+        check(Some("text/plain;charset=UTF-8"), true);
+        check(Some("application/xml"), false);
+        check(Some("application/x-www-form-urlencoded"), false);
+        check(Some("text/html"), false);
+    }
+
+    #[test]
+    fn content_encodings() {
+        let check = |values: &[&str], expected: Option<Encoding>| {
+            let pairs: Vec<_> = values
+                .iter()
+                .map(|v| (header::CONTENT_ENCODING, *v))
+                .collect();
+            assert_eq!(encoding(&headers(&pairs)).ok(), expected, "{values:?}");
+        };
+        check(&[], Some(Encoding::Identity));
+        check(&["identity"], Some(Encoding::Identity));
+        check(&["gzip"], Some(Encoding::Gzip));
+        check(&["x-gzip"], Some(Encoding::Gzip));
+        check(&["GZIP"], Some(Encoding::Gzip));
+        check(&["br"], None);
+        check(&["deflate"], None);
+        check(&["gzip, gzip"], None);
+        check(&["gzip", "gzip"], None);
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn gunzip_caps_the_inflated_size() {
+        assert_eq!(gunzip(&gzip(b"{}"), 2), Ok(b"{}".to_vec()));
+        assert_eq!(gunzip(&gzip(b"{ }"), 2), Err(BodyError::TooLarge));
+        let bomb = gzip(&vec![b' '; 10 * 1024 * 1024]);
+        assert!(bomb.len() < 20 * 1024);
+        assert_eq!(gunzip(&bomb, 500 * 1024), Err(BodyError::TooLarge));
+        assert!(matches!(
+            gunzip(b"not gzip", 100),
+            Err(BodyError::Unreadable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn read_refuses_bodies_over_the_cap() {
+        let none = HeaderMap::new();
+        let read_text = |text: &'static str, limit| {
+            let none = none.clone();
+            async move { read(Body::from(text), &none, Encoding::Identity, limit).await }
+        };
+        assert_eq!(read_text("abc", 3).await, Ok(b"abc".to_vec()));
+        assert_eq!(read_text("abcd", 3).await, Err(BodyError::TooLarge));
+        let announced = headers(&[(header::CONTENT_LENGTH, "1000000")]);
+        assert_eq!(
+            read(Body::from("x"), &announced, Encoding::Identity, 10).await,
+            Err(BodyError::TooLarge)
+        );
+        assert_eq!(
+            read(Body::from(gzip(b"hello")), &none, Encoding::Gzip, 5).await,
+            Ok(b"hello".to_vec())
+        );
+    }
+}

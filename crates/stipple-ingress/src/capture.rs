@@ -1,0 +1,420 @@
+//! The Tracking API endpoints: from a request body to durably stored events.
+//!
+//! Per request: content type, an in-flight permit, the body (capped, gzip inflated),
+//! the write key, then each message: read, validated, stamped (`messageId`,
+//! `receivedAt`, clock-skew corrected `timestamp`) and serialised; refused messages are
+//! kept as rejected input. One `Store::append` commits it all, and only then is the
+//! answer 200.
+
+use axum::Json;
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use stipple_core::{ErrorCode, Input, Message, MessageType, ValidationError};
+use stipple_store::{Append, Appended, NewEvent, RejectedInput};
+use tracing::{debug, warn};
+
+use crate::body::{self, BodyError};
+use crate::config::Source;
+use crate::error::IngressError;
+use crate::state::IngressState;
+use crate::telemetry::{Tally, type_label};
+
+/// What an endpoint takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// One message of this type (the type may be left out of the body).
+    Single(MessageType),
+    /// A `{"batch": [...]}` envelope.
+    Batch,
+}
+
+/// Every Tracking API path under `/v1/`, long and short forms.
+pub(crate) const ENDPOINTS: [(&str, Endpoint); 15] = [
+    ("identify", Endpoint::Single(MessageType::Identify)),
+    ("track", Endpoint::Single(MessageType::Track)),
+    ("page", Endpoint::Single(MessageType::Page)),
+    ("screen", Endpoint::Single(MessageType::Screen)),
+    ("group", Endpoint::Single(MessageType::Group)),
+    ("alias", Endpoint::Single(MessageType::Alias)),
+    ("batch", Endpoint::Batch),
+    ("import", Endpoint::Batch),
+    ("i", Endpoint::Single(MessageType::Identify)),
+    ("t", Endpoint::Single(MessageType::Track)),
+    ("p", Endpoint::Single(MessageType::Page)),
+    ("s", Endpoint::Single(MessageType::Screen)),
+    ("g", Endpoint::Single(MessageType::Group)),
+    ("a", Endpoint::Single(MessageType::Alias)),
+    ("b", Endpoint::Batch),
+];
+
+/// The code of a batch item over the message size limit.
+const MESSAGE_TOO_LARGE: &str = "message_too_large";
+/// The code of a message whose `type` contradicts its endpoint.
+const TYPE_MISMATCH: &str = "type_mismatch";
+
+/// Handles one Tracking API request.
+pub(crate) async fn handle(
+    state: IngressState,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, IngressError> {
+    body::check_content_type(&headers)?;
+    let encoding = body::encoding(&headers)?;
+    // Held until the answer: bounds the bodies in memory as well as the store writers.
+    let _permit = state
+        .in_flight
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| IngressError::Overloaded)?;
+    let config = &state.config;
+    let limit = match endpoint {
+        Endpoint::Single(_) => config.max_message_bytes,
+        Endpoint::Batch => config.max_batch_bytes,
+    };
+    let bytes = body::read(body, &headers, encoding, limit)
+        .await
+        .map_err(|e| match (e, endpoint) {
+            (BodyError::TooLarge, Endpoint::Single(_)) => IngressError::MessageTooLarge { limit },
+            (BodyError::TooLarge, Endpoint::Batch) => IngressError::BatchTooLarge { limit },
+            (BodyError::Unreadable(why), _) => IngressError::UnreadableBody(why),
+        })?;
+    let source = crate::auth::authenticate(&config.sources, &headers, &bytes)?;
+    let received_at = state.clock.now();
+    match endpoint {
+        Endpoint::Single(kind) => single(&state, source, kind, &bytes, received_at).await,
+        Endpoint::Batch => batch(&state, source, &bytes, received_at).await,
+    }
+}
+
+/// A refused message: its code and why.
+#[derive(Debug)]
+struct Rejection {
+    code: &'static str,
+    message: String,
+}
+
+impl From<ValidationError> for Rejection {
+    fn from(e: ValidationError) -> Self {
+        Self {
+            code: e.code.as_str(),
+            message: e.message,
+        }
+    }
+}
+
+/// A message ready to be queued.
+#[derive(Debug)]
+struct Accepted {
+    kind: MessageType,
+    message_id: String,
+    payload: Vec<u8>,
+}
+
+/// Validates and stamps one message. `writeKey` is removed: it is a secret and the
+/// source already says whose message it is.
+fn accept(
+    mut message: Message,
+    batch_sent_at: Option<&str>,
+    received_at: DateTime<Utc>,
+) -> Result<Accepted, Rejection> {
+    message.other.remove("writeKey");
+    let mut valid = message.validate()?;
+    if let Some(sent_at) = batch_sent_at {
+        valid.inherit_sent_at(sent_at)?;
+    }
+    valid.ensure_message_id(|| uuid::Uuid::new_v4().to_string());
+    valid.apply_received_at(received_at);
+    let kind = valid.kind();
+    let message = valid.into_message();
+    // ensure_message_id has set it.
+    let message_id = message.message_id.clone().unwrap_or_default();
+    let payload = serde_json::to_vec(&message).map_err(|e| Rejection {
+        code: ErrorCode::InvalidMessage.as_str(),
+        message: format!("the message could not be serialised: {e}"),
+    })?;
+    Ok(Accepted {
+        kind,
+        message_id,
+        payload,
+    })
+}
+
+/// The input as received, less a top-level `writeKey` (rejected input is listed to
+/// people, and the key is a secret).
+fn redacted(raw: &[u8]) -> Vec<u8> {
+    if !raw.windows(8).any(|w| w == b"writeKey") {
+        return raw.to_vec();
+    }
+    match serde_json::from_slice::<serde_json::Value>(raw) {
+        Ok(serde_json::Value::Object(mut map)) if map.contains_key("writeKey") => {
+            map.remove("writeKey");
+            serde_json::to_vec(&map).unwrap_or_else(|_| raw.to_vec())
+        }
+        _ => raw.to_vec(),
+    }
+}
+
+/// One request's writes and counts, built message by message.
+#[derive(Debug)]
+struct Collected<'a> {
+    source: &'a Source,
+    append: Append,
+    /// The type label of each of `append.events`.
+    kinds: Vec<&'static str>,
+    tally: Tally,
+}
+
+impl<'a> Collected<'a> {
+    fn new(source: &'a Source) -> Self {
+        Self {
+            source,
+            append: Append::default(),
+            kinds: Vec::new(),
+            tally: Tally::default(),
+        }
+    }
+
+    fn push(
+        &mut self,
+        outcome: Result<Accepted, Rejection>,
+        kind: &'static str,
+        index: Option<usize>,
+        raw: &[u8],
+    ) {
+        self.tally.received(kind);
+        match outcome {
+            Ok(accepted) => {
+                self.kinds.push(accepted.kind.as_str());
+                self.append.events.push(NewEvent {
+                    source: self.source.name.clone(),
+                    message_id: accepted.message_id,
+                    payload: accepted.payload,
+                });
+            }
+            Err(rejection) => {
+                self.tally.rejected(kind, rejection.code);
+                self.append.rejected.push(RejectedInput {
+                    source: self.source.name.clone(),
+                    index,
+                    code: rejection.code.to_owned(),
+                    message: rejection.message,
+                    payload: redacted(raw),
+                });
+            }
+        }
+    }
+
+    /// Appends everything in one durable commit, then counts.
+    async fn store(mut self, state: &IngressState) -> Result<Tally, IngressError> {
+        let name = &self.source.name;
+        let appended = if self.append.events.is_empty() && self.append.rejected.is_empty() {
+            Appended::default()
+        } else {
+            match state
+                .store
+                .append(self.append, state.config.dedup_window)
+                .await
+            {
+                Ok(appended) => appended,
+                Err(e) => {
+                    warn!(source = %name, error = %e, "could not store a request; answered 503");
+                    self.tally.emit(name, false);
+                    return Err(IngressError::Store(e));
+                }
+            }
+        };
+        for (i, kind) in self.kinds.iter().enumerate() {
+            if appended.duplicate.get(i).copied().unwrap_or(false) {
+                self.tally.deduplicated(kind);
+            } else {
+                self.tally.accepted(kind);
+            }
+        }
+        self.tally.emit(name, true);
+        Ok(self.tally)
+    }
+}
+
+/// A single-call endpoint: the path's type fills a missing `type`; a different `type`
+/// is refused as `type_mismatch` rather than guessed at.
+async fn single(
+    state: &IngressState,
+    source: &Source,
+    kind: MessageType,
+    body: &[u8],
+    received_at: DateTime<Utc>,
+) -> Result<Response, IngressError> {
+    let outcome = match Input::parse(body) {
+        Ok(Input::Message(message)) => {
+            with_type(*message, kind).and_then(|message| accept(message, None, received_at))
+        }
+        Ok(Input::Batch(_)) => {
+            return Err(IngressError::WrongShape(
+                "this endpoint takes one message: post batches to /v1/batch",
+            ));
+        }
+        Err(e) if e.code == ErrorCode::InvalidJson => {
+            return Err(IngressError::InvalidJson(e.message));
+        }
+        // JSON that is not a message is a refused message, kept like any other.
+        Err(e) => Err(Rejection::from(e)),
+    };
+    let refused = outcome.as_ref().err().map(|r| (r.code, r.message.clone()));
+    let mut collected = Collected::new(source);
+    collected.push(outcome, kind.as_str(), None, body);
+    let tally = collected.store(state).await?;
+    let (accepted, duplicates, _) = tally.totals();
+    match refused {
+        Some((code, message)) => {
+            debug!(source = %source.name, code, "message rejected");
+            Err(IngressError::InvalidMessage { code, message })
+        }
+        None => {
+            debug!(source = %source.name, r#type = kind.as_str(), accepted, duplicates, "message accepted");
+            Ok(success(&[]))
+        }
+    }
+}
+
+fn with_type(mut message: Message, kind: MessageType) -> Result<Message, Rejection> {
+    match message.kind.as_deref() {
+        None => message.kind = Some(kind.as_str().to_owned()),
+        Some(text) if text == kind.as_str() => {}
+        Some(text) => {
+            return Err(Rejection {
+                code: TYPE_MISMATCH,
+                message: format!(
+                    "type {text:?} was posted to the {kind} endpoint: post it to its own endpoint, or to /v1/batch"
+                ),
+            });
+        }
+    }
+    Ok(message)
+}
+
+/// One refused batch item, in the answer.
+#[derive(Debug, Serialize)]
+struct RejectedItem {
+    index: usize,
+    code: &'static str,
+    message: String,
+}
+
+/// A batch endpoint: good items are stored even when others are refused, and the
+/// answer is 200 either way (so clients do not resend the good ones), listing the
+/// refused ones.
+async fn batch(
+    state: &IngressState,
+    source: &Source,
+    body: &[u8],
+    received_at: DateTime<Utc>,
+) -> Result<Response, IngressError> {
+    let config = &state.config;
+    let batch = match Input::parse(body) {
+        Ok(Input::Batch(batch)) => batch,
+        Ok(Input::Message(_)) => {
+            return Err(IngressError::WrongShape(
+                "this endpoint takes {\"batch\": [...]}: post single messages to /v1/track, /v1/identify, ...",
+            ));
+        }
+        Err(e) if e.code == ErrorCode::InvalidJson => {
+            return Err(IngressError::InvalidJson(e.message));
+        }
+        Err(e) => return Err(IngressError::InvalidBatch(e.message)),
+    };
+    if batch.batch.len() > config.max_batch_items {
+        return Err(IngressError::TooManyItems {
+            count: batch.batch.len(),
+            limit: config.max_batch_items,
+        });
+    }
+    let mut collected = Collected::new(source);
+    let mut listed = Vec::new();
+    for (index, raw) in batch.batch.iter().enumerate() {
+        let raw = raw.get();
+        let (kind, outcome) = if raw.len() > config.max_message_bytes {
+            let rejection = Rejection {
+                code: MESSAGE_TOO_LARGE,
+                message: format!(
+                    "the message is over {} bytes: send smaller messages",
+                    config.max_message_bytes
+                ),
+            };
+            ("unknown", Err(rejection))
+        } else {
+            match batch.item(index) {
+                Ok(message) => (
+                    type_label(message.kind.as_deref()),
+                    accept(message, batch.sent_at.as_deref(), received_at),
+                ),
+                Err(e) => ("unknown", Err(Rejection::from(e))),
+            }
+        };
+        if let Err(rejection) = &outcome {
+            listed.push(RejectedItem {
+                index,
+                code: rejection.code,
+                message: rejection.message.clone(),
+            });
+        }
+        collected.push(outcome, kind, Some(index), raw.as_bytes());
+    }
+    let tally = collected.store(state).await?;
+    let (accepted, duplicates, rejected) = tally.totals();
+    debug!(source = %source.name, accepted, duplicates, rejected, "batch stored");
+    Ok(success(&listed))
+}
+
+fn success(rejected: &[RejectedItem]) -> Response {
+    let body = if rejected.is_empty() {
+        serde_json::json!({ "success": true })
+    } else {
+        serde_json::json!({ "success": true, "rejected": rejected })
+    };
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_removes_only_the_write_key() {
+        assert_eq!(redacted(b"{\"a\": 1}"), b"{\"a\": 1}".to_vec());
+        assert_eq!(
+            redacted(br#"{"writeKey":"k","a":1}"#),
+            br#"{"a":1}"#.to_vec()
+        );
+        assert_eq!(redacted(b"{writeKey"), b"{writeKey".to_vec());
+        assert_eq!(
+            redacted(br#"{"x": {"writeKey": "nested"}}"#),
+            br#"{"x": {"writeKey": "nested"}}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn the_path_fills_a_missing_type_and_refuses_another() {
+        let message = |kind: Option<&str>| Message {
+            kind: kind.map(str::to_owned),
+            ..Message::default()
+        };
+        assert_eq!(
+            with_type(message(None), MessageType::Page)
+                .unwrap()
+                .kind
+                .as_deref(),
+            Some("page")
+        );
+        assert!(with_type(message(Some("page")), MessageType::Page).is_ok());
+        assert_eq!(
+            with_type(message(Some("track")), MessageType::Page)
+                .unwrap_err()
+                .code,
+            TYPE_MISMATCH
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! The ingress settings: sources and their write keys, limits, CORS origins.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use tower_http::cors::AllowOrigin;
+
+/// One Segment source: a name (it travels with every event) and its write key.
+///
+/// `Debug` shows the name only; the write key is redacted.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The source's name, as stored with its events and shown in metrics labels.
+    pub name: String,
+    /// The write key clients send (as the Basic username or `writeKey` in the body).
+    pub write_key: SecretString,
+}
+
+impl Source {
+    /// A source named `name` with the write key `write_key`.
+    pub fn new(name: impl Into<String>, write_key: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            write_key: SecretString::from(write_key.into()),
+        }
+    }
+}
+
+/// The ingress settings. [`IngressConfig::default`] has Segment's own limits and no
+/// sources; [`crate::IngressState::new`] refuses a configuration without any.
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    /// The sources whose write keys are accepted.
+    pub sources: Vec<Source>,
+    /// A `messageId` seen on a source within this window is not queued again (24 h).
+    pub dedup_window: Duration,
+    /// Largest single-call body, and largest item inside a batch, in bytes (32 KiB).
+    pub max_message_bytes: usize,
+    /// Largest batch body after decompression, in bytes (500 KiB).
+    pub max_batch_bytes: usize,
+    /// Most items in one batch (2,500).
+    pub max_batch_items: usize,
+    /// Origins allowed by CORS; `"*"` (the default) allows any.
+    pub cors_origins: Vec<String>,
+    /// Tracking requests being read and stored at once; one more is answered 503 with
+    /// `Retry-After` (64).
+    pub max_in_flight: usize,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            sources: Vec::new(),
+            dedup_window: Duration::from_secs(24 * 60 * 60),
+            max_message_bytes: 32 * 1024,
+            max_batch_bytes: 500 * 1024,
+            max_batch_items: 2500,
+            cors_origins: vec!["*".to_owned()],
+            max_in_flight: 64,
+        }
+    }
+}
+
+/// Why an [`IngressConfig`] cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// No sources: every request would be refused.
+    #[error("no sources are configured: add at least one source with a name and a write key")]
+    NoSources,
+    /// A source with an empty name.
+    #[error("a source has an empty name: give every source a name")]
+    EmptySourceName,
+    /// A source with an empty write key.
+    #[error("source {source_name:?} has an empty write key: set its write key")]
+    EmptyWriteKey {
+        /// The source at fault.
+        source_name: String,
+    },
+    /// Two sources with the same name.
+    #[error("two sources are named {0:?}: give each source its own name")]
+    DuplicateSourceName(String),
+    /// Two sources with the same write key: its events could not be told apart.
+    #[error("sources {first:?} and {second:?} share a write key: give each source its own")]
+    DuplicateWriteKey {
+        /// The first source with the key.
+        first: String,
+        /// The second source with the key.
+        second: String,
+    },
+    /// A CORS origin that is not a valid header value.
+    #[error("CORS origin {0:?} is not valid: use \"*\" or an origin like \"https://example.com\"")]
+    BadCorsOrigin(String),
+    /// A limit set to zero.
+    #[error("{0} is zero: set it to at least 1")]
+    ZeroLimit(&'static str),
+}
+
+impl IngressConfig {
+    /// Checks the settings and builds the CORS origin rule.
+    pub(crate) fn validate(&self) -> Result<AllowOrigin, ConfigError> {
+        if self.sources.is_empty() {
+            return Err(ConfigError::NoSources);
+        }
+        let mut names = HashSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            if source.name.is_empty() {
+                return Err(ConfigError::EmptySourceName);
+            }
+            if source.write_key.expose_secret().is_empty() {
+                return Err(ConfigError::EmptyWriteKey {
+                    source_name: source.name.clone(),
+                });
+            }
+            if !names.insert(source.name.as_str()) {
+                return Err(ConfigError::DuplicateSourceName(source.name.clone()));
+            }
+            // Startup only, so an ordinary comparison is fine here.
+            if let Some(first) = self.sources[..i]
+                .iter()
+                .find(|s| s.write_key.expose_secret() == source.write_key.expose_secret())
+            {
+                return Err(ConfigError::DuplicateWriteKey {
+                    first: first.name.clone(),
+                    second: source.name.clone(),
+                });
+            }
+        }
+        for (name, value) in [
+            ("max_message_bytes", self.max_message_bytes),
+            ("max_batch_bytes", self.max_batch_bytes),
+            ("max_batch_items", self.max_batch_items),
+            ("max_in_flight", self.max_in_flight),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::ZeroLimit(name));
+            }
+        }
+        if self.cors_origins.iter().any(|o| o.trim() == "*") {
+            return Ok(AllowOrigin::any());
+        }
+        let origins = self
+            .cors_origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o.trim()).map_err(|_| ConfigError::BadCorsOrigin(o.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AllowOrigin::list(origins))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(sources: Vec<Source>) -> IngressConfig {
+        IngressConfig {
+            sources,
+            ..IngressConfig::default()
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_write_key() {
+        let text = format!("{:?}", config(vec![Source::new("web", "wk-secret-123")]));
+        assert!(text.contains("web"), "{text}");
+        assert!(!text.contains("wk-secret-123"), "{text}");
+    }
+
+    #[test]
+    fn refuses_unusable_settings() {
+        let check = |config: IngressConfig, expected: Option<ConfigError>| {
+            assert_eq!(config.validate().err(), expected);
+        };
+        check(config(vec![Source::new("a", "k1")]), None);
+        check(config(vec![]), Some(ConfigError::NoSources));
+        check(
+            config(vec![Source::new("", "k1")]),
+            Some(ConfigError::EmptySourceName),
+        );
+        check(
+            config(vec![Source::new("a", "")]),
+            Some(ConfigError::EmptyWriteKey {
+                source_name: "a".into(),
+            }),
+        );
+        check(
+            config(vec![Source::new("a", "k1"), Source::new("a", "k2")]),
+            Some(ConfigError::DuplicateSourceName("a".into())),
+        );
+        check(
+            config(vec![Source::new("a", "k1"), Source::new("b", "k1")]),
+            Some(ConfigError::DuplicateWriteKey {
+                first: "a".into(),
+                second: "b".into(),
+            }),
+        );
+        check(
+            IngressConfig {
+                max_in_flight: 0,
+                ..config(vec![Source::new("a", "k1")])
+            },
+            Some(ConfigError::ZeroLimit("max_in_flight")),
+        );
+        check(
+            IngressConfig {
+                cors_origins: vec!["https://ok.example".into(), "bad\norigin".into()],
+                ..config(vec![Source::new("a", "k1")])
+            },
+            Some(ConfigError::BadCorsOrigin("bad\norigin".into())),
+        );
+    }
+}

@@ -1,0 +1,69 @@
+//! The operations endpoints: `/healthz`, `/readyz` and `/metrics`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use metrics::gauge;
+use serde_json::json;
+use tracing::warn;
+
+use crate::state::IngressState;
+use crate::telemetry::{DEAD_LETTERS, QUEUED, REJECTED_STORED};
+
+/// 200 while the process can answer at all.
+pub(crate) async fn healthz() -> Response {
+    (StatusCode::OK, Json(json!({ "alive": true }))).into_response()
+}
+
+/// 200 when the store can write and the destination is healthy, else 503; the body
+/// says which part is not.
+pub(crate) async fn readyz(State(state): State<IngressState>) -> Response {
+    let store = state.store.check_writable().await;
+    let destination = state.destination.status();
+    let ready = store.is_ok() && destination.healthy;
+    let store = match store {
+        Ok(()) => json!({ "ok": true, "detail": "writable" }),
+        Err(e) => json!({ "ok": false, "detail": e.to_string() }),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "ready": ready,
+        "store": store,
+        "destination": { "healthy": destination.healthy, "detail": destination.detail },
+    });
+    (status, Json(body)).into_response()
+}
+
+/// The Prometheus text, after setting the store gauges; 404 when no handle was given.
+pub(crate) async fn metrics(State(state): State<IngressState>) -> Response {
+    let Some(handle) = &state.metrics else {
+        return (
+            StatusCode::NOT_FOUND,
+            "metrics are not enabled: give the ingress a Prometheus handle\n",
+        )
+            .into_response();
+    };
+    match state.store.stats().await {
+        Ok(stats) => {
+            gauge!(QUEUED).set(stats.queued as f64);
+            gauge!(DEAD_LETTERS).set(stats.dead_letters as f64);
+            gauge!(REJECTED_STORED).set(stats.rejected as f64);
+        }
+        Err(e) => warn!(error = %e, "could not read the store's counts for /metrics"),
+    }
+    handle.run_upkeep();
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}

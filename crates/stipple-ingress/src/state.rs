@@ -1,0 +1,131 @@
+//! The router's state and the collaborators it is given: store, clock, destination
+//! health and the Prometheus handle.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::PrometheusHandle;
+use stipple_store::Store;
+use tokio::sync::Semaphore;
+use tower_http::cors::AllowOrigin;
+
+use crate::config::{ConfigError, IngressConfig};
+
+/// Where the ingress reads the time it stamps as `receivedAt`.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that always says the same time (for tests).
+#[derive(Debug, Clone, Copy)]
+pub struct FixedClock(pub DateTime<Utc>);
+
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0
+    }
+}
+
+/// Whether the destination (Pointillist) is being delivered to, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationStatus {
+    /// True while delivery works.
+    pub healthy: bool,
+    /// What is wrong, or what is fine, for people.
+    pub detail: String,
+}
+
+/// Reports the destination's health; the delivery crate implements it.
+pub trait DestinationHealth: Send + Sync {
+    /// The current status.
+    fn status(&self) -> DestinationStatus;
+}
+
+/// A destination that is always healthy (no delivery running, or tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AlwaysHealthy;
+
+impl DestinationHealth for AlwaysHealthy {
+    fn status(&self) -> DestinationStatus {
+        DestinationStatus {
+            healthy: true,
+            detail: "not monitored".to_owned(),
+        }
+    }
+}
+
+/// Everything the router's handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct IngressState {
+    pub(crate) config: Arc<IngressConfig>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) destination: Arc<dyn DestinationHealth>,
+    pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) in_flight: Arc<Semaphore>,
+    pub(crate) cors_origin: AllowOrigin,
+}
+
+impl IngressState {
+    /// State for `config` storing into `store`, with the system clock, a destination
+    /// taken as healthy and no `/metrics`; change those with the `with_*` methods.
+    pub fn new(config: IngressConfig, store: Arc<dyn Store>) -> Result<Self, ConfigError> {
+        let cors_origin = config.validate()?;
+        let permits = config.max_in_flight.min(Semaphore::MAX_PERMITS);
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            clock: Arc::new(SystemClock),
+            destination: Arc::new(AlwaysHealthy),
+            metrics: None,
+            in_flight: Arc::new(Semaphore::new(permits)),
+            cors_origin,
+        })
+    }
+
+    /// Uses `clock` for `receivedAt`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Reports `destination` in `/readyz`.
+    pub fn with_destination_health(mut self, destination: Arc<dyn DestinationHealth>) -> Self {
+        self.destination = destination;
+        self
+    }
+
+    /// Serves `/metrics` from `handle` (the recorder the `metrics` facade records into).
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &IngressConfig {
+        &self.config
+    }
+}
+
+impl fmt::Debug for IngressState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IngressState")
+            .field("config", &self.config)
+            .field("store", &self.store)
+            .field("metrics", &self.metrics.is_some())
+            .field("in_flight_free", &self.in_flight.available_permits())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,983 @@
+//! The Tracking API through the router: endpoints, auth, content types, limits,
+//! validation, stamping, dedup, failure answers, CORS and the operations endpoints.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use common::{Gate, Harness, TestStore, config, get, options, post};
+use serde_json::{Value, json};
+use stipple_ingress::{DestinationHealth, DestinationStatus, IngressConfig};
+
+fn track() -> Value {
+    json!({"userId": "u1", "event": "Signed Up", "properties": {"plan": "pro"}})
+}
+
+/// [`track`] as a batch item, which must say its type.
+fn track_item() -> Value {
+    let mut item = track();
+    item["type"] = json!("track");
+    item
+}
+
+#[tokio::test]
+async fn every_endpoint_and_short_path_with_and_without_trailing_slash() {
+    let h = Harness::new();
+    let cases: [(&str, Value, &str); 15] = [
+        (
+            "identify",
+            json!({"userId": "u1", "traits": {"email": "a@example.com"}}),
+            "identify",
+        ),
+        ("track", track(), "track"),
+        (
+            "page",
+            json!({"anonymousId": "a1", "name": "Home", "properties": {"path": "/"}}),
+            "page",
+        ),
+        (
+            "screen",
+            json!({"userId": "u1", "name": "Settings"}),
+            "screen",
+        ),
+        (
+            "group",
+            json!({"userId": "u1", "groupId": "g1", "traits": {"name": "Acme"}}),
+            "group",
+        ),
+        (
+            "alias",
+            json!({"userId": "u1", "previousId": "a1"}),
+            "alias",
+        ),
+        (
+            "batch",
+            json!({"batch": [{"type": "track", "userId": "u1", "event": "B"}]}),
+            "track",
+        ),
+        (
+            "import",
+            json!({"batch": [{"type": "screen", "userId": "u1"}]}),
+            "screen",
+        ),
+        ("i", json!({"userId": "u1"}), "identify"),
+        ("t", json!({"userId": "u1", "event": "E"}), "track"),
+        ("p", json!({"anonymousId": "a1"}), "page"),
+        ("s", json!({"anonymousId": "a1"}), "screen"),
+        ("g", json!({"userId": "u1", "groupId": "g1"}), "group"),
+        ("a", json!({"userId": "u1", "previousId": "a1"}), "alias"),
+        (
+            "b",
+            json!({"batch": [{"type": "page", "anonymousId": "a1"}]}),
+            "page",
+        ),
+    ];
+    let mut stored = 0;
+    for (name, body, kind) in cases {
+        for path in [format!("/v1/{name}"), format!("/v1/{name}/")] {
+            let request = post(&path).basic("wk_web:").json(body.clone()).build();
+            h.check(request, 200, json!({"success": true})).await;
+            stored += 1;
+            let events = h.events().await;
+            assert_eq!(events.len(), stored, "{path}");
+            let last = &events[stored - 1];
+            assert_eq!(last.payload["type"], kind, "{path}");
+            assert_eq!(last.source, "web", "{path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn write_key_from_basic_auth_or_the_body() {
+    let h = Harness::new();
+    let unauthorized = |code: &str| json!({"success": false, "code": code});
+    let with_key = |key: &str| {
+        let mut body = track();
+        body["writeKey"] = json!(key);
+        body
+    };
+    let cases = [
+        // (request, status, body subset, source of the stored event)
+        (
+            post("/v1/track").basic("wk_web:").json(track()),
+            200,
+            json!({"success": true}),
+            Some("web"),
+        ),
+        (
+            post("/v1/track").basic("wk_app").json(track()),
+            200,
+            json!({"success": true}),
+            Some("app"),
+        ),
+        (
+            post("/v1/track").json(with_key("wk_app")),
+            200,
+            json!({"success": true}),
+            Some("app"),
+        ),
+        (
+            post("/v1/batch").json(json!({"writeKey": "wk_web", "batch": [track_item()]})),
+            200,
+            json!({"success": true}),
+            Some("web"),
+        ),
+        // Header and body agree, as analytics-python sends them.
+        (
+            post("/v1/track").basic("wk_app:").json(with_key("wk_app")),
+            200,
+            json!({"success": true}),
+            Some("app"),
+        ),
+        (
+            post("/v1/track").basic("wk_nope:").json(track()),
+            401,
+            unauthorized("unknown_write_key"),
+            None,
+        ),
+        (
+            post("/v1/track").json(with_key("wk_nope")),
+            401,
+            unauthorized("unknown_write_key"),
+            None,
+        ),
+        (
+            post("/v1/track").json(track()),
+            401,
+            unauthorized("missing_write_key"),
+            None,
+        ),
+        (
+            post("/v1/track").basic(":").json(track()),
+            401,
+            unauthorized("missing_write_key"),
+            None,
+        ),
+        (
+            post("/v1/track")
+                .header("authorization", "Basic %%%")
+                .json(track()),
+            401,
+            unauthorized("bad_authorization"),
+            None,
+        ),
+        // The header decides when it carries a key.
+        (
+            post("/v1/track").basic("wk_nope:").json(with_key("wk_web")),
+            401,
+            unauthorized("unknown_write_key"),
+            None,
+        ),
+    ];
+    for (request, status, subset, source) in cases {
+        let before = h.events().await.len();
+        h.check(request.build(), status, subset).await;
+        let events = h.events().await;
+        match source {
+            Some(source) => {
+                assert_eq!(events.len(), before + 1);
+                let last = &events[before];
+                assert_eq!(last.source, source);
+                assert!(
+                    last.payload.get("writeKey").is_none(),
+                    "the key is not stored: {}",
+                    last.payload
+                );
+            }
+            None => assert_eq!(events.len(), before),
+        }
+    }
+    assert!(
+        h.rejected().await.is_empty(),
+        "nothing of a refused request is kept"
+    );
+}
+
+#[tokio::test]
+async fn content_types() {
+    let h = Harness::new();
+    let body = track().to_string();
+    let ok = json!({"success": true});
+    let unsupported = json!({"success": false, "code": "unsupported_content_type"});
+    for (content_type, status, subset) in [
+        (Some("application/json"), 200, &ok),
+        (Some("application/json; charset=utf-8"), 200, &ok),
+        (Some("text/plain"), 200, &ok),
+        (Some("text/plain;charset=UTF-8"), 200, &ok),
+        (None, 200, &ok),
+        (Some("application/xml"), 415, &unsupported),
+        (Some("application/x-www-form-urlencoded"), 415, &unsupported),
+        (Some("multipart/form-data; boundary=x"), 415, &unsupported),
+    ] {
+        let mut request = post("/v1/t").basic("wk_web:").raw(body.clone());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        h.check(request.build(), status, subset.clone()).await;
+    }
+    assert_eq!(h.events().await.len(), 5);
+}
+
+#[tokio::test]
+async fn gzip_bodies_and_the_gzip_bomb() {
+    let h = Harness::new();
+    let batch = json!({"batch": [track_item(), track_item()], "writeKey": "wk_web"});
+    h.check(
+        post("/v1/batch").json(batch).gzip().build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
+    h.check(
+        post("/v1/track")
+            .basic("wk_web:")
+            .json(track())
+            .gzip()
+            .build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
+    let x_gzip = post("/v1/track")
+        .basic("wk_web:")
+        .raw(common::gzip(track().to_string().as_bytes()))
+        .header("content-encoding", "x-gzip")
+        .build();
+    h.check(x_gzip, 200, json!({"success": true})).await;
+    assert_eq!(h.events().await.len(), 4);
+
+    // 10 MiB of spaces around a valid batch, compressed to a few KiB.
+    let mut bomb = b"{\"batch\": [".to_vec();
+    bomb.extend(std::iter::repeat_n(b' ', 10 * 1024 * 1024));
+    bomb.extend(b"]}");
+    let request = post("/v1/batch").basic("wk_web:").raw(bomb).gzip().build();
+    h.check(
+        request,
+        400,
+        json!({"success": false, "code": "batch_too_large"}),
+    )
+    .await;
+    let big_single =
+        json!({"userId": "u1", "event": "E", "properties": {"pad": "x".repeat(40 * 1024)}});
+    let request = post("/v1/track")
+        .basic("wk_web:")
+        .json(big_single)
+        .gzip()
+        .build();
+    h.check(
+        request,
+        400,
+        json!({"success": false, "code": "message_too_large"}),
+    )
+    .await;
+    let not_gzip = post("/v1/track")
+        .basic("wk_web:")
+        .raw("{}")
+        .header("content-encoding", "gzip")
+        .build();
+    h.check(
+        not_gzip,
+        400,
+        json!({"success": false, "code": "unreadable_body"}),
+    )
+    .await;
+    let brotli = post("/v1/track")
+        .basic("wk_web:")
+        .raw("{}")
+        .header("content-encoding", "br")
+        .build();
+    h.check(
+        brotli,
+        415,
+        json!({"success": false, "code": "unsupported_content_encoding"}),
+    )
+    .await;
+    assert_eq!(h.events().await.len(), 4);
+}
+
+#[tokio::test]
+async fn invalid_json_is_400_and_not_kept() {
+    let h = Harness::new();
+    for path in ["/v1/track", "/v1/batch"] {
+        let request = post(path).basic("wk_web:").raw("{\"userId\": ").build();
+        h.check(
+            request,
+            400,
+            json!({"success": false, "code": "invalid_json"}),
+        )
+        .await;
+    }
+    // Without a header key the body is read for one, and is found not to be JSON.
+    let request = post("/v1/t")
+        .header("content-type", "text/plain")
+        .raw("nope")
+        .build();
+    h.check(
+        request,
+        400,
+        json!({"success": false, "code": "invalid_json"}),
+    )
+    .await;
+    assert!(h.events().await.is_empty());
+    assert!(h.rejected().await.is_empty());
+}
+
+#[tokio::test]
+async fn request_limits() {
+    let h = Harness::new();
+    let padded = |bytes: usize| json!({"userId": "u1", "event": "E", "properties": {"pad": "x".repeat(bytes)}});
+    let request = post("/v1/track")
+        .basic("wk_web:")
+        .json(padded(33 * 1024))
+        .build();
+    let (_, body) = h
+        .check(
+            request,
+            400,
+            json!({"success": false, "code": "message_too_large"}),
+        )
+        .await;
+    assert!(
+        body["message"].as_str().unwrap().contains("32768"),
+        "{body}"
+    );
+    let request = post("/v1/track")
+        .basic("wk_web:")
+        .json(padded(30 * 1024))
+        .build();
+    h.check(request, 200, json!({"success": true})).await;
+
+    let items: Vec<Value> = (0..20).map(|_| padded(30 * 1024)).collect();
+    let request = post("/v1/batch")
+        .basic("wk_web:")
+        .json(json!({"batch": items}))
+        .build();
+    h.check(
+        request,
+        400,
+        json!({"success": false, "code": "batch_too_large"}),
+    )
+    .await;
+
+    let item = json!({"type": "track", "userId": "u", "event": "E"});
+    let request = post("/v1/batch")
+        .basic("wk_web:")
+        .json(json!({"batch": vec![item.clone(); 2501]}))
+        .build();
+    h.check(
+        request,
+        400,
+        json!({"success": false, "code": "too_many_items"}),
+    )
+    .await;
+    assert_eq!(h.events().await.len(), 1);
+    let request = post("/v1/batch")
+        .basic("wk_web:")
+        .json(json!({"batch": vec![item; 2500]}))
+        .build();
+    h.check(request, 200, json!({"success": true})).await;
+    assert_eq!(h.events().await.len(), 2501);
+    assert!(h.rejected().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_keeps_its_good_items_and_lists_and_keeps_the_bad_ones() {
+    let h = Harness::new();
+    let big = json!({"type": "track", "userId": "u", "event": "E", "properties": {"pad": "x".repeat(33 * 1024)}});
+    let body = json!({"batch": [
+        {"type": "track", "userId": "u1", "event": "Good 1"},
+        {"type": "track", "event": "No user"},
+        {"type": "Track", "userId": "u1", "event": "Bad type"},
+        5,
+        big,
+        {"type": "identify", "userId": "u2", "traits": {"plan": "pro"}},
+        {"type": "track", "userId": "u1"},
+        {"type": "alias", "userId": "u1"},
+        {"userId": "u1"},
+        {"type": "page", "userId": "u1", "timestamp": "noon"},
+        {"type": "page", "anonymousId": "a1", "writeKey": "wk_web"}
+    ]});
+    let raw_items: Vec<String> = body["batch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    let expected = [
+        (1, "no_user_anon_id"),
+        (2, "invalid_type"),
+        (3, "invalid_message"),
+        (4, "message_too_large"),
+        (6, "missing_event"),
+        (7, "missing_previous_id"),
+        (8, "missing_type"),
+        (9, "invalid_timestamp"),
+    ];
+    let listed: Vec<Value> = expected
+        .iter()
+        .map(|(index, code)| json!({"index": index, "code": code}))
+        .collect();
+    let request = post("/v1/batch").basic("wk_web:").json(body).build();
+    let (_, answer) = h
+        .check(request, 200, json!({"success": true, "rejected": listed}))
+        .await;
+    for item in answer["rejected"].as_array().unwrap() {
+        assert!(!item["message"].as_str().unwrap().is_empty(), "{item}");
+    }
+
+    let events = h.events().await;
+    let names: Vec<_> = events
+        .iter()
+        .map(|e| e.payload["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["track", "identify", "page"]);
+    assert!(events[2].payload.get("writeKey").is_none());
+
+    let rejected = h.rejected().await;
+    assert_eq!(rejected.len(), expected.len());
+    for (stored, (index, code)) in rejected.iter().zip(expected) {
+        assert_eq!(stored.input.source, "web");
+        assert_eq!(stored.input.index, Some(index));
+        assert_eq!(stored.input.code, code);
+        assert_eq!(
+            stored.input.payload,
+            raw_items[index].as_bytes(),
+            "kept as received"
+        );
+    }
+}
+
+#[tokio::test]
+async fn batch_level_context_and_integrations_are_merged_into_items() {
+    let h = Harness::new();
+    let body = json!({
+        "batch": [
+            {"type": "track", "userId": "u1", "event": "A", "context": {"ip": "1.1.1.1"}},
+            {"type": "track", "userId": "u1", "event": "B", "integrations": {"Pointillist": true}}
+        ],
+        "context": {"ip": "9.9.9.9", "library": {"name": "analytics-python", "version": "2.3.3"}},
+        "integrations": {"All": false}
+    });
+    h.check(
+        post("/v1/batch").basic("wk_web:").json(body).build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
+    let events = h.events().await;
+    assert!(
+        common::contains(
+            &events[0].payload,
+            &json!({"context": {"ip": "1.1.1.1", "library": {"name": "analytics-python"}}, "integrations": {"All": false}})
+        ),
+        "{}",
+        events[0].payload
+    );
+    assert!(
+        common::contains(
+            &events[1].payload,
+            &json!({"context": {"ip": "9.9.9.9"}, "integrations": {"All": false, "Pointillist": true}})
+        ),
+        "{}",
+        events[1].payload
+    );
+}
+
+#[tokio::test]
+async fn clock_skew_is_corrected_in_the_stored_payload() {
+    let h = Harness::new();
+    // The client's clock is an hour fast: it sent 10 s after the event, by its clock.
+    let skewed = json!({"userId": "u1", "event": "E",
+        "timestamp": "2026-11-28T13:00:00.000Z", "sentAt": "2026-11-28T13:00:10.000Z"});
+    h.check(
+        post("/v1/track").basic("wk_web:").json(skewed).build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
+    let stored = h.last_event().await.payload;
+    assert!(
+        common::contains(
+            &stored,
+            &json!({
+                "timestamp": "2026-11-28T11:59:50.000Z",
+                "originalTimestamp": "2026-11-28T13:00:00.000Z",
+                "receivedAt": "2026-11-28T12:00:00.000Z",
+                "sentAt": "2026-11-28T13:00:10.000Z"
+            })
+        ),
+        "{stored}"
+    );
+
+    // The batch's sentAt applies to items without their own.
+    let batch = json!({"sentAt": "2026-11-28T13:00:10Z", "batch": [
+        {"type": "track", "userId": "u1", "event": "E", "timestamp": "2026-11-28T13:00:05Z"}
+    ]});
+    h.check(
+        post("/v1/batch").basic("wk_web:").json(batch).build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
+    let stored = h.last_event().await.payload;
+    assert_eq!(stored["timestamp"], "2026-11-28T11:59:55.000Z", "{stored}");
+    assert_eq!(stored["sentAt"], "2026-11-28T13:00:10Z", "{stored}");
+
+    // No sentAt: the client's timestamp stands. No timestamp: receivedAt.
+    let no_sent_at = json!({"userId": "u1", "event": "E", "timestamp": "2020-01-01T00:00:00Z"});
+    h.check(
+        post("/v1/track").basic("wk_web:").json(no_sent_at).build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
+    assert_eq!(
+        h.last_event().await.payload["timestamp"],
+        "2020-01-01T00:00:00.000Z"
+    );
+    h.check(
+        post("/v1/track").basic("wk_web:").json(track()).build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
+    let stored = h.last_event().await.payload;
+    assert_eq!(stored["timestamp"], "2026-11-28T12:00:00.000Z");
+    assert_eq!(stored["receivedAt"], "2026-11-28T12:00:00.000Z");
+    assert!(stored.get("originalTimestamp").is_none(), "{stored}");
+}
+
+#[tokio::test]
+async fn a_missing_message_id_is_generated_and_a_given_one_kept() {
+    let h = Harness::new();
+    h.check(
+        post("/v1/track").basic("wk_web:").json(track()).build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
+    let stored = h.last_event().await;
+    let id = uuid::Uuid::parse_str(&stored.message_id).expect("a UUID");
+    assert_eq!(id.get_version_num(), 4);
+    assert_eq!(stored.payload["messageId"], stored.message_id);
+
+    let mut given = track();
+    given["messageId"] = json!("ajs-next-1732795200000-5c1d");
+    h.check(
+        post("/v1/track").basic("wk_web:").json(given).build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
+    assert_eq!(
+        h.last_event().await.message_id,
+        "ajs-next-1732795200000-5c1d"
+    );
+}
+
+#[tokio::test]
+async fn duplicates_are_answered_200_and_deduplicated_per_source() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let h = Harness::with(config(), TestStore::default(), |s| s.with_metrics(handle));
+    let mut message = track_item();
+    message["messageId"] = json!("m-1");
+    for key in ["wk_web:", "wk_web:", "wk_app:"] {
+        let request = post("/v1/track").basic(key).json(message.clone()).build();
+        h.check(request, 200, json!({"success": true})).await;
+    }
+    let batch = json!({"batch": [message.clone(), {"type": "track", "userId": "u", "event": "E", "messageId": "m-2"}]});
+    h.check(
+        post("/v1/batch").basic("wk_web").json(batch).build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
+    let events: Vec<_> = h
+        .events()
+        .await
+        .into_iter()
+        .map(|e| (e.source, e.message_id))
+        .collect();
+    let expected =
+        [("web", "m-1"), ("app", "m-1"), ("web", "m-2")].map(|(s, m)| (s.to_owned(), m.to_owned()));
+    assert_eq!(events, expected);
+
+    let (_, text) = h.check(get("/metrics").build(), 200, Value::Null).await;
+    let text = text.as_str().unwrap();
+    for line in [
+        r#"stipple_deduplicated_total{source="web",type="track"} 2"#,
+        r#"stipple_accepted_total{source="web",type="track"} 2"#,
+        r#"stipple_accepted_total{source="app",type="track"} 1"#,
+        r#"stipple_received_total{source="web",type="track"} 4"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_single_message_is_400_and_kept() {
+    let h = Harness::new();
+    let cases = [
+        (json!({"event": "No user"}), "no_user_anon_id"),
+        (
+            json!({"type": "identify", "userId": "u1", "event": "E"}),
+            "type_mismatch",
+        ),
+        (json!({"userId": true, "event": "E"}), "invalid_message"),
+        (json!("a string"), "invalid_message"),
+        (json!([1]), "invalid_message"),
+        (
+            json!({"userId": "u1", "event": "E", "messageId": "x".repeat(100)}),
+            "invalid_message_id",
+        ),
+    ];
+    for (body, code) in &cases {
+        let request = post("/v1/track")
+            .basic("wk_web:")
+            .json(body.clone())
+            .build();
+        let (_, answer) = h
+            .check(request, 400, json!({"success": false, "code": code}))
+            .await;
+        assert!(!answer["message"].as_str().unwrap().is_empty());
+    }
+    assert!(h.events().await.is_empty());
+    let rejected = h.rejected().await;
+    assert_eq!(rejected.len(), cases.len());
+    for (stored, (body, code)) in rejected.iter().zip(&cases) {
+        assert_eq!(stored.input.code, *code);
+        assert_eq!(stored.input.index, None);
+        assert_eq!(stored.input.payload, body.to_string().as_bytes());
+    }
+    // The write key is kept out of the rejected input too.
+    let request = post("/v1/t")
+        .header("content-type", "text/plain")
+        .raw(json!({"writeKey": "wk_web", "event": "E"}).to_string())
+        .build();
+    h.check(request, 400, json!({"code": "no_user_anon_id"}))
+        .await;
+    let last = h.rejected().await.pop().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&last.input.payload).unwrap(),
+        json!({"event": "E"})
+    );
+}
+
+#[tokio::test]
+async fn the_wrong_shape_for_the_endpoint_is_400() {
+    let h = Harness::new();
+    let cases = [
+        (
+            post("/v1/track").json(json!({"writeKey": "wk_web", "batch": []})),
+            "wrong_shape",
+        ),
+        (
+            post("/v1/batch").basic("wk_web:").json(track()),
+            "wrong_shape",
+        ),
+        (
+            post("/v1/batch").basic("wk_web:").json(json!({"batch": 5})),
+            "invalid_batch",
+        ),
+        (
+            post("/v1/b")
+                .basic("wk_web:")
+                .json(json!({"batch": [], "context": "x"})),
+            "invalid_batch",
+        ),
+    ];
+    for (request, code) in cases {
+        h.check(
+            request.build(),
+            400,
+            json!({"success": false, "code": code}),
+        )
+        .await;
+    }
+    // An empty batch is fine.
+    h.check(
+        post("/v1/batch")
+            .basic("wk_web:")
+            .json(json!({"batch": []}))
+            .build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
+    assert!(h.rejected().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_store_failure_is_503_with_retry_after() {
+    let store = TestStore::default();
+    store.fail_append.store(true, Ordering::SeqCst);
+    let h = Harness::with(config(), store, |s| s);
+    for request in [
+        post("/v1/track").basic("wk_web:").json(track()),
+        post("/v1/batch")
+            .basic("wk_web:")
+            .json(json!({"batch": [track_item()]})),
+        // Refused messages are stored too, so their answer waits for the store as well.
+        post("/v1/track")
+            .basic("wk_web:")
+            .json(json!({"event": "E"})),
+    ] {
+        let (headers, answer) = h
+            .check(
+                request.build(),
+                503,
+                json!({"success": false, "code": "store_unavailable"}),
+            )
+            .await;
+        assert_eq!(headers["retry-after"], "5");
+        assert!(
+            !answer["message"].as_str().unwrap().contains("disk"),
+            "no internals: {answer}"
+        );
+    }
+    h.store.fail_append.store(false, Ordering::SeqCst);
+    h.check(
+        post("/v1/track").basic("wk_web:").json(track()).build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn overload_is_503_with_retry_after() {
+    let store = TestStore {
+        gate: Some(Gate::default()),
+        ..TestStore::default()
+    };
+    let config = IngressConfig {
+        max_in_flight: 1,
+        ..config()
+    };
+    let h = Harness::with(config, store, |s| s);
+    let first = {
+        let router = h.router.clone();
+        let request = post("/v1/track").basic("wk_web:").json(track()).build();
+        tokio::spawn(tower::ServiceExt::oneshot(router, request))
+    };
+    let gate = h.store.gate.as_ref().unwrap();
+    gate.entered.notified().await;
+    let (headers, _) = h
+        .check(
+            post("/v1/track").basic("wk_web:").json(track()).build(),
+            503,
+            json!({"success": false, "code": "overloaded"}),
+        )
+        .await;
+    assert_eq!(headers["retry-after"], "1");
+    gate.release.notify_one();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(h.events().await.len(), 1);
+    // The permit is back.
+    let second = tokio::spawn(tower::ServiceExt::oneshot(
+        h.router.clone(),
+        post("/v1/track").basic("wk_web:").json(track()).build(),
+    ));
+    gate.entered.notified().await;
+    gate.release.notify_one();
+    assert_eq!(second.await.unwrap().unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn cors_preflight_and_headers_on_every_answer() {
+    let h = Harness::new();
+    let preflight = options("/v1/track")
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,authorization,x-retry-count",
+        )
+        .build();
+    let (headers, _) = h.check(preflight, 200, Value::Null).await;
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    let methods = headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(methods.contains("post"), "{methods}");
+    let allowed = headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in [
+        "content-type",
+        "authorization",
+        "x-retry-count",
+        "content-encoding",
+    ] {
+        assert!(allowed.contains(name), "{name} not in {allowed}");
+    }
+
+    for (request, status) in [
+        (
+            post("/v1/t")
+                .header("origin", "https://shop.example")
+                .basic("wk_web:")
+                .json(track()),
+            200,
+        ),
+        (
+            post("/v1/t")
+                .header("origin", "https://shop.example")
+                .json(track()),
+            401,
+        ),
+        (
+            post("/v1/nope")
+                .header("origin", "https://shop.example")
+                .json(track()),
+            404,
+        ),
+    ] {
+        let (headers, _) = h.check(request.build(), status, Value::Null).await;
+        assert_eq!(headers["access-control-allow-origin"], "*", "{status}");
+    }
+
+    let listed = IngressConfig {
+        cors_origins: vec!["https://shop.example".into()],
+        ..config()
+    };
+    let h = Harness::with(listed, TestStore::default(), |s| s);
+    let request = |origin: &str| {
+        post("/v1/t")
+            .header("origin", origin)
+            .basic("wk_web:")
+            .json(track())
+            .build()
+    };
+    let (headers, _) = h
+        .check(request("https://shop.example"), 200, Value::Null)
+        .await;
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    let (headers, _) = h
+        .check(request("https://evil.example"), 200, Value::Null)
+        .await;
+    assert!(headers.get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404() {
+    let h = Harness::new();
+    h.check(
+        post("/v1/nope").basic("wk_web:").json(track()).build(),
+        404,
+        json!({"code": "no_such_endpoint"}),
+    )
+    .await;
+    h.check(
+        post("/v2/track").basic("wk_web:").json(track()).build(),
+        404,
+        json!({"success": false}),
+    )
+    .await;
+}
+
+struct Down;
+
+impl DestinationHealth for Down {
+    fn status(&self) -> DestinationStatus {
+        DestinationStatus {
+            healthy: false,
+            detail: "pointillist answered 401: check the api token".into(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn healthz_and_readyz() {
+    let h = Harness::new();
+    h.check(get("/healthz").build(), 200, Value::Null).await;
+    h.check(
+        get("/readyz").build(),
+        200,
+        json!({"ready": true, "store": {"ok": true}, "destination": {"healthy": true}}),
+    )
+    .await;
+
+    let h = Harness::with(config(), TestStore::default(), |s| {
+        s.with_destination_health(Arc::new(Down))
+    });
+    h.check(get("/healthz").build(), 200, Value::Null).await;
+    h.check(
+        get("/readyz").build(),
+        503,
+        json!({"ready": false, "store": {"ok": true},
+               "destination": {"healthy": false, "detail": "pointillist answered 401: check the api token"}}),
+    )
+    .await;
+
+    let store = TestStore::default();
+    store.fail_writable.store(true, Ordering::SeqCst);
+    let h = Harness::with(config(), store, |s| s);
+    h.check(
+        get("/readyz").build(),
+        503,
+        json!({"ready": false, "store": {"ok": false}, "destination": {"healthy": true}}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn metrics_text_has_the_counters_and_the_store_gauges() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let h = Harness::with(config(), TestStore::default(), |s| s.with_metrics(handle));
+    let body = json!({"batch": [
+        {"type": "track", "userId": "u1", "event": "E"},
+        {"type": "identify", "userId": "u1"},
+        {"type": "track", "event": "no user"},
+        "nonsense"
+    ]});
+    h.check(
+        post("/v1/batch").basic("wk_app:").json(body).build(),
+        200,
+        Value::Null,
+    )
+    .await;
+    h.check(post("/v1/track").json(track()).build(), 401, Value::Null)
+        .await;
+
+    let (headers, text) = h.check(get("/metrics").build(), 200, Value::Null).await;
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = text.as_str().unwrap();
+    for line in [
+        r#"stipple_received_total{source="app",type="track"} 2"#,
+        r#"stipple_received_total{source="app",type="identify"} 1"#,
+        r#"stipple_received_total{source="app",type="unknown"} 1"#,
+        r#"stipple_accepted_total{source="app",type="track"} 1"#,
+        r#"stipple_accepted_total{source="app",type="identify"} 1"#,
+        r#"stipple_rejected_total{source="app",type="track",code="no_user_anon_id"} 1"#,
+        r#"stipple_rejected_total{source="app",type="unknown",code="invalid_message"} 1"#,
+        r#"stipple_ingress_requests_total{status="200"} 1"#,
+        r#"stipple_ingress_requests_total{status="401"} 1"#,
+        "stipple_queued 2",
+        "stipple_dead_letters 0",
+        "stipple_rejected_stored 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+
+    let without = Harness::new();
+    without
+        .check(get("/metrics").build(), 404, Value::Null)
+        .await;
+}

@@ -1,0 +1,303 @@
+//! Shared test helpers: a router over a memory store with a fixed clock, a request
+//! builder, and `check(request, status, body_subset)`.
+// Each test binary uses some of these helpers, and none is reachable from outside.
+#![allow(dead_code, unreachable_pub)]
+// Helpers, not `#[test]`s, so clippy's allow-unwrap-in-tests does not reach them; a panic
+// here is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use serde_json::Value;
+use stipple_ingress::{FixedClock, IngressConfig, IngressState, Source, router};
+use stipple_store::{
+    Append, Appended, DeadLetter, DeadLetterReason, EventId, Leased, MemoryStore, Stats, Store,
+    StoreError, StoredRejection,
+};
+use tokio::sync::Notify;
+use tower::ServiceExt as _;
+
+/// The ingress clock in every test: 2026-11-28T12:00:00Z.
+pub const NOW: &str = "2026-11-28T12:00:00Z";
+
+pub fn now() -> DateTime<Utc> {
+    NOW.parse().unwrap()
+}
+
+/// Two sources: `web` (key `wk_web`) and `app` (key `wk_app`).
+pub fn config() -> IngressConfig {
+    IngressConfig {
+        sources: vec![Source::new("web", "wk_web"), Source::new("app", "wk_app")],
+        ..IngressConfig::default()
+    }
+}
+
+/// Blocks `append` until released, telling when it got there.
+#[derive(Debug, Default)]
+pub struct Gate {
+    pub entered: Notify,
+    pub release: Notify,
+}
+
+/// A [`MemoryStore`] whose `append` and `check_writable` can be made to fail, and whose
+/// `append` can be held at a [`Gate`].
+#[derive(Debug, Default)]
+pub struct TestStore {
+    pub inner: MemoryStore,
+    pub fail_append: AtomicBool,
+    pub fail_writable: AtomicBool,
+    pub gate: Option<Gate>,
+}
+
+#[async_trait::async_trait]
+impl Store for TestStore {
+    async fn append(&self, append: Append, dedup_window: Duration) -> Result<Appended, StoreError> {
+        if let Some(gate) = &self.gate {
+            gate.entered.notify_one();
+            gate.release.notified().await;
+        }
+        if self.fail_append.load(Ordering::SeqCst) {
+            return Err(StoreError::Database("disk I/O error".into()));
+        }
+        self.inner.append(append, dedup_window).await
+    }
+    async fn lease(&self, max: usize, lease_for: Duration) -> Result<Vec<Leased>, StoreError> {
+        self.inner.lease(max, lease_for).await
+    }
+    async fn ack(&self, ids: &[EventId]) -> Result<(), StoreError> {
+        self.inner.ack(ids).await
+    }
+    async fn retry(&self, id: EventId, not_before: DateTime<Utc>) -> Result<(), StoreError> {
+        self.inner.retry(id, not_before).await
+    }
+    async fn release(&self, ids: &[EventId]) -> Result<(), StoreError> {
+        self.inner.release(ids).await
+    }
+    async fn dead_letter(&self, id: EventId, reason: DeadLetterReason) -> Result<(), StoreError> {
+        self.inner.dead_letter(id, reason).await
+    }
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.inner.dead_letters(limit).await
+    }
+    async fn requeue_dead_letters(&self, ids: Option<&[EventId]>) -> Result<u64, StoreError> {
+        self.inner.requeue_dead_letters(ids).await
+    }
+    async fn rejected(&self, limit: usize) -> Result<Vec<StoredRejection>, StoreError> {
+        self.inner.rejected(limit).await
+    }
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        self.inner.stats().await
+    }
+    async fn expire_dedup(&self, dedup_window: Duration) -> Result<u64, StoreError> {
+        self.inner.expire_dedup(dedup_window).await
+    }
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        if self.fail_writable.load(Ordering::SeqCst) {
+            return Err(StoreError::Database("database is read-only".into()));
+        }
+        self.inner.check_writable().await
+    }
+}
+
+/// One stored event, read back.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub source: String,
+    pub message_id: String,
+    pub payload: Value,
+}
+
+/// A router over a [`TestStore`] with the fixed clock.
+pub struct Harness {
+    pub router: Router,
+    pub store: Arc<TestStore>,
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        Self::with(config(), TestStore::default(), |state| state)
+    }
+
+    pub fn with(
+        config: IngressConfig,
+        store: TestStore,
+        customise: impl FnOnce(IngressState) -> IngressState,
+    ) -> Self {
+        let store = Arc::new(store);
+        let state = IngressState::new(config, store.clone())
+            .unwrap()
+            .with_clock(Arc::new(FixedClock(now())));
+        Self {
+            router: router(customise(state)),
+            store,
+        }
+    }
+
+    /// Everything queued so far, oldest first.
+    pub async fn events(&self) -> Vec<Stored> {
+        // Leasing takes them out of the queue for a while; release them again.
+        let leased = self
+            .store
+            .inner
+            .lease(100_000, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let ids: Vec<_> = leased.iter().map(|l| l.id).collect();
+        self.store.inner.release(&ids).await.unwrap();
+        leased
+            .into_iter()
+            .map(|l| Stored {
+                source: l.source,
+                message_id: l.message_id,
+                payload: serde_json::from_slice(&l.payload).unwrap(),
+            })
+            .collect()
+    }
+
+    /// The last event queued.
+    pub async fn last_event(&self) -> Stored {
+        self.events().await.pop().expect("an event was stored")
+    }
+
+    pub async fn rejected(&self) -> Vec<StoredRejection> {
+        self.store.inner.rejected(100_000).await.unwrap()
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> (u16, HeaderMap, Value) {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, headers, body)
+    }
+
+    /// Sends `request` and asserts its status and that its JSON body contains `subset`
+    /// (`Value::Null`: body not checked).
+    pub async fn check(
+        &self,
+        request: Request<Body>,
+        status: u16,
+        subset: Value,
+    ) -> (HeaderMap, Value) {
+        let what = format!("{} {}", request.method(), request.uri());
+        let (got_status, headers, body) = self.send(request).await;
+        assert_eq!(got_status, status, "{what}: status; body {body}");
+        assert!(
+            subset.is_null() || contains(&body, &subset),
+            "{what}: body {body} does not contain {subset}"
+        );
+        (headers, body)
+    }
+}
+
+/// Whether `actual` holds everything in `expected`: objects by subset of keys, arrays
+/// element by element with the same length, anything else equal.
+pub fn contains(actual: &Value, expected: &Value) -> bool {
+    match (actual, expected) {
+        (Value::Object(a), Value::Object(e)) => e
+            .iter()
+            .all(|(k, v)| a.get(k).is_some_and(|av| contains(av, v))),
+        (Value::Array(a), Value::Array(e)) => {
+            a.len() == e.len() && a.iter().zip(e).all(|(x, y)| contains(x, y))
+        }
+        _ => actual == expected,
+    }
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+pub fn basic(credentials: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    )
+}
+
+/// A request under construction.
+#[derive(Debug, Clone)]
+pub struct Req {
+    method: &'static str,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+pub fn post(path: &str) -> Req {
+    Req {
+        method: "POST",
+        path: path.to_owned(),
+        headers: Vec::new(),
+        body: Vec::new(),
+    }
+}
+
+pub fn get(path: &str) -> Req {
+    Req {
+        method: "GET",
+        ..post(path)
+    }
+}
+
+pub fn options(path: &str) -> Req {
+    Req {
+        method: "OPTIONS",
+        ..post(path)
+    }
+}
+
+impl Req {
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// `Authorization: Basic base64(credentials)`.
+    pub fn basic(self, credentials: &str) -> Self {
+        let value = basic(credentials);
+        self.header("authorization", &value)
+    }
+
+    /// An `application/json` body.
+    pub fn json(self, body: Value) -> Self {
+        self.header("content-type", "application/json")
+            .raw(body.to_string().into_bytes())
+    }
+
+    /// A body without a content type.
+    pub fn raw(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Gzips the body and says so.
+    pub fn gzip(mut self) -> Self {
+        self.body = gzip(&self.body);
+        self.header("content-encoding", "gzip")
+    }
+
+    pub fn build(self) -> Request<Body> {
+        let mut builder = Request::builder().method(self.method).uri(&self.path);
+        for (name, value) in &self.headers {
+            builder = builder.header(name, value);
+        }
+        builder.body(Body::from(self.body)).unwrap()
+    }
+}

@@ -1,0 +1,230 @@
+//! What the mock remembers: its settings, the accepted events, the faults and counters.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::faults::Faults;
+
+/// How a mock server starts.
+#[derive(Clone)]
+pub struct MockConfig {
+    /// The API token every `POST /event` must carry in its `apiToken` header.
+    pub token: String,
+    /// Faults injected from the start (default: none).
+    pub faults: Faults,
+    /// Keep accepted events for [`MockServer::events`](crate::MockServer::events) and
+    /// `GET /mock/events` (default true). Turn off for load tests: events are then only
+    /// counted.
+    pub record: bool,
+}
+
+impl MockConfig {
+    /// A mock expecting `token`, with no faults, recording events.
+    pub fn new(token: impl Into<String>) -> Self {
+        MockConfig {
+            token: token.into(),
+            faults: Faults::default(),
+            record: true,
+        }
+    }
+}
+
+impl fmt::Debug for MockConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockConfig")
+            .field("token", &"[REDACTED]")
+            .field("faults", &self.faults)
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
+/// Counters of what the mock answered since it started or was last reset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MockStats {
+    /// Every `POST /event` received.
+    pub requests: u64,
+    /// Events accepted (answered 200), counted whether or not they are recorded.
+    pub accepted: u64,
+    /// Accepted events currently held (0 when not recording).
+    pub recorded: u64,
+    /// Requests answered 400 (contract violation) or 413 (body too large).
+    pub rejected: u64,
+    /// Requests answered 401: missing or wrong token, or the `unauthorized_for` fault.
+    pub unauthorized: u64,
+    /// Requests answered 429 by the `throttle_rate` fault.
+    pub throttled: u64,
+    /// Requests answered 500, 502 or 503 by the `error_rate` fault.
+    pub errors: u64,
+    /// Requests whose connection was reset by the `drop_rate` fault.
+    pub dropped: u64,
+}
+
+/// The faults in force, with the `unauthorized_for` window turned into a deadline.
+#[derive(Debug)]
+struct FaultState {
+    faults: Faults,
+    unauthorized_until: Option<Instant>,
+}
+
+impl FaultState {
+    fn new(faults: Faults) -> Self {
+        let unauthorized_until = faults
+            .unauthorized_for
+            .and_then(|period| Instant::now().checked_add(period));
+        FaultState {
+            faults,
+            unauthorized_until,
+        }
+    }
+}
+
+/// Which counter an answer goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counted {
+    Accepted,
+    Rejected,
+    Unauthorized,
+    Throttled,
+    Error,
+    Dropped,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    unauthorized: AtomicU64,
+    throttled: AtomicU64,
+    errors: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Counters {
+    fn all(&self) -> [&AtomicU64; 7] {
+        [
+            &self.requests,
+            &self.accepted,
+            &self.rejected,
+            &self.unauthorized,
+            &self.throttled,
+            &self.errors,
+            &self.dropped,
+        ]
+    }
+}
+
+/// Everything the handlers share. No `Debug`: it holds the token and every event.
+pub(crate) struct Shared {
+    token: String,
+    record: bool,
+    faults: Mutex<FaultState>,
+    events: Mutex<Vec<Value>>,
+    counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn new(config: MockConfig) -> std::io::Result<Self> {
+        if config.token.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the mock's api token must not be empty; pass the token clients will send",
+            ));
+        }
+        Ok(Shared {
+            token: config.token,
+            record: config.record,
+            faults: Mutex::new(FaultState::new(config.faults)),
+            events: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+        })
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Replaces the faults; an `unauthorized_for` window starts now.
+    pub(crate) fn set_faults(&self, faults: Faults) {
+        *self.faults.lock() = FaultState::new(faults);
+    }
+
+    /// The faults in force, `unauthorized_for` being what is left of the window (to the
+    /// millisecond), `None` once it has passed.
+    pub(crate) fn faults(&self) -> Faults {
+        let state = self.faults.lock();
+        let mut faults = state.faults.clone();
+        faults.unauthorized_for = state.unauthorized_until.and_then(|until| {
+            let left = until.checked_duration_since(Instant::now())?;
+            let millis = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+            (millis > 0).then(|| Duration::from_millis(millis))
+        });
+        faults
+    }
+
+    /// The faults in force and whether the `unauthorized_for` window is open.
+    pub(crate) fn faults_now(&self) -> (Faults, bool) {
+        let state = self.faults.lock();
+        let unauthorized = state
+            .unauthorized_until
+            .is_some_and(|until| Instant::now() < until);
+        (state.faults.clone(), unauthorized)
+    }
+
+    pub(crate) fn count_request(&self) {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count(&self, counted: Counted) {
+        let counter = match counted {
+            Counted::Accepted => &self.counters.accepted,
+            Counted::Rejected => &self.counters.rejected,
+            Counted::Unauthorized => &self.counters.unauthorized,
+            Counted::Throttled => &self.counters.throttled,
+            Counted::Error => &self.counters.errors,
+            Counted::Dropped => &self.counters.dropped,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records an accepted event, when recording; counting is the caller's.
+    pub(crate) fn record(&self, event: Value) {
+        if self.record {
+            self.events.lock().push(event);
+        }
+    }
+
+    pub(crate) fn events(&self) -> Vec<Value> {
+        self.events.lock().clone()
+    }
+
+    /// Forgets the recorded events and zeroes the counters; faults stay.
+    pub(crate) fn reset(&self) {
+        let mut events = self.events.lock();
+        events.clear();
+        for counter in self.counters.all() {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> MockStats {
+        let c = &self.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        MockStats {
+            requests: get(&c.requests),
+            accepted: get(&c.accepted),
+            recorded: u64::try_from(self.events.lock().len()).unwrap_or(u64::MAX),
+            rejected: get(&c.rejected),
+            unauthorized: get(&c.unauthorized),
+            throttled: get(&c.throttled),
+            errors: get(&c.errors),
+            dropped: get(&c.dropped),
+        }
+    }
+}

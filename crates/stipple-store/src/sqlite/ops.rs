@@ -1,0 +1,312 @@
+//! The store's operations as SQL, run on the writer thread inside a group's transaction.
+//! Every statement is prepared once and cached on the connection.
+
+use rusqlite::{Connection, Row, params};
+
+use super::writer::Delta;
+use crate::time::{Micros, from_micros};
+use crate::{
+    Append, Appended, DeadLetter, DeadLetterReason, EventId, Leased, RejectedInput, StoredRejection,
+};
+
+/// How many rows one chunked maintenance request (dedup expiry, requeue all) touches, so
+/// that appends waiting behind it are not held up for long.
+pub(super) const CHUNK: usize = 5_000;
+
+/// Records the key as seen now unless it was seen after `cutoff`; one row changed means
+/// the message is new (or its old key had expired and is now refreshed).
+const CLAIM_DEDUP: &str = "
+INSERT INTO dedup (source, message_id, first_seen) VALUES (?1, ?2, ?3)
+ON CONFLICT (source, message_id) DO UPDATE SET first_seen = excluded.first_seen
+WHERE dedup.first_seen <= ?4";
+
+const INSERT_EVENT: &str = "
+INSERT INTO queue (source, message_id, enqueued_at, not_before, payload) VALUES (?1, ?2, ?3, ?3, ?4)";
+
+const INSERT_REJECTED: &str = "
+INSERT INTO rejected (source, item_index, code, message, received_at, payload)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// Uses `queue_due`: the `WHERE` and `ORDER BY` repeat the indexed expression exactly.
+pub(super) const SELECT_DUE: &str = "
+SELECT id, source, message_id, payload, attempts, enqueued_at FROM queue
+WHERE max(not_before, lease_until) <= ?1
+ORDER BY max(not_before, lease_until), id
+LIMIT ?2";
+
+const SET_LEASE: &str = "UPDATE queue SET lease_until = ?2 WHERE id = ?1";
+
+const DELETE_EVENT: &str = "DELETE FROM queue WHERE id = ?1";
+
+const RETRY: &str = "
+UPDATE queue SET attempts = attempts + 1, not_before = ?2, lease_until = 0 WHERE id = ?1";
+
+const RELEASE: &str = "UPDATE queue SET lease_until = 0 WHERE id = ?1";
+
+/// Leases still running at `?1` (found through `queue_due`, whose key is at least the
+/// lease end): those a previous process held when it stopped.
+pub(super) const CLEAR_LEASES: &str = "
+UPDATE queue SET lease_until = 0
+WHERE max(not_before, lease_until) > ?1 AND lease_until > ?1";
+
+const COPY_TO_DEAD: &str = "
+INSERT INTO dead_letters (source, message_id, attempts, enqueued_at, status, detail, dead_at, payload)
+SELECT source, message_id, attempts + 1, enqueued_at, ?2, ?3, ?4, payload FROM queue WHERE id = ?1";
+
+const SELECT_DEAD: &str = "
+SELECT id, source, message_id, payload, attempts, status, detail, dead_at FROM dead_letters
+ORDER BY id LIMIT ?1";
+
+const SELECT_DEAD_IDS: &str = "SELECT id FROM dead_letters ORDER BY id LIMIT ?1";
+
+const COPY_FROM_DEAD: &str = "
+INSERT INTO queue (source, message_id, attempts, enqueued_at, not_before, payload)
+SELECT source, message_id, 0, ?2, ?2, payload FROM dead_letters WHERE id = ?1";
+
+const DELETE_DEAD: &str = "DELETE FROM dead_letters WHERE id = ?1";
+
+const SELECT_REJECTED: &str = "
+SELECT id, source, item_index, code, message, payload, received_at FROM rejected
+ORDER BY id LIMIT ?1";
+
+const EXPIRE_DEDUP: &str = "
+DELETE FROM dedup WHERE (source, message_id) IN
+    (SELECT source, message_id FROM dedup WHERE first_seen <= ?1 LIMIT ?2)";
+
+const TOUCH: &str = "
+INSERT INTO meta (key, value) VALUES ('last_write_check', ?1)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+/// Queues the new events and keeps the rejected inputs. `window` 0 turns dedup off.
+pub(super) fn append(
+    conn: &Connection,
+    now: Micros,
+    append: &Append,
+    window: Micros,
+) -> rusqlite::Result<(Appended, Delta)> {
+    let cutoff = now.saturating_sub(window);
+    let mut claim = conn.prepare_cached(CLAIM_DEDUP)?;
+    let mut insert = conn.prepare_cached(INSERT_EVENT)?;
+    let mut duplicate = Vec::with_capacity(append.events.len());
+    let mut delta = Delta::default();
+    for event in &append.events {
+        let fresh = window == 0
+            || claim.execute(params![event.source, event.message_id, now, cutoff])? == 1;
+        if fresh {
+            insert.execute(params![event.source, event.message_id, now, event.payload])?;
+            delta.queued += 1;
+        }
+        duplicate.push(!fresh);
+    }
+    if !append.rejected.is_empty() {
+        let mut insert = conn.prepare_cached(INSERT_REJECTED)?;
+        for input in &append.rejected {
+            let index = input.index.map(|i| i64::try_from(i).unwrap_or(i64::MAX));
+            insert.execute(params![
+                input.source,
+                index,
+                input.code,
+                input.message,
+                now,
+                input.payload
+            ])?;
+            delta.rejected += 1;
+        }
+    }
+    Ok((Appended { duplicate }, delta))
+}
+
+/// Leases up to `max` due events until `lease_until`.
+pub(super) fn lease(
+    conn: &Connection,
+    now: Micros,
+    max: usize,
+    lease_until: Micros,
+) -> rusqlite::Result<Vec<Leased>> {
+    let limit = i64::try_from(max).unwrap_or(i64::MAX);
+    let leased = conn
+        .prepare_cached(SELECT_DUE)?
+        .query_map(params![now, limit], |row| {
+            Ok(Leased {
+                id: row.get(0)?,
+                source: row.get(1)?,
+                message_id: row.get(2)?,
+                payload: row.get(3)?,
+                attempts: attempts(row, 4)?,
+                enqueued_at: from_micros(row.get(5)?),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut set = conn.prepare_cached(SET_LEASE)?;
+    for event in &leased {
+        set.execute(params![event.id, lease_until])?;
+    }
+    Ok(leased)
+}
+
+/// Deletes delivered events; returns how many were still queued.
+pub(super) fn ack(conn: &Connection, ids: &[EventId]) -> rusqlite::Result<Delta> {
+    let mut delete = conn.prepare_cached(DELETE_EVENT)?;
+    let mut delta = Delta::default();
+    for id in ids {
+        delta.queued -= i64::try_from(delete.execute([id])?).unwrap_or(0);
+    }
+    Ok(delta)
+}
+
+/// Counts an attempt and makes the event due at `not_before`.
+pub(super) fn retry(conn: &Connection, id: EventId, not_before: Micros) -> rusqlite::Result<()> {
+    conn.prepare_cached(RETRY)?
+        .execute(params![id, not_before])
+        .map(|_| ())
+}
+
+/// Ends the leases of `ids`.
+pub(super) fn release(conn: &Connection, ids: &[EventId]) -> rusqlite::Result<()> {
+    let mut release = conn.prepare_cached(RELEASE)?;
+    for id in ids {
+        release.execute([id])?;
+    }
+    Ok(())
+}
+
+/// Moves an event to the dead letters (no-op when it is no longer queued).
+pub(super) fn dead_letter(
+    conn: &Connection,
+    now: Micros,
+    id: EventId,
+    reason: &DeadLetterReason,
+) -> rusqlite::Result<Delta> {
+    let copied = conn.prepare_cached(COPY_TO_DEAD)?.execute(params![
+        id,
+        reason.status,
+        reason.detail,
+        now
+    ])?;
+    let mut delta = Delta::default();
+    if copied == 1 {
+        conn.prepare_cached(DELETE_EVENT)?.execute([id])?;
+        delta.queued = -1;
+        delta.dead_letters = 1;
+    }
+    Ok(delta)
+}
+
+/// The oldest `limit` dead letters.
+pub(super) fn dead_letters(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<DeadLetter>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    conn.prepare_cached(SELECT_DEAD)?
+        .query_map([limit], |row| {
+            let payload: Vec<u8> = row.get(3)?;
+            Ok(DeadLetter {
+                id: row.get(0)?,
+                source: row.get(1)?,
+                message_id: row.get(2)?,
+                payload: String::from_utf8_lossy(&payload).into_owned(),
+                attempts: attempts(row, 4)?,
+                reason: DeadLetterReason {
+                    status: row.get(5)?,
+                    detail: row.get(6)?,
+                },
+                dead_at: from_micros(row.get(7)?),
+            })
+        })?
+        .collect()
+}
+
+/// Moves the given dead letters back into the queue, as new events (attempts 0,
+/// enqueued now, so the retry horizon starts again).
+pub(super) fn requeue(conn: &Connection, now: Micros, ids: &[EventId]) -> rusqlite::Result<Delta> {
+    let mut copy = conn.prepare_cached(COPY_FROM_DEAD)?;
+    let mut delete = conn.prepare_cached(DELETE_DEAD)?;
+    let mut delta = Delta::default();
+    for id in ids {
+        if copy.execute(params![id, now])? == 1 {
+            delete.execute([id])?;
+            delta.queued += 1;
+            delta.dead_letters -= 1;
+        }
+    }
+    Ok(delta)
+}
+
+/// Moves up to `limit` of the oldest dead letters back into the queue.
+pub(super) fn requeue_oldest(
+    conn: &Connection,
+    now: Micros,
+    limit: usize,
+) -> rusqlite::Result<Delta> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let ids = conn
+        .prepare_cached(SELECT_DEAD_IDS)?
+        .query_map([limit], |row| row.get(0))?
+        .collect::<rusqlite::Result<Vec<EventId>>>()?;
+    requeue(conn, now, &ids)
+}
+
+/// The oldest `limit` rejected inputs.
+pub(super) fn rejected(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<StoredRejection>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    conn.prepare_cached(SELECT_REJECTED)?
+        .query_map([limit], |row| {
+            let index: Option<i64> = row.get(2)?;
+            Ok(StoredRejection {
+                id: row.get(0)?,
+                input: RejectedInput {
+                    source: row.get(1)?,
+                    index: index.and_then(|i| usize::try_from(i).ok()),
+                    code: row.get(3)?,
+                    message: row.get(4)?,
+                    payload: row.get(5)?,
+                },
+                received_at: from_micros(row.get(6)?),
+            })
+        })?
+        .collect()
+}
+
+/// Deletes up to `limit` dedup keys first seen at or before `cutoff`.
+pub(super) fn expire_dedup(
+    conn: &Connection,
+    cutoff: Micros,
+    limit: usize,
+) -> rusqlite::Result<u64> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let deleted = conn
+        .prepare_cached(EXPIRE_DEDUP)?
+        .execute(params![cutoff, limit])?;
+    Ok(deleted as u64)
+}
+
+/// A small real write, to prove the database still takes them.
+pub(super) fn touch(conn: &Connection, now: Micros) -> rusqlite::Result<()> {
+    conn.prepare_cached(TOUCH)?.execute([now]).map(|_| ())
+}
+
+/// Ends the leases a previous process left; returns how many.
+pub(super) fn clear_leases(conn: &Connection, now: Micros) -> rusqlite::Result<usize> {
+    conn.execute(CLEAR_LEASES, [now])
+}
+
+/// Row counts: (queued, dead letters, rejected).
+pub(super) fn counts(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
+    let count = |table: &str| -> rusqlite::Result<i64> {
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+            row.get(0)
+        })
+    };
+    Ok((count("queue")?, count("dead_letters")?, count("rejected")?))
+}
+
+/// The query plan SQLite picks for `sql`.
+#[cfg(test)]
+pub(super) fn query_plan(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<String>> {
+    conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?
+        .query_map([], |row| row.get::<_, String>(3))?
+        .collect()
+}
+
+fn attempts(row: &Row<'_>, index: usize) -> rusqlite::Result<u32> {
+    let attempts: i64 = row.get(index)?;
+    Ok(u32::try_from(attempts).unwrap_or(u32::MAX))
+}

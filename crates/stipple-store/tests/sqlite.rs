@@ -1,0 +1,301 @@
+//! What only the SQLite store promises: durability across restarts and crashes, group
+//! commit, schema versioning and one process per file.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{DAY, HOUR, numbered, open_sqlite, start};
+use stipple_store::{
+    DeadLetterReason, EventId, ManualClock, SqliteOptions, SqliteStore, Stats, Store,
+};
+
+/// Set for the child process of [`a_killed_process_loses_nothing_it_answered`].
+const CRASH_DB_VAR: &str = "STIPPLE_STORE_TEST_CRASH_DB";
+
+fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(start()))
+}
+
+async fn leased_ids(store: &dyn Store) -> Vec<String> {
+    let mut ids: Vec<String> = store
+        .lease(1_000, HOUR)
+        .await
+        .expect("lease")
+        .into_iter()
+        .map(|e| e.message_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn names(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    let mut names: Vec<String> = range.map(|i| format!("{prefix}-{i}")).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_after_drop_keeps_unacked_events_and_dedup_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("stipple.db");
+    {
+        let store = open_sqlite(&path, clock());
+        store
+            .append(numbered("web", "m", 10), DAY)
+            .await
+            .expect("append");
+        let leased = store.lease(6, HOUR).await.expect("lease");
+        store.ack(&[leased[0].id, leased[1].id]).await.expect("ack");
+        let reason = DeadLetterReason {
+            status: Some(400),
+            detail: "bad".into(),
+        };
+        store
+            .dead_letter(leased[2].id, reason)
+            .await
+            .expect("dead letter");
+        // m-3, m-4, m-5 stay leased for an hour; m-6..m-9 were never leased. No close:
+        // the store is simply dropped.
+    }
+
+    let store = open_sqlite(&path, clock());
+    assert_eq!(
+        store.stats().await.expect("stats"),
+        Stats {
+            queued: 7,
+            dead_letters: 1,
+            rejected: 0
+        }
+    );
+    // The leases of the previous process ended at open: everything unacked is due now.
+    assert_eq!(leased_ids(&store).await, names("m", 3..10));
+    let again = store
+        .append(numbered("web", "m", 12), DAY)
+        .await
+        .expect("append again");
+    let fresh: Vec<usize> = (0..12).filter(|i| !again.duplicate[*i]).collect();
+    assert_eq!(fresh, vec![10, 11], "dedup keys survive the restart");
+    assert_eq!(store.dead_letters(10).await.expect("dead").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_process_loses_nothing_it_answered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("crash/stipple.db");
+    let exe = std::env::current_exe().expect("test binary");
+    let status = Command::new(exe)
+        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CRASH_DB_VAR, &path)
+        .status()
+        .expect("run the child");
+    assert!(!status.success(), "the child must die, not exit: {status}");
+
+    let store = open_sqlite(&path, clock());
+    assert_eq!(store.stats().await.expect("stats").queued, 100);
+    assert_eq!(store.stats().await.expect("stats").rejected, 0);
+    let ids = leased_ids(&store).await;
+    assert_eq!(ids, names("m", 0..100));
+    let again = store
+        .append(numbered("web", "m", 100), DAY)
+        .await
+        .expect("append again");
+    assert!(again.duplicate.iter().all(|d| *d));
+}
+
+/// The child half of [`a_killed_process_loses_nothing_it_answered`]; does nothing unless
+/// run by it. It appends, leases some events, then dies without any cleanup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child() {
+    let Some(path) = std::env::var_os(CRASH_DB_VAR) else {
+        return;
+    };
+    let store = open_sqlite(Path::new(&path), clock());
+    for batch in 0..10 {
+        let append = stipple_store::Append {
+            events: (0..10)
+                .map(|i| common::event("web", &format!("m-{}", batch * 10 + i)))
+                .collect(),
+            rejected: Vec::new(),
+        };
+        store.append(append, DAY).await.expect("append");
+    }
+    let leased = store.lease(30, HOUR).await.expect("lease");
+    assert_eq!(leased.len(), 30);
+    std::process::abort();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn concurrent_appends_share_commits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(open_sqlite(&dir.path().join("s.db"), clock()));
+    let before = store.commit_count();
+    // On one runtime thread, all 50 tasks send their request before any of them waits:
+    // the writer finds them queued together.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            store
+                .append(numbered("web", &format!("t{i}"), 100), DAY)
+                .await
+                .expect("append")
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert!(done.expect("task").duplicate.iter().all(|d| !d));
+    }
+    let used = store.commit_count() - before;
+    assert!(used < 50, "50 concurrent appends took {used} commits");
+    assert_eq!(store.stats().await.expect("stats").queued, 5_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_count_grows_with_each_lone_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_sqlite(&dir.path().join("s.db"), clock());
+    let before = store.commit_count();
+    store
+        .append(numbered("web", "m", 3), DAY)
+        .await
+        .expect("append");
+    store.check_writable().await.expect("writable");
+    assert_eq!(store.commit_count() - before, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_after_reopen_come_from_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.db");
+    {
+        let store = open_sqlite(&path, clock());
+        let append = stipple_store::Append {
+            events: numbered("web", "m", 4).events,
+            rejected: vec![common::rejection(Some(0), "no_user_anon_id")],
+        };
+        store.append(append, DAY).await.expect("append");
+        let leased = store.lease(1, HOUR).await.expect("lease");
+        let reason = DeadLetterReason {
+            status: None,
+            detail: "timeout".into(),
+        };
+        store
+            .dead_letter(leased[0].id, reason)
+            .await
+            .expect("dead letter");
+    }
+    let store = open_sqlite(&path, clock());
+    assert_eq!(
+        store.stats().await.expect("stats"),
+        Stats {
+            queued: 3,
+            dead_letters: 1,
+            rejected: 1
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_times_and_attempts_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.db");
+    let id: EventId;
+    {
+        let store = open_sqlite(&path, clock());
+        store
+            .append(numbered("web", "m", 1), DAY)
+            .await
+            .expect("append");
+        id = store.lease(1, HOUR).await.expect("lease")[0].id;
+        store
+            .retry(id, start() + Duration::from_secs(600))
+            .await
+            .expect("retry");
+    }
+    let clock = clock();
+    let store = open_sqlite(&path, clock.clone());
+    assert!(store.lease(10, HOUR).await.expect("lease").is_empty());
+    clock.advance(Duration::from_secs(600));
+    let leased = store.lease(10, HOUR).await.expect("lease");
+    assert_eq!((leased[0].id, leased[0].attempts), (id, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_ids_are_never_reused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.db");
+    let first: EventId;
+    {
+        let store = open_sqlite(&path, clock());
+        store
+            .append(numbered("web", "a", 1), DAY)
+            .await
+            .expect("append");
+        first = store.lease(1, HOUR).await.expect("lease")[0].id;
+        store.ack(&[first]).await.expect("ack");
+    }
+    // The queue is empty now; a late ack of the old id must not hit the new event.
+    let store = open_sqlite(&path, clock());
+    store
+        .append(numbered("web", "b", 1), DAY)
+        .await
+        .expect("append");
+    let second = store.lease(1, HOUR).await.expect("lease")[0].id;
+    assert!(second > first);
+}
+
+#[test]
+fn a_second_process_cannot_open_a_store_in_use() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.db");
+    let _first = open_sqlite(&path, clock());
+    let error = SqliteStore::open(
+        &path,
+        SqliteOptions {
+            busy_timeout: Duration::from_millis(50),
+            ..SqliteOptions::default()
+        },
+    )
+    .expect_err("the file is held");
+    assert!(
+        error.to_string().contains("in use by another process"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("sqlite");
+        conn.pragma_update(None, "user_version", 99)
+            .expect("version");
+    }
+    let error = SqliteStore::open(&path, SqliteOptions::default()).expect_err("newer schema");
+    assert!(error.to_string().contains("schema version 99"), "{error}");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.db");
+    std::fs::write(&path, vec![b'x'; 8192]).expect("write junk");
+    let error = SqliteStore::open(&path, SqliteOptions::default()).expect_err("junk file");
+    assert!(
+        error.to_string().starts_with("cannot open the store"),
+        "{error}"
+    );
+}
+
+#[test]
+fn open_creates_missing_directories() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("a/b/c/stipple.db");
+    let store = SqliteStore::open(&path, SqliteOptions::default()).expect("open");
+    assert_eq!(store.path(), path);
+    assert!(path.exists());
+}
