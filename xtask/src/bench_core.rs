@@ -10,20 +10,40 @@ const BASELINE: &str = "baseline_serde_json_roundtrip";
 const MAPPING: &str = "stipple_map";
 
 pub(crate) fn run(root: &Path) -> anyhow::Result<()> {
-    crate::cargo(root, &["bench", "-p", "stipple-core", "--bench", "mapping"], &[])?;
+    crate::cargo(
+        root,
+        &["bench", "-p", "stipple-core", "--bench", "mapping"],
+        &[],
+    )?;
     let baseline = median_ns(root, BASELINE)?;
     let mapping = median_ns(root, MAPPING)?;
     let per_sec = |ns: f64| 1000.0 / (ns / 1e9);
-    println!("baseline (serde_json parse + serialise): {:>10.0} messages/s (median)", per_sec(baseline));
-    println!("stipple map (parse, validate, map, serialise): {:>10.0} messages/s (median)", per_sec(mapping));
-    println!("ratio: {:.2} of the baseline (goal: at least 0.80)", baseline / mapping);
+    println!(
+        "baseline (serde_json parse + serialise): {:>10.0} messages/s (median)",
+        per_sec(baseline)
+    );
+    println!(
+        "stipple map (parse, validate, map, serialise): {:>10.0} messages/s (median)",
+        per_sec(mapping)
+    );
+    println!(
+        "ratio: {:.2} of the baseline (goal: at least 0.80)",
+        baseline / mapping
+    );
     Ok(())
 }
 
 /// Criterion's median estimate, in nanoseconds per iteration (1000 messages).
 fn median_ns(root: &Path, function: &str) -> anyhow::Result<f64> {
-    let path = root.join("target/criterion").join(GROUP).join(function).join("new/estimates.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let path = root
+        .join("target/criterion")
+        .join(GROUP)
+        .join(function)
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let estimates: serde_json::Value = serde_json::from_str(&text)?;
-    estimates["median"]["point_estimate"].as_f64().with_context(|| format!("no median in {}", path.display()))
+    estimates["median"]["point_estimate"]
+        .as_f64()
+        .with_context(|| format!("no median in {}", path.display()))
 }

@@ -45,13 +45,31 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 fn ci(root: &Path) -> anyhow::Result<()> {
-    cargo(root, &["fmt", "--all", "--", "--check"], &[]).context("formatting differs: run `cargo fmt --all`")?;
-    cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
-    cargo(root, &["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings")])?;
+    cargo(root, &["fmt", "--all", "--", "--check"], &[])
+        .context("formatting differs: run `cargo fmt --all`")?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    cargo(
+        root,
+        &["doc", "--workspace", "--no-deps"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
     cargo(root, &["test", "--workspace", "--all-targets"], &[])?;
     cargo(root, &["test", "--workspace", "--doc"], &[])?;
     eprintln!("xtask ci: all checks passed");

@@ -73,7 +73,12 @@ pub(crate) struct MockArgs {
     #[arg(long, default_value = "127.0.0.1:9090", value_name = "ADDR")]
     pub(crate) listen: SocketAddr,
     /// The API token requests must carry in their `apiToken` header.
-    #[arg(long, env = "STIPPLE_MOCK_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "STIPPLE_MOCK_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub(crate) token: String,
     /// Share of requests (0 to 1) answered with a 5xx.
     #[arg(long, default_value_t = 0.0, value_name = "SHARE")]

@@ -91,7 +91,10 @@ pub(crate) struct StoreSection {
 
 impl Default for StoreSection {
     fn default() -> Self {
-        Self { url: "sqlite://./stipple-data/stipple.db".into(), synchronous: "full".into() }
+        Self {
+            url: "sqlite://./stipple-data/stipple.db".into(),
+            synchronous: "full".into(),
+        }
     }
 }
 
@@ -131,7 +134,10 @@ pub(crate) struct LogSection {
 
 impl Default for LogSection {
     fn default() -> Self {
-        Self { level: "info".into(), format: LogFormat::Text }
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -160,8 +166,12 @@ impl Config {
                 .with_list_parse_key("ingress.cors_origins")
                 .try_parsing(true),
         );
-        let merged = builder.build().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        let config: Config = merged.try_deserialize().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let merged = builder
+            .build()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let config: Config = merged
+            .try_deserialize()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.check()?;
         Ok(config)
     }
@@ -176,7 +186,12 @@ impl Config {
         url::Url::parse(&p.endpoint)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .with_context(|| format!("pointillist.endpoint {:?} is not an http(s) URL", p.endpoint))?;
+            .with_context(|| {
+                format!(
+                    "pointillist.endpoint {:?} is not an http(s) URL",
+                    p.endpoint
+                )
+            })?;
         if p.event_source.is_empty() {
             bail!("pointillist.event_source must not be empty");
         }
@@ -207,7 +222,11 @@ impl Config {
                     bail!("sources: the name {:?} is used twice", a.name);
                 }
                 if a.write_key.expose_secret() == b.write_key.expose_secret() {
-                    bail!("sources {:?} and {:?} have the same write_key", a.name, b.name);
+                    bail!(
+                        "sources {:?} and {:?} have the same write_key",
+                        a.name,
+                        b.name
+                    );
                 }
             }
         }
@@ -222,22 +241,28 @@ impl Config {
         if d.lease_for < Duration::from_secs(1) {
             bail!("delivery.lease_for must be at least 1s");
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level)
+        })?;
         Ok(())
     }
 
     pub(crate) fn listen(&self) -> anyhow::Result<SocketAddr> {
         self.ingress.listen.parse().with_context(|| {
-            format!("ingress.listen {:?} is not an address like 127.0.0.1:8088", self.ingress.listen)
+            format!(
+                "ingress.listen {:?} is not an address like 127.0.0.1:8088",
+                self.ingress.listen
+            )
         })
     }
 
     pub(crate) fn synchronous(&self) -> anyhow::Result<stipple_store::Synchronous> {
-        self.store
-            .synchronous
-            .parse()
-            .map_err(|_| anyhow::anyhow!("store.synchronous {:?} must be \"full\" or \"normal\"", self.store.synchronous))
+        self.store.synchronous.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "store.synchronous {:?} must be \"full\" or \"normal\"",
+                self.store.synchronous
+            )
+        })
     }
 }
 
@@ -252,7 +277,8 @@ mod tests {
         Config::load(Some(&path))
     }
 
-    const MINIMAL: &str = "[pointillist]\napi_token = \"tok\"\n[[sources]]\nname = \"web\"\nwrite_key = \"wk\"\n";
+    const MINIMAL: &str =
+        "[pointillist]\napi_token = \"tok\"\n[[sources]]\nname = \"web\"\nwrite_key = \"wk\"\n";
 
     #[test]
     fn a_minimal_file_gets_the_documented_defaults() {
@@ -270,19 +296,43 @@ mod tests {
             let err = format!("{:#}", load(text).unwrap_err());
             assert!(err.contains(expected), "{expected:?} not in {err:?}");
         }
-        check(&format!("{MINIMAL}[store]\nurl = \"x\"\nbogus = 1\n"), "bogus");
-        check(&format!("{MINIMAL}[delivery]\nretry_horizon = \"forever\"\n"), "retry_horizon");
-        check(&format!("{MINIMAL}[ingress]\nlisten = \"nowhere\"\n"), "ingress.listen");
-        check(&format!("{MINIMAL}[store]\nsynchronous = \"maybe\"\n"), "store.synchronous");
+        check(
+            &format!("{MINIMAL}[store]\nurl = \"x\"\nbogus = 1\n"),
+            "bogus",
+        );
+        check(
+            &format!("{MINIMAL}[delivery]\nretry_horizon = \"forever\"\n"),
+            "retry_horizon",
+        );
+        check(
+            &format!("{MINIMAL}[ingress]\nlisten = \"nowhere\"\n"),
+            "ingress.listen",
+        );
+        check(
+            &format!("{MINIMAL}[store]\nsynchronous = \"maybe\"\n"),
+            "store.synchronous",
+        );
         check("[pointillist]\napi_token = \"t\"\n", "no [[sources]]");
-        check(&MINIMAL.replace("tok", " "), "pointillist.api_token is empty");
-        check(&format!("{MINIMAL}[[sources]]\nname = \"web\"\nwrite_key = \"other\"\n"), "used twice");
+        check(
+            &MINIMAL.replace("tok", " "),
+            "pointillist.api_token is empty",
+        );
+        check(
+            &format!("{MINIMAL}[[sources]]\nname = \"web\"\nwrite_key = \"other\"\n"),
+            "used twice",
+        );
         check(&format!("{MINIMAL}[pointillist2]\n"), "pointillist2");
     }
 
     #[test]
     fn the_token_never_shows_in_debug_output() {
-        let c = load(MINIMAL.replace("\"tok\"", "\"s3cr3t-token\"").replace("\"wk\"", "\"s3cr3t-key\"").as_str()).unwrap();
+        let c = load(
+            MINIMAL
+                .replace("\"tok\"", "\"s3cr3t-token\"")
+                .replace("\"wk\"", "\"s3cr3t-key\"")
+                .as_str(),
+        )
+        .unwrap();
         let debug = format!("{c:?}");
         assert!(!debug.contains("s3cr3t"), "{debug}");
     }

@@ -14,12 +14,20 @@ fn stipple_map(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("stipple runs");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
 fn lines(bytes: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(bytes).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 const GOOD: &str = r#"{"type":"track","event":"Clicked","userId":"u1","messageId":"m1","timestamp":"2026-11-28T12:00:00.5+01:00","properties":{"n":1,"s":"x"}}"#;
@@ -45,14 +53,24 @@ fn maps_good_lines_in_order_and_reports_bad_ones_with_line_numbers() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 2: invalid_json"), "{stderr}");
     assert!(stderr.contains("line 4: missing_event"), "{stderr}");
-    assert!(stderr.contains("line 5, batch item 1: no_user_anon_id"), "{stderr}");
+    assert!(
+        stderr.contains("line 5, batch item 1: no_user_anon_id"),
+        "{stderr}"
+    );
     assert!(stderr.contains("3 message(s) failed"), "{stderr}");
 }
 
 #[test]
 fn all_good_input_exits_zero_and_settings_apply() {
-    let out = stipple_map(&["--event-source", "web", "--actor-type", "visitor"], &format!("{GOOD}\n"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = stipple_map(
+        &["--event-source", "web", "--actor-type", "visitor"],
+        &format!("{GOOD}\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let events = lines(&out.stdout);
     assert_eq!(events[0]["eventSource"], "web");
     assert_eq!(events[0]["actors"]["visitor"]["userId"], "u1");
@@ -66,7 +84,11 @@ fn a_pretty_printed_batch_file_is_read_whole() {
         {"type": "screen", "name": "Home", "anonymousId": "a", "timestamp": "2026-11-28T12:00:00Z"}]});
     std::fs::write(&path, serde_json::to_string_pretty(&batch).unwrap()).unwrap();
     let out = stipple_map(&[path.to_str().unwrap()], "");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let events = lines(&out.stdout);
     assert_eq!(events.len(), 2);
     assert_eq!(events[1]["labels"]["name"], "Home");
@@ -74,7 +96,10 @@ fn a_pretty_printed_batch_file_is_read_whole() {
 
 #[test]
 fn routed_off_messages_are_skipped_not_failed() {
-    let out = stipple_map(&[], r#"{"type":"track","event":"x","userId":"u","integrations":{"All":false}}"#);
+    let out = stipple_map(
+        &[],
+        r#"{"type":"track","event":"x","userId":"u","integrations":{"All":false}}"#,
+    );
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("skipped"));
@@ -84,5 +109,8 @@ fn routed_off_messages_are_skipped_not_failed() {
 fn a_missing_file_is_a_clear_error() {
     let out = stipple_map(&["/nonexistent/stipple-input.jsonl"], "");
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/stipple-input.jsonl"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot read /nonexistent/stipple-input.jsonl")
+    );
 }

@@ -11,7 +11,9 @@ const EXAMPLE: &str = r#"{
 }"#;
 
 fn main() {
-    let input = std::env::args().nth(1).unwrap_or_else(|| EXAMPLE.to_owned());
+    let input = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| EXAMPLE.to_owned());
     let message: Message = match serde_json::from_str(&input) {
         Ok(message) => message,
         Err(e) => {

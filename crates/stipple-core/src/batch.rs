@@ -79,14 +79,11 @@ pub enum Input {
 impl Input {
     /// Reads JSON text that is either a message or a batch envelope.
     pub fn parse(json: &[u8]) -> Result<Self, ValidationError> {
-        #[derive(Deserialize)]
-        struct Probe<'a> {
-            #[serde(borrow)]
-            batch: Option<&'a RawValue>,
-        }
-        let probe: Probe<'_> =
+        // Probe the keys only: a map (not a struct) so that a JSON array is refused as
+        // "not an object" rather than read as a tuple.
+        let probe: std::collections::BTreeMap<std::borrow::Cow<'_, str>, serde::de::IgnoredAny> =
             serde_json::from_slice(json).map_err(|e| ValidationError::from_json(&e))?;
-        if probe.batch.is_some() {
+        if probe.contains_key("batch") {
             serde_json::from_slice(json)
                 .map(Input::Batch)
                 .map_err(|e| ValidationError::from_json(&e))

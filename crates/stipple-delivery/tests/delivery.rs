@@ -18,8 +18,16 @@ const TOKEN: &str = "test-token";
 fn fast_config() -> DeliveryConfig {
     DeliveryConfig {
         concurrency: 8,
-        backoff: Backoff { min: Duration::from_millis(10), max: Duration::from_millis(50), multiplier: 2.0 },
-        probe_backoff: Backoff { min: Duration::from_millis(20), max: Duration::from_millis(50), multiplier: 2.0 },
+        backoff: Backoff {
+            min: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+            multiplier: 2.0,
+        },
+        probe_backoff: Backoff {
+            min: Duration::from_millis(20),
+            max: Duration::from_millis(50),
+            multiplier: 2.0,
+        },
         idle_poll: Duration::from_millis(10),
         ..DeliveryConfig::default()
     }
@@ -29,11 +37,24 @@ fn message(i: usize, extra: &str) -> NewEvent {
     let payload = format!(
         r#"{{"type":"track","event":"Order Completed","userId":"u-{i}","messageId":"m-{i}","timestamp":"2026-11-28T12:00:00.000Z","properties":{{"n":{i}}}{extra}}}"#
     );
-    NewEvent { source: "web".into(), message_id: format!("m-{i}"), payload: payload.into_bytes() }
+    NewEvent {
+        source: "web".into(),
+        message_id: format!("m-{i}"),
+        payload: payload.into_bytes(),
+    }
 }
 
 async fn queue(store: &Arc<dyn Store>, events: Vec<NewEvent>) {
-    store.append(Append { events, rejected: vec![] }, Duration::from_secs(3600)).await.unwrap();
+    store
+        .append(
+            Append {
+                events,
+                rejected: vec![],
+            },
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
 }
 
 struct Running {
@@ -45,19 +66,29 @@ struct Running {
 impl Running {
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("delivery stops").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("delivery stops")
+            .unwrap();
     }
 }
 
 fn start(store: Arc<dyn Store>, endpoint: &str, config: DeliveryConfig) -> Running {
-    let client =
-        Client::new(ClientConfig::new(url::Url::parse(endpoint).unwrap(), SecretString::from(TOKEN))).unwrap();
+    let client = Client::new(ClientConfig::new(
+        url::Url::parse(endpoint).unwrap(),
+        SecretString::from(TOKEN),
+    ))
+    .unwrap();
     let delivery = Delivery::new(store, client, Mapper::new(MapConfig::default()), config);
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(delivery.clone().run(async move {
         let _ = rx.await;
     }));
-    Running { stop: Some(tx), task, delivery }
+    Running {
+        stop: Some(tx),
+        task,
+        delivery,
+    }
 }
 
 /// Polls `condition` every 10 ms for up to 10 s.
@@ -78,15 +109,24 @@ async fn delivers_every_event_mapped_and_empties_the_queue() {
     queue(&store, (0..50).map(|i| message(i, "")).collect()).await;
     let running = start(store.clone(), &mock.url(), fast_config());
     eventually("50 events arrive", async || mock.events().len() >= 50).await;
-    eventually("the queue is empty", async || store.stats().await.unwrap().queued == 0).await;
+    eventually("the queue is empty", async || {
+        store.stats().await.unwrap().queued == 0
+    })
+    .await;
     running.stop().await;
     let events = mock.events();
     assert_eq!(events.len(), 50, "no duplicates when nothing failed");
-    let mut ids: Vec<_> = events.iter().map(|e| e["labels"]["messageId"].as_str().unwrap().to_owned()).collect();
+    let mut ids: Vec<_> = events
+        .iter()
+        .map(|e| e["labels"]["messageId"].as_str().unwrap().to_owned())
+        .collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 50);
-    let first = events.iter().find(|e| e["labels"]["messageId"] == "m-7").unwrap();
+    let first = events
+        .iter()
+        .find(|e| e["labels"]["messageId"] == "m-7")
+        .unwrap();
     assert_eq!(first["eventType"], "Order Completed");
     assert_eq!(first["actors"]["customer"]["userId"], "u-7");
     assert_eq!(first["numbers"]["n"], 7);
@@ -94,55 +134,113 @@ async fn delivers_every_event_mapped_and_empties_the_queue() {
 
 #[tokio::test]
 async fn transient_failures_are_retried_until_pointillist_recovers() {
-    let faults = Faults { error_rate: 1.0, ..Faults::default() };
-    let mock = MockServer::start("127.0.0.1:0".parse().unwrap(), MockConfig { faults, ..MockConfig::new(TOKEN) })
-        .unwrap();
+    let faults = Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    };
+    let mock = MockServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        MockConfig {
+            faults,
+            ..MockConfig::new(TOKEN)
+        },
+    )
+    .unwrap();
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     queue(&store, (0..10).map(|i| message(i, "")).collect()).await;
     let running = start(store.clone(), &mock.url(), fast_config());
-    eventually("every event failed at least twice", async || mock.stats().errors >= 20).await;
+    eventually("every event failed at least twice", async || {
+        mock.stats().errors >= 20
+    })
+    .await;
     assert!(mock.events().is_empty());
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.queued, stats.dead_letters), (10, 0));
-    assert!(running.delivery.health().status().healthy, "5xx is no reason to report unhealthy");
+    assert!(
+        running.delivery.health().status().healthy,
+        "5xx is no reason to report unhealthy"
+    );
     mock.set_faults(Faults::default());
-    eventually("all 10 delivered", async || store.stats().await.unwrap().queued == 0).await;
+    eventually("all 10 delivered", async || {
+        store.stats().await.unwrap().queued == 0
+    })
+    .await;
     running.stop().await;
     assert_eq!(mock.events().len(), 10);
 }
 
 #[tokio::test]
 async fn throttling_with_retry_after_is_honoured_and_recovers() {
-    let faults = Faults { throttle_rate: 1.0, retry_after_secs: 1, ..Faults::default() };
-    let mock = MockServer::start("127.0.0.1:0".parse().unwrap(), MockConfig { faults, ..MockConfig::new(TOKEN) })
-        .unwrap();
+    let faults = Faults {
+        throttle_rate: 1.0,
+        retry_after_secs: 1,
+        ..Faults::default()
+    };
+    let mock = MockServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        MockConfig {
+            faults,
+            ..MockConfig::new(TOKEN)
+        },
+    )
+    .unwrap();
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     queue(&store, (0..5).map(|i| message(i, "")).collect()).await;
     let running = start(store.clone(), &mock.url(), fast_config());
-    eventually("every event was throttled", async || mock.stats().throttled >= 5).await;
+    eventually("every event was throttled", async || {
+        mock.stats().throttled >= 5
+    })
+    .await;
     // Retry-After: 1 s holds each event back although the backoff alone would allow 50 ms.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(mock.stats().throttled < 10, "retried before Retry-After: {:?}", mock.stats());
+    assert!(
+        mock.stats().throttled < 10,
+        "retried before Retry-After: {:?}",
+        mock.stats()
+    );
     mock.set_faults(Faults::default());
-    eventually("all 5 delivered", async || store.stats().await.unwrap().queued == 0).await;
+    eventually("all 5 delivered", async || {
+        store.stats().await.unwrap().queued == 0
+    })
+    .await;
     running.stop().await;
     assert_eq!(mock.events().len(), 5);
 }
 
 #[tokio::test]
 async fn a_refused_token_pauses_delivery_keeps_events_and_resumes_by_itself() {
-    let faults = Faults { unauthorized_for: Some(Duration::from_millis(600)), ..Faults::default() };
-    let mock = MockServer::start("127.0.0.1:0".parse().unwrap(), MockConfig { faults, ..MockConfig::new(TOKEN) })
-        .unwrap();
+    let faults = Faults {
+        unauthorized_for: Some(Duration::from_millis(600)),
+        ..Faults::default()
+    };
+    let mock = MockServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        MockConfig {
+            faults,
+            ..MockConfig::new(TOKEN)
+        },
+    )
+    .unwrap();
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     queue(&store, (0..20).map(|i| message(i, "")).collect()).await;
     let running = start(store.clone(), &mock.url(), fast_config());
     let health = running.delivery.health();
     eventually("delivery pauses", async || !health.status().healthy).await;
-    assert!(health.status().detail.contains("401"), "{}", health.status().detail);
+    assert!(
+        health.status().detail.contains("401"),
+        "{}",
+        health.status().detail
+    );
     let stats = store.stats().await.unwrap();
-    assert_eq!((stats.queued, stats.dead_letters), (20, 0), "nothing is dropped while paused");
-    eventually("all 20 delivered", async || store.stats().await.unwrap().queued == 0).await;
+    assert_eq!(
+        (stats.queued, stats.dead_letters),
+        (20, 0),
+        "nothing is dropped while paused"
+    );
+    eventually("all 20 delivered", async || {
+        store.stats().await.unwrap().queued == 0
+    })
+    .await;
     assert!(health.status().healthy, "delivery resumed");
     running.stop().await;
     assert_eq!(store.stats().await.unwrap().dead_letters, 0);
@@ -160,7 +258,10 @@ async fn a_rejected_event_alone_is_dead_lettered() {
             let counter = counter.clone();
             async move {
                 if body.contains("poison") {
-                    (axum::http::StatusCode::UNPROCESSABLE_ENTITY, "eventType not allowed".to_owned())
+                    (
+                        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                        "eventType not allowed".to_owned(),
+                    )
                 } else {
                     counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     (axum::http::StatusCode::OK, "{}".to_owned())
@@ -176,7 +277,10 @@ async fn a_rejected_event_alone_is_dead_lettered() {
     events.push(message(99, r#","context":{"traits":{"tag":"poison"}}"#));
     queue(&store, events).await;
     let running = start(store.clone(), &format!("http://{addr}"), fast_config());
-    eventually("the queue drains", async || store.stats().await.unwrap().queued == 0).await;
+    eventually("the queue drains", async || {
+        store.stats().await.unwrap().queued == 0
+    })
+    .await;
     running.stop().await;
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 9);
     let dead = store.dead_letters(10).await.unwrap();
@@ -188,26 +292,55 @@ async fn a_rejected_event_alone_is_dead_lettered() {
 
 #[tokio::test]
 async fn transient_failures_past_the_retry_horizon_are_dead_lettered() {
-    let faults = Faults { error_rate: 1.0, ..Faults::default() };
-    let mock = MockServer::start("127.0.0.1:0".parse().unwrap(), MockConfig { faults, ..MockConfig::new(TOKEN) })
-        .unwrap();
+    let faults = Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    };
+    let mock = MockServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        MockConfig {
+            faults,
+            ..MockConfig::new(TOKEN)
+        },
+    )
+    .unwrap();
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     queue(&store, (0..3).map(|i| message(i, "")).collect()).await;
-    let config = DeliveryConfig { retry_horizon: Duration::ZERO, ..fast_config() };
+    let config = DeliveryConfig {
+        retry_horizon: Duration::ZERO,
+        ..fast_config()
+    };
     let running = start(store.clone(), &mock.url(), config);
-    eventually("all three dead-lettered", async || store.stats().await.unwrap().dead_letters == 3).await;
+    eventually("all three dead-lettered", async || {
+        store.stats().await.unwrap().dead_letters == 3
+    })
+    .await;
     running.stop().await;
     let dead = store.dead_letters(10).await.unwrap();
-    assert!(dead.iter().all(|d| d.reason.detail.contains("retry horizon")), "{dead:?}");
+    assert!(
+        dead.iter()
+            .all(|d| d.reason.detail.contains("retry horizon")),
+        "{dead:?}"
+    );
 }
 
 #[tokio::test]
 async fn messages_routed_away_from_pointillist_are_acknowledged_unsent() {
     let mock = MockServer::start("127.0.0.1:0".parse().unwrap(), MockConfig::new(TOKEN)).unwrap();
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    queue(&store, vec![message(1, r#","integrations":{"Pointillist":false}"#), message(2, "")]).await;
+    queue(
+        &store,
+        vec![
+            message(1, r#","integrations":{"Pointillist":false}"#),
+            message(2, ""),
+        ],
+    )
+    .await;
     let running = start(store.clone(), &mock.url(), fast_config());
-    eventually("the queue drains", async || store.stats().await.unwrap().queued == 0).await;
+    eventually("the queue drains", async || {
+        store.stats().await.unwrap().queued == 0
+    })
+    .await;
     running.stop().await;
     let events = mock.events();
     assert_eq!(events.len(), 1);

@@ -25,19 +25,28 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-/// The source the request's write key names.
-pub(crate) fn authenticate<'a>(
+/// The source named by the `Authorization: Basic` header; `None` when the header
+/// carries no key, and the body is to be asked (see [`authenticate_body`]).
+pub(crate) fn authenticate_header<'a>(
     sources: &'a [Source],
     headers: &HeaderMap,
+) -> Result<Option<&'a Source>, IngressError> {
+    match basic_username(headers)? {
+        Some(key) => known(find(sources, &key)).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The source named by `"writeKey"` in the JSON body.
+pub(crate) fn authenticate_body<'a>(
+    sources: &'a [Source],
     body: &[u8],
 ) -> Result<&'a Source, IngressError> {
-    let found = match basic_username(headers)? {
-        Some(key) => find(sources, &key),
-        None => {
-            let key = body_write_key(body)?.ok_or(IngressError::MissingWriteKey)?;
-            find(sources, &key)
-        }
-    };
+    let key = body_write_key(body)?.ok_or(IngressError::MissingWriteKey)?;
+    known(find(sources, &key))
+}
+
+fn known(found: Option<&Source>) -> Result<&Source, IngressError> {
     found.ok_or_else(|| {
         tracing::debug!("request with an unknown write key refused");
         IngressError::UnknownWriteKey
@@ -126,7 +135,11 @@ mod tests {
 
     fn check(headers: HeaderMap, body: &str, expected: Result<&str, &str>) {
         let sources = sources();
-        let got = authenticate(&sources, &headers, body.as_bytes())
+        let got = authenticate_header(&sources, &headers)
+            .and_then(|found| match found {
+                Some(source) => Ok(source),
+                None => authenticate_body(&sources, body.as_bytes()),
+            })
             .map(|s| s.name.as_str())
             .map_err(|e| e.code());
         assert_eq!(got, expected, "{headers:?} {body}");

@@ -1,7 +1,7 @@
 //! The Tracking API endpoints: from a request body to durably stored events.
 //!
-//! Per request: content type, an in-flight permit, the body (capped, gzip inflated),
-//! the write key, then each message: read, validated, stamped (`messageId`,
+//! Per request: content type, an in-flight permit, the header's write key if any, the
+//! body (capped, gzip inflated), else the body's write key, then each message: read, validated, stamped (`messageId`,
 //! `receivedAt`, clock-skew corrected `timestamp`) and serialised; refused messages are
 //! kept as rejected input. One `Store::append` commits it all, and only then is the
 //! answer 200.
@@ -71,6 +71,8 @@ pub(crate) async fn handle(
         .try_acquire_owned()
         .map_err(|_| IngressError::Overloaded)?;
     let config = &state.config;
+    // A key in the header is checked before the body is read: a wrong key costs nothing.
+    let header_source = crate::auth::authenticate_header(&config.sources, &headers)?;
     let limit = match endpoint {
         Endpoint::Single(_) => config.max_message_bytes,
         Endpoint::Batch => config.max_batch_bytes,
@@ -82,7 +84,10 @@ pub(crate) async fn handle(
             (BodyError::TooLarge, Endpoint::Batch) => IngressError::BatchTooLarge { limit },
             (BodyError::Unreadable(why), _) => IngressError::UnreadableBody(why),
         })?;
-    let source = crate::auth::authenticate(&config.sources, &headers, &bytes)?;
+    let source = match header_source {
+        Some(source) => source,
+        None => crate::auth::authenticate_body(&config.sources, &bytes)?,
+    };
     let received_at = state.clock.now();
     match endpoint {
         Endpoint::Single(kind) => single(&state, source, kind, &bytes, received_at).await,

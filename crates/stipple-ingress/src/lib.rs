@@ -31,6 +31,8 @@
 //! - Limits answer 400 as Segment does (not 413), counted after decompression.
 //! - A request takes an in-flight permit before its body is read, so
 //!   [`IngressConfig::max_in_flight`] bounds the memory held by bodies as well.
+//!
+//! What is counted, and under which names, is in [`telemetry`].
 #![forbid(unsafe_code)]
 
 mod auth;

@@ -141,6 +141,7 @@ async fn throughput(args: &Args, sync: Synchronous, dir: &Path) -> Result<(), St
     }
     let started = Instant::now();
     let commits_before = store.commit_count();
+    let cpu_before = writer_cpu_seconds();
     let mut last = (0, started);
     let interval = Duration::from_secs(2);
     while started.elapsed() < Duration::from_secs(args.seconds) {
@@ -163,6 +164,7 @@ async fn throughput(args: &Args, sync: Synchronous, dir: &Path) -> Result<(), St
     let elapsed = started.elapsed().as_secs_f64();
     let total = appended.load(Ordering::Relaxed);
     let commits = store.commit_count() - commits_before;
+    let writer_cpu = writer_cpu_seconds() - cpu_before;
     latencies.sort();
     let pct = |p: f64| {
         latencies
@@ -173,17 +175,44 @@ async fn throughput(args: &Args, sync: Synchronous, dir: &Path) -> Result<(), St
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     println!(
         "synchronous={sync}: {total} events in {elapsed:.1}s = {:.0} events/s; {commits} commits \
-         ({:.0} events each); append latency p50 {:?} p99 {:?}; file {} MB",
+         ({:.0} events each); append latency p50 {:?} p99 {:?}; file {} MB\n  \
+         writer thread busy {:.0}% = {:.1} µs CPU per event (≈ {:.0} events/s on a free core)",
         total as f64 / elapsed,
         total as f64 / commits.max(1) as f64,
         pct(0.5),
         pct(0.99),
-        size / 1_000_000
+        size / 1_000_000,
+        writer_cpu / elapsed * 100.0,
+        writer_cpu * 1e6 / total.max(1) as f64,
+        total as f64 / writer_cpu.max(1e-9)
     );
     drop(store);
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(path.with_extension("db-wal"));
     Ok(())
+}
+
+/// CPU seconds used so far by the store's writer thread (from /proc, Linux only).
+fn writer_cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("stipple-store") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = fields
+            .get(11..13)
+            .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+            .unwrap_or(0.0);
+        return ticks / 100.0;
+    }
+    0.0
 }
 
 fn status_kib(field: &str) -> u64 {

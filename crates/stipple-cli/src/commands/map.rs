@@ -56,7 +56,10 @@ pub(crate) fn run(args: &MapArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Validates and maps one message; `None` when its `integrations` route it elsewhere.
-fn map_one(mapper: &Mapper, message: Message) -> Result<Option<stipple_core::PointillistEvent>, ValidationError> {
+fn map_one(
+    mapper: &Mapper,
+    message: Message,
+) -> Result<Option<stipple_core::PointillistEvent>, ValidationError> {
     let mut valid = message.validate()?;
     // A receivedAt the message carries is the ingress's record: correct skew from it.
     // With neither timestamp nor receivedAt, the message happened "now".
@@ -82,13 +85,18 @@ fn read_input(args: &MapArgs) -> anyhow::Result<Vec<u8>> {
     match args.file.as_deref() {
         None => read_stdin(),
         Some(path) if path.as_os_str() == "-" => read_stdin(),
-        Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display())),
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        }
     }
 }
 
 fn read_stdin() -> anyhow::Result<Vec<u8>> {
     let mut input = Vec::new();
-    std::io::stdin().lock().read_to_end(&mut input).context("cannot read standard input")?;
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut input)
+        .context("cannot read standard input")?;
     Ok(input)
 }
 
@@ -96,8 +104,14 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
 /// JSON value (a pretty-printed batch, say), else each non-blank line.
 fn split_input(input: &[u8]) -> Vec<(usize, &[u8])> {
     let trimmed = input.trim_ascii();
-    if trimmed.contains(&b'\n') && serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_ok() {
-        let first = input.iter().take_while(|b| b.is_ascii_whitespace()).filter(|&&b| b == b'\n').count() + 1;
+    if trimmed.contains(&b'\n') && serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_ok()
+    {
+        let first = input
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace())
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
         return vec![(first, trimmed)];
     }
     input

@@ -20,7 +20,11 @@ pub(crate) fn run(args: MockArgs) -> anyhow::Result<ExitCode> {
     if args.token.is_empty() {
         anyhow::bail!("--token must not be empty: it is the API token the mock expects");
     }
-    let config = MockConfig { token: args.token, faults, record: !args.no_record };
+    let config = MockConfig {
+        token: args.token,
+        faults,
+        record: !args.no_record,
+    };
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -29,7 +33,9 @@ pub(crate) fn run(args: MockArgs) -> anyhow::Result<ExitCode> {
         let addr = listener.local_addr()?;
         // Scripts wait for this line to know the port (with --listen 127.0.0.1:0).
         println!("mock Pointillist listening on http://{addr}");
-        stipple_mock::serve(listener, config, super::shutdown_signal()).await.context("the mock server failed")
+        stipple_mock::serve(listener, config, super::shutdown_signal())
+            .await
+            .context("the mock server failed")
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -19,7 +19,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// A multi-threaded tokio runtime for the commands that serve.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     use anyhow::Context as _;
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -30,7 +30,10 @@ fn init_logging(config: &Config) {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -38,8 +41,9 @@ fn init_logging(config: &Config) {
 }
 
 /// The latency buckets, in seconds: from a fast local hop to a long retry.
-const LATENCY_BUCKETS: &[f64] =
-    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
@@ -58,7 +62,11 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     // Where events go: Pointillist, or the in-process mock when asked for explicitly.
     let mut mock_server = None;
     let (endpoint, token) = if mock {
-        let token = config.pointillist.api_token.clone().unwrap_or_else(|| SecretString::from("mock-token"));
+        let token = config
+            .pointillist
+            .api_token
+            .clone()
+            .unwrap_or_else(|| SecretString::from("mock-token"));
         let server = stipple_mock::MockServer::start(
             "127.0.0.1:0".parse()?,
             stipple_mock::MockConfig::new(secrecy::ExposeSecret::expose_secret(&token).to_owned()),
@@ -98,13 +106,24 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
             lease_batch: d.lease_batch,
             lease_for: d.lease_for,
             retry_horizon: d.retry_horizon,
-            backoff: Backoff { min: d.backoff_min, max: d.backoff_max, ..Backoff::default() },
+            backoff: Backoff {
+                min: d.backoff_min,
+                max: d.backoff_max,
+                ..Backoff::default()
+            },
             ..DeliveryConfig::default()
         },
     );
 
     let ingress_config = IngressConfig {
-        sources: config.sources.iter().map(|s| Source { name: s.name.clone(), write_key: s.write_key.clone() }).collect(),
+        sources: config
+            .sources
+            .iter()
+            .map(|s| Source {
+                name: s.name.clone(),
+                write_key: s.write_key.clone(),
+            })
+            .collect(),
         dedup_window: config.ingress.dedup_window,
         cors_origins: config.ingress.cors_origins.clone(),
         max_in_flight: config.ingress.max_in_flight,
@@ -116,13 +135,20 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     let app = stipple_ingress::router(state);
 
     let listen = config.listen()?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     info!(%addr, sources = config.sources.len(), store = %config.store.url, "stipple is listening");
     // Scripts read this line for the port (with listen = "127.0.0.1:0").
     println!("stipple listening on http://{addr}");
 
-    let housekeeping = tokio::spawn(housekeeping(store.clone(), metrics, config.ingress.dedup_window, stop_rx.clone()));
+    let housekeeping = tokio::spawn(housekeeping(
+        store.clone(),
+        metrics,
+        config.ingress.dedup_window,
+        stop_rx.clone(),
+    ));
     let delivering = tokio::spawn(delivery.run(stopped(stop_rx.clone())));
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         super::shutdown_signal().await;
@@ -142,8 +168,12 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let options = SqliteOptions { synchronous: config.synchronous()?, ..SqliteOptions::default() };
-    stipple_store::open(&config.store.url, options).with_context(|| format!("store.url {:?}", config.store.url))
+    let options = SqliteOptions {
+        synchronous: config.synchronous()?,
+        ..SqliteOptions::default()
+    };
+    stipple_store::open(&config.store.url, options)
+        .with_context(|| format!("store.url {:?}", config.store.url))
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {
@@ -186,7 +216,9 @@ struct Health(Arc<DeliveryHealth>);
 impl DestinationHealth for Health {
     fn status(&self) -> DestinationStatus {
         let s = self.0.status();
-        DestinationStatus { healthy: s.healthy, detail: s.detail }
+        DestinationStatus {
+            healthy: s.healthy,
+            detail: s.detail,
+        }
     }
 }
-

