@@ -59,8 +59,23 @@ pub(crate) struct IngressSection {
     pub(crate) listen: String,
     #[serde(with = "humantime_serde")]
     pub(crate) dedup_window: Duration,
+    #[serde(deserialize_with = "list_or_commas")]
     pub(crate) cors_origins: Vec<String>,
     pub(crate) max_in_flight: usize,
+}
+
+/// A list in the file; a comma-separated string from the environment.
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match ListOrText::deserialize(d)? {
+        ListOrText::List(list) => list,
+        ListOrText::Text(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+    })
 }
 
 impl Default for IngressSection {
@@ -151,6 +166,12 @@ pub(crate) enum LogFormat {
 impl Config {
     /// Reads `path` (when given) and the `STIPPLE_*` environment, then checks the values.
     pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        Self::load_with_env(path, None)
+    }
+
+    /// [`Config::load`], reading the variables from `env` instead of the process's
+    /// environment when given (tests never change the process environment).
+    fn load_with_env(path: Option<&Path>, env: Option<config::Map<String, String>>) -> anyhow::Result<Config> {
         let mut builder = config::Config::builder();
         if let Some(path) = path {
             if !path.exists() {
@@ -162,9 +183,9 @@ impl Config {
             config::Environment::with_prefix("STIPPLE")
                 .prefix_separator("_")
                 .separator("__")
-                .list_separator(",")
-                .with_list_parse_key("ingress.cors_origins")
-                .try_parsing(true),
+                // Off: a token like "0123" must stay text, not become the number 123.
+                .try_parsing(false)
+                .source(env),
         );
         let merged = builder
             .build()
@@ -322,6 +343,31 @@ mod tests {
             "used twice",
         );
         check(&format!("{MINIMAL}[pointillist2]\n"), "pointillist2");
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stipple.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let env: config::Map<String, String> = [
+            ("STIPPLE_POINTILLIST__API_TOKEN", "0123"),
+            ("STIPPLE_POINTILLIST__CONCURRENCY", "7"),
+            ("STIPPLE_INGRESS__CORS_ORIGINS", "https://a.example, https://b.example"),
+            ("STIPPLE_DELIVERY__RETRY_HORIZON", "2h"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let c = Config::load_with_env(Some(&path), Some(env)).unwrap();
+        assert_eq!(c.pointillist.api_token.as_ref().map(|t| t.expose_secret().to_owned()).as_deref(), Some("0123"));
+        assert_eq!(c.pointillist.concurrency, 7);
+        assert_eq!(c.ingress.cors_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(c.delivery.retry_horizon, Duration::from_secs(7200));
+        let bad: config::Map<String, String> =
+            [("STIPPLE_DELIVERY__LEASE_BATCH".to_owned(), "many".to_owned())].into_iter().collect();
+        let err = Config::load_with_env(Some(&path), Some(bad)).unwrap_err().to_string();
+        assert!(err.contains("delivery.lease_batch"), "{err}");
     }
 
     #[test]
