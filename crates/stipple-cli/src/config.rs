@@ -335,7 +335,7 @@ mod tests {
         );
         check("[pointillist]\napi_token = \"t\"\n", "no [[sources]]");
         check(
-            &MINIMAL.replace("tok", " "),
+            &MINIMAL.replace("\"tok\"", "\" \""),
             "pointillist.api_token is empty",
         );
         check(
