@@ -55,10 +55,9 @@ use tower_http::cors::CorsLayer;
 
 pub use config::{ConfigError, IngressConfig, Source};
 pub use error::IngressError;
-pub use state::{
-    AlwaysHealthy, Clock, DestinationHealth, DestinationStatus, FixedClock, IngressState,
-    SystemClock,
-};
+pub use state::{AlwaysHealthy, DestinationHealth, DestinationStatus, IngressState};
+/// The clock the ingress stamps `receivedAt` with: the store's, so both agree.
+pub use stipple_store::{Clock, ManualClock, SystemClock};
 
 /// The ingress's HTTP routes, CORS included, ready to serve.
 pub fn router(state: IngressState) -> Router {

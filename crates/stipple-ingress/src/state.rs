@@ -4,39 +4,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
-use stipple_store::Store;
+use stipple_store::{Clock, Store, SystemClock};
 use tokio::sync::Semaphore;
 use tower_http::cors::AllowOrigin;
 
 use crate::config::{ConfigError, IngressConfig};
-
-/// Where the ingress reads the time it stamps as `receivedAt`.
-pub trait Clock: Send + Sync {
-    /// Now.
-    fn now(&self) -> DateTime<Utc>;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// A clock that always says the same time (for tests).
-#[derive(Debug, Clone, Copy)]
-pub struct FixedClock(pub DateTime<Utc>);
-
-impl Clock for FixedClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.0
-    }
-}
 
 /// Whether the destination (Pointillist) is being delivered to, for `/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::Value;
-use stipple_ingress::{FixedClock, IngressConfig, IngressState, Source, router};
+use stipple_ingress::{IngressConfig, IngressState, ManualClock, Source, router};
 use stipple_store::{
     Append, Appended, DeadLetter, DeadLetterReason, EventId, Leased, MemoryStore, Stats, Store,
     StoreError, StoredRejection,
@@ -136,7 +136,7 @@ impl Harness {
         let store = Arc::new(store);
         let state = IngressState::new(config, store.clone())
             .unwrap()
-            .with_clock(Arc::new(FixedClock(now())));
+            .with_clock(Arc::new(ManualClock::new(now())));
         Self {
             router: router(customise(state)),
             store,
