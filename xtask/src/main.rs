@@ -1,6 +1,8 @@
 //! Project automation, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
 //!
-//! - `ci`: formatting, clippy with warnings denied, docs without warnings, every test.
+//! - `ci`: formatting, clippy with warnings denied, docs without warnings, every test,
+//!   the end-to-end suite.
+//! - `e2e`: the end-to-end suite alone; `bench`: the load generator.
 //! - `bench-core`: the mapping benchmark, printing the ratio to its serde_json baseline.
 
 use std::path::{Path, PathBuf};
@@ -23,8 +25,12 @@ struct Xtask {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Everything CI checks: fmt --check, clippy -D warnings, rustdoc without warnings,
-    /// and every test of the workspace.
-    Ci,
+    /// every test of the workspace, then the end-to-end suite.
+    Ci {
+        /// Skip the end-to-end suite (a quicker local run).
+        #[arg(long)]
+        no_e2e: bool,
+    },
     /// The mapping benchmark (criterion), with the ratio to its serde_json baseline.
     BenchCore,
     /// End-to-end tests: the release binary, the mock, Segment's official clients.
@@ -37,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     let xtask = Xtask::parse();
     let root = project_root();
     match xtask.command {
-        Task::Ci => ci(&root),
+        Task::Ci { no_e2e } => ci(&root, no_e2e),
         Task::BenchCore => bench_core::run(&root),
         Task::E2e(args) => e2e::run(&root, &args),
         Task::Bench(args) => bench::run(&root, &args),
@@ -50,7 +56,7 @@ fn project_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-fn ci(root: &Path) -> anyhow::Result<()> {
+fn ci(root: &Path, no_e2e: bool) -> anyhow::Result<()> {
     cargo(root, &["fmt", "--all", "--", "--check"], &[])
         .context("formatting differs: run `cargo fmt --all`")?;
     cargo(
@@ -72,6 +78,11 @@ fn ci(root: &Path) -> anyhow::Result<()> {
     )?;
     cargo(root, &["test", "--workspace", "--all-targets"], &[])?;
     cargo(root, &["test", "--workspace", "--doc"], &[])?;
+    if no_e2e {
+        eprintln!("xtask ci: end-to-end suite skipped (--no-e2e)");
+    } else {
+        cargo(root, &["run", "--quiet", "--package", "xtask", "--", "e2e"], &[])?;
+    }
     eprintln!("xtask ci: all checks passed");
     Ok(())
 }
