@@ -33,6 +33,20 @@ pub(crate) enum Command {
     /// validation code; the rest still go through, and the exit status is 1.
     /// Messages keep their own `timestamp`; a message with none gets the current time.
     Map(MapArgs),
+    /// Show the queue depth, dead letters and rejected input kept in the store.
+    Status {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List or requeue events Pointillist refused or that ran out of retries.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+    /// List input the ingress refused (bad batch items, invalid messages), kept as received.
+    #[command(subcommand)]
+    Rejected(RejectedCommand),
     /// Run a mock Pointillist server for tests and first tries.
     ///
     /// It checks every request against the Pointillist contract, records what it
@@ -50,6 +64,58 @@ pub(crate) struct ServeArgs {
     /// to try Stipple without an account. Nothing reaches Pointillist.
     #[arg(long)]
     pub(crate) mock: bool,
+}
+
+/// Which store the admin commands open.
+#[derive(Debug, Args)]
+pub(crate) struct StoreArgs {
+    /// The configuration file whose `[store]` to open (other sections are not needed).
+    #[arg(long, short, env = "STIPPLE_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The store URL, overriding the configuration (e.g. `sqlite://./stipple-data/stipple.db`).
+    #[arg(long, value_name = "URL")]
+    pub(crate) store: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DeadLetterCommand {
+    /// List dead letters, oldest first: id, time, source, messageId, status, attempts, reason.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back in the queue, to be delivered again.
+    Requeue {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Requeue every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// The ids to requeue (as `dead-letters list` shows them).
+        #[arg(value_name = "ID")]
+        ids: Vec<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RejectedCommand {
+    /// List rejected input, oldest first: id, time, source, batch index, code, message, input.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -74,7 +74,12 @@ fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>,
     }
     Ok(match ListOrText::deserialize(d)? {
         ListOrText::List(list) => list,
-        ListOrText::Text(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+        ListOrText::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
     })
 }
 
@@ -166,12 +171,35 @@ pub(crate) enum LogFormat {
 impl Config {
     /// Reads `path` (when given) and the `STIPPLE_*` environment, then checks the values.
     pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Config> {
-        Self::load_with_env(path, None)
+        let config = Self::read(path, None)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Reads the file and environment for the admin commands, which need only
+    /// `[store]`: the other sections are parsed but not required.
+    pub(crate) fn load_store_only(path: Option<&Path>) -> anyhow::Result<Config> {
+        let config = Self::read(path, None)?;
+        config.synchronous()?;
+        Ok(config)
     }
 
     /// [`Config::load`], reading the variables from `env` instead of the process's
     /// environment when given (tests never change the process environment).
-    fn load_with_env(path: Option<&Path>, env: Option<config::Map<String, String>>) -> anyhow::Result<Config> {
+    #[cfg(test)]
+    fn load_with_env(
+        path: Option<&Path>,
+        env: Option<config::Map<String, String>>,
+    ) -> anyhow::Result<Config> {
+        let config = Self::read(path, env)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn read(
+        path: Option<&Path>,
+        env: Option<config::Map<String, String>>,
+    ) -> anyhow::Result<Config> {
         let mut builder = config::Config::builder();
         if let Some(path) = path {
             if !path.exists() {
@@ -190,11 +218,9 @@ impl Config {
         let merged = builder
             .build()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        let config: Config = merged
+        merged
             .try_deserialize()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        config.check()?;
-        Ok(config)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
     }
 
     fn check(&self) -> anyhow::Result<()> {
@@ -353,20 +379,39 @@ mod tests {
         let env: config::Map<String, String> = [
             ("STIPPLE_POINTILLIST__API_TOKEN", "0123"),
             ("STIPPLE_POINTILLIST__CONCURRENCY", "7"),
-            ("STIPPLE_INGRESS__CORS_ORIGINS", "https://a.example, https://b.example"),
+            (
+                "STIPPLE_INGRESS__CORS_ORIGINS",
+                "https://a.example, https://b.example",
+            ),
             ("STIPPLE_DELIVERY__RETRY_HORIZON", "2h"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let c = Config::load_with_env(Some(&path), Some(env)).unwrap();
-        assert_eq!(c.pointillist.api_token.as_ref().map(|t| t.expose_secret().to_owned()).as_deref(), Some("0123"));
+        assert_eq!(
+            c.pointillist
+                .api_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned())
+                .as_deref(),
+            Some("0123")
+        );
         assert_eq!(c.pointillist.concurrency, 7);
-        assert_eq!(c.ingress.cors_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(
+            c.ingress.cors_origins,
+            ["https://a.example", "https://b.example"]
+        );
         assert_eq!(c.delivery.retry_horizon, Duration::from_secs(7200));
-        let bad: config::Map<String, String> =
-            [("STIPPLE_DELIVERY__LEASE_BATCH".to_owned(), "many".to_owned())].into_iter().collect();
-        let err = Config::load_with_env(Some(&path), Some(bad)).unwrap_err().to_string();
+        let bad: config::Map<String, String> = [(
+            "STIPPLE_DELIVERY__LEASE_BATCH".to_owned(),
+            "many".to_owned(),
+        )]
+        .into_iter()
+        .collect();
+        let err = Config::load_with_env(Some(&path), Some(bad))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("delivery.lease_batch"), "{err}");
     }
 

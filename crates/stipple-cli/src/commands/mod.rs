@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
+mod admin;
 mod map;
 mod mock;
 mod serve;
@@ -13,6 +14,9 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Map(args) => map::run(&args),
         Command::Mock(args) => mock::run(args),
         Command::Serve(args) => serve::run(&args),
+        Command::Status { store, json } => admin::status(&store, json),
+        Command::DeadLetters(command) => admin::dead_letters(&command),
+        Command::Rejected(command) => admin::rejected(&command),
     }
 }
 

@@ -1,0 +1,142 @@
+//! The admin commands: `status`, `dead-letters list|requeue`, `rejected list`. They open
+//! the store named by the configuration (or `--store`), next to a running service or not.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use stipple_store::{SqliteOptions, Store};
+
+use crate::cli::{DeadLetterCommand, RejectedCommand, StoreArgs};
+use crate::config::Config;
+
+fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
+    let config = Config::load_store_only(args.config.as_deref())?;
+    let url = args.store.clone().unwrap_or(config.store.url.clone());
+    if url.starts_with("memory:") {
+        anyhow::bail!(
+            "store {url:?} lives only inside a running process: the admin commands need sqlite://PATH"
+        );
+    }
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        // The admin commands never create a store: a typo would otherwise look like an empty queue.
+        anyhow::ensure!(
+            std::path::Path::new(path).exists(),
+            "there is no store at {path}: check store.url (or --store), relative paths are from the working directory"
+        );
+    }
+    let options = SqliteOptions {
+        synchronous: config.synchronous()?,
+        ..SqliteOptions::default()
+    };
+    stipple_store::open(&url, options).with_context(|| format!("cannot open the store {url:?}"))
+}
+
+pub(crate) fn status(args: &StoreArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let store = open_store(args)?;
+    let stats = super::runtime()?.block_on(store.stats())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        println!("queued        {}", stats.queued);
+        println!("dead letters  {}", stats.dead_letters);
+        println!("rejected      {}", stats.rejected);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn dead_letters(command: &DeadLetterCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DeadLetterCommand::List { store, limit, json } => {
+            let store = open_store(store)?;
+            let letters = super::runtime()?.block_on(store.dead_letters(*limit))?;
+            if *json {
+                for letter in &letters {
+                    println!("{}", serde_json::to_string(letter)?);
+                }
+            } else {
+                if letters.is_empty() {
+                    println!("no dead letters");
+                }
+                for l in &letters {
+                    let status = l
+                        .reason
+                        .status
+                        .map_or_else(|| "-".to_owned(), |s| s.to_string());
+                    println!(
+                        "{id}\t{at}\t{source}\t{message_id}\tstatus {status}\tattempts {attempts}\t{detail}",
+                        id = l.id,
+                        at = l.dead_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                        source = l.source,
+                        message_id = l.message_id,
+                        attempts = l.attempts,
+                        detail = one_line(&l.reason.detail),
+                    );
+                }
+            }
+        }
+        DeadLetterCommand::Requeue { store, all, ids } => {
+            anyhow::ensure!(
+                *all || !ids.is_empty(),
+                "name the dead letters to requeue by id, or pass --all"
+            );
+            let store = open_store(store)?;
+            let ids = (!*all).then_some(ids.as_slice());
+            let moved = super::runtime()?.block_on(store.requeue_dead_letters(ids))?;
+            println!(
+                "requeued {moved} dead letter(s); a running service delivers them at its next lease"
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn rejected(command: &RejectedCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        RejectedCommand::List { store, limit, json } => {
+            let store = open_store(store)?;
+            let rejected = super::runtime()?.block_on(store.rejected(*limit))?;
+            if *json {
+                for r in &rejected {
+                    let mut value = serde_json::to_value(r)?;
+                    // The raw input as text, not a byte array, so people can read it.
+                    value["payload"] = String::from_utf8_lossy(&r.input.payload).into();
+                    println!("{value}");
+                }
+            } else {
+                if rejected.is_empty() {
+                    println!("no rejected input");
+                }
+                for r in &rejected {
+                    let index = r
+                        .input
+                        .index
+                        .map_or_else(String::new, |i| format!(" item {i}"));
+                    println!(
+                        "{id}\t{at}\t{source}{index}\t{code}: {message}\t{payload}",
+                        id = r.id,
+                        at = r.received_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                        source = r.input.source,
+                        code = r.input.code,
+                        message = r.input.message,
+                        payload = one_line(&String::from_utf8_lossy(&r.input.payload)),
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// At most 200 characters on one line, for a table.
+fn one_line(text: &str) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() > 200 {
+        format!("{}…", flat.chars().take(200).collect::<String>())
+    } else {
+        flat
+    }
+}
