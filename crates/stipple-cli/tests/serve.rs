@@ -128,6 +128,11 @@ fn serve_delivers_to_the_mock_stops_on_sigterm_and_keeps_rejected_input() {
         .unwrap();
     assert_eq!(identify["labels"]["plan"], "pro");
 
+    // The admin commands work beside the running service (they take no lock).
+    let live: serde_json::Value =
+        serde_json::from_str(&admin(dir.path(), &["status", "--json"])).unwrap();
+    assert_eq!(live["rejected"], 1, "{live}");
+
     let status = Command::new("kill")
         .args(["-TERM", &service.child.id().to_string()])
         .status()

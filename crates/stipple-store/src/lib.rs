@@ -4,6 +4,10 @@
 //! The embedded default is SQLite (`sqlite://PATH`); the trait is shaped so that a
 //! PostgreSQL store can let several instances share one queue.
 //!
+//! Implementations: [`SqliteStore`] (durable, with group commit) and
+//! [`MemoryStore`] (for tests and `memory://`); [`open`] picks one from a store URL.
+//! Both read the time from a [`Clock`], so tests can move it by hand ([`ManualClock`]).
+//!
 //! Architecture invariants:
 //! - [`Store::append`] returns only once everything it was given is durably committed;
 //!   the ingress answers 200 only after it returns.
@@ -26,7 +30,7 @@ use serde::Serialize;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory::MemoryStore;
 pub use open::open;
-pub use sqlite::{SqliteOptions, SqliteStore, Synchronous, UnknownSynchronous};
+pub use sqlite::{Role, SqliteOptions, SqliteStore, Synchronous, UnknownSynchronous};
 
 /// The store's row id of a queued event.
 pub type EventId = i64;

@@ -1,6 +1,6 @@
 //! [`open`]: a store from its URL, as written in Stipple's configuration.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::memory::MemoryStore;
@@ -15,6 +15,20 @@ use crate::{Store, StoreError};
 ///
 /// `postgres://…` is recognised but not built yet. Opening SQLite does blocking file I/O.
 pub fn open(url: &str, options: SqliteOptions) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match parse(url)? {
+        Target::Sqlite(path) => Arc::new(SqliteStore::open(&path, options)?),
+        Target::Memory => Arc::new(MemoryStore::with_clock(options.clock)),
+    })
+}
+
+/// What a store URL names.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Sqlite(PathBuf),
+    Memory,
+}
+
+fn parse(url: &str) -> Result<Target, StoreError> {
     let url = url.trim();
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
@@ -23,10 +37,10 @@ pub fn open(url: &str, options: SqliteOptions) -> Result<Arc<dyn Store>, StoreEr
                     .into(),
             ));
         }
-        return Ok(Arc::new(SqliteStore::open(Path::new(path), options)?));
+        return Ok(Target::Sqlite(Path::new(path).to_owned()));
     }
     if url == "memory://" || url == "memory:" {
-        return Ok(Arc::new(MemoryStore::with_clock(options.clock)));
+        return Ok(Target::Memory);
     }
     let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
     if scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql") {
@@ -46,34 +60,46 @@ mod tests {
     use super::*;
 
     fn error(url: &str) -> String {
-        match open(url, SqliteOptions::default()) {
-            Ok(store) => panic!("{url} opened {store:?}"),
+        match parse(url) {
+            Ok(target) => panic!("{url} parsed as {target:?}"),
             Err(e) => e.to_string(),
         }
     }
 
     #[test]
+    fn sqlite_urls_keep_relative_and_absolute_paths() {
+        let cases = [
+            (
+                "sqlite://./stipple-data/stipple.db",
+                "./stipple-data/stipple.db",
+            ),
+            ("sqlite://stipple.db", "stipple.db"),
+            (
+                "sqlite:///var/lib/stipple/stipple.db",
+                "/var/lib/stipple/stipple.db",
+            ),
+            (" sqlite:///tmp/s.db\n", "/tmp/s.db"),
+        ];
+        for (url, path) in cases {
+            assert_eq!(parse(url).ok(), Some(Target::Sqlite(path.into())), "{url}");
+        }
+    }
+
+    #[test]
     fn memory_url_opens_a_memory_store() {
+        assert_eq!(parse("memory://").ok(), Some(Target::Memory));
         let store = open("memory://", SqliteOptions::default()).expect("memory store");
         assert!(format!("{store:?}").starts_with("MemoryStore"));
     }
 
     #[test]
-    fn sqlite_url_takes_relative_and_absolute_paths() {
+    fn sqlite_url_opens_the_file_creating_its_directory() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let absolute = dir.path().join("abs/stipple.db");
-        let url = format!("sqlite://{}", absolute.display());
-        assert!(url.starts_with("sqlite:///"));
-        drop(open(&url, SqliteOptions::default()).expect("absolute path"));
-        assert!(absolute.exists());
-
-        // Relative to the working directory, which tests must not change: a fresh name in it.
-        let relative = format!("./target-store-test-{}/stipple.db", std::process::id());
-        let store = open(&format!("sqlite://{relative}"), SqliteOptions::default());
-        let created = Path::new(&relative).exists();
-        drop(store);
-        let _ = std::fs::remove_dir_all(Path::new(&relative).parent().expect("parent"));
-        assert!(created, "relative path {relative} not created");
+        let path = dir.path().join("abs/stipple.db");
+        let url = format!("sqlite://{}", path.display());
+        let store = open(&url, SqliteOptions::default()).expect("open");
+        assert!(format!("{store:?}").starts_with("SqliteStore"));
+        assert!(path.exists());
     }
 
     #[test]
@@ -86,7 +112,7 @@ mod tests {
 
     #[test]
     fn other_schemes_name_the_accepted_ones() {
-        for url in ["mysql://db", "stipple.db", "sqlite://"] {
+        for url in ["mysql://db", "stipple.db", "sqlite://", "memory://x"] {
             let e = error(url);
             assert!(e.contains("sqlite://PATH"), "{url}: {e}");
         }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::{DAY, HOUR, numbered, open_sqlite, start};
 use stipple_store::{
-    DeadLetterReason, EventId, ManualClock, SqliteOptions, SqliteStore, Stats, Store,
+    DeadLetterReason, EventId, ManualClock, Role, SqliteOptions, SqliteStore, Stats, Store,
+    Synchronous,
 };
 
 /// Set for the child process of [`a_killed_process_loses_nothing_it_answered`].
@@ -150,7 +151,34 @@ async fn concurrent_appends_share_commits() {
     }
     let used = store.commit_count() - before;
     assert!(used < 50, "50 concurrent appends took {used} commits");
+    // Every answer waited for an fsync; one fsync may cover several commits.
+    let syncs = store.sync_count();
+    assert!(
+        syncs >= 1 && syncs <= store.commit_count(),
+        "{syncs} fsyncs"
+    );
     assert_eq!(store.stats().await.expect("stats").queued, 5_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_normal_answers_without_fsync_and_keeps_data() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.db");
+    let options = || SqliteOptions {
+        synchronous: Synchronous::Normal,
+        clock: clock(),
+        ..SqliteOptions::default()
+    };
+    {
+        let store = SqliteStore::open(&path, options()).expect("open");
+        store
+            .append(numbered("web", "m", 20), DAY)
+            .await
+            .expect("append");
+        assert_eq!(store.sync_count(), 0);
+    }
+    let store = SqliteStore::open(&path, options()).expect("reopen");
+    assert_eq!(leased_ids(&store).await, names("m", 0..20));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,7 +276,7 @@ async fn event_ids_are_never_reused() {
 }
 
 #[test]
-fn a_second_process_cannot_open_a_store_in_use() {
+fn a_store_in_use_cannot_be_opened_again() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("s.db");
     let _first = open_sqlite(&path, clock());
@@ -261,9 +289,83 @@ fn a_second_process_cannot_open_a_store_in_use() {
     )
     .expect_err("the file is held");
     assert!(
-        error.to_string().contains("in use by another process"),
+        error
+            .to_string()
+            .contains("in use by another stipple service"),
         "{error}"
     );
+}
+
+fn admin(path: &Path) -> SqliteStore {
+    SqliteStore::open(
+        path,
+        SqliteOptions {
+            role: Role::Admin,
+            clock: clock(),
+            ..SqliteOptions::default()
+        },
+    )
+    .expect("open as admin")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_works_beside_the_service_and_leaves_its_leases() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.db");
+    let service = open_sqlite(&path, clock());
+    service
+        .append(numbered("web", "m", 4), DAY)
+        .await
+        .expect("append");
+    let leased = service.lease(2, HOUR).await.expect("lease");
+    let reason = DeadLetterReason {
+        status: Some(400),
+        detail: "bad".into(),
+    };
+    service
+        .dead_letter(leased[0].id, reason)
+        .await
+        .expect("dead letter");
+
+    let admin = admin(&path);
+    assert_eq!(
+        admin.stats().await.expect("admin stats"),
+        Stats {
+            queued: 3,
+            dead_letters: 1,
+            rejected: 0
+        }
+    );
+    let dead = admin.dead_letters(10).await.expect("list");
+    assert_eq!(dead[0].message_id, "m-0");
+    assert_eq!(admin.requeue_dead_letters(None).await.expect("requeue"), 1);
+    let refused = admin
+        .append(numbered("web", "x", 1), DAY)
+        .await
+        .expect_err("an admin may not append");
+    assert!(refused.to_string().contains("Role::Admin"), "{refused}");
+    drop(admin);
+
+    // m-1 is still leased by the service: the admin ended no lease.
+    assert_eq!(leased_ids(&service).await, vec!["m-0", "m-2", "m-3"]);
+    // The service's counts took in the admin's requeue at its next write.
+    assert_eq!(
+        service.stats().await.expect("service stats"),
+        Stats {
+            queued: 4,
+            dead_letters: 0,
+            rejected: 0
+        }
+    );
+}
+
+#[test]
+fn a_service_can_open_a_store_while_an_admin_has_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.db");
+    drop(open_sqlite(&path, clock()));
+    let _admin = admin(&path);
+    drop(open_sqlite(&path, clock()));
 }
 
 #[test]

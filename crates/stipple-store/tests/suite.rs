@@ -41,6 +41,7 @@ suite!(
     zero_window_turns_dedup_off,
     lease_is_exclusive_between_concurrent_leasers,
     lease_takes_oldest_first_up_to_max,
+    concurrent_appends_leases_and_acks_lose_nothing,
     lease_expiry_gives_the_event_again,
     retry_waits_for_not_before_and_counts_attempts,
     release_makes_events_due_at_once_without_an_attempt,
@@ -235,6 +236,60 @@ mod cases {
             }
         }
         assert_eq!(seen.len(), 600);
+    }
+
+    pub(crate) async fn concurrent_appends_leases_and_acks_lose_nothing(h: &Harness) {
+        const WRITERS: usize = 4;
+        const BATCHES: usize = 25;
+        const BATCH: usize = 20;
+        let total = WRITERS * BATCHES * BATCH;
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..WRITERS {
+            let store = Arc::clone(&h.store);
+            writers.spawn(async move {
+                for b in 0..BATCHES {
+                    let append = numbered("web", &format!("w{w}-b{b}"), BATCH);
+                    store.append(append, DAY).await.expect("append");
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
+        let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            let (store, acked) = (Arc::clone(&h.store), Arc::clone(&acked));
+            workers.spawn(async move {
+                loop {
+                    let batch = store.lease(13, HOUR).await.expect("lease");
+                    if batch.is_empty() {
+                        if stats(&*store).await.queued == 0
+                            && acked.lock().expect("lock").len() == total
+                        {
+                            return;
+                        }
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    let ids: Vec<EventId> = batch.iter().map(|e| e.id).collect();
+                    store.ack(&ids).await.expect("ack");
+                    acked
+                        .lock()
+                        .expect("lock")
+                        .extend(batch.into_iter().map(|e| e.message_id));
+                }
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.expect("writer");
+        }
+        while let Some(done) = workers.join_next().await {
+            done.expect("worker");
+        }
+        let acked = std::mem::take(&mut *acked.lock().expect("lock"));
+        let unique: HashSet<&String> = acked.iter().collect();
+        assert_eq!(acked.len(), total, "every event delivered exactly once");
+        assert_eq!(unique.len(), total);
+        assert_eq!(stats(&*h.store).await.queued, 0);
     }
 
     pub(crate) async fn lease_takes_oldest_first_up_to_max(h: &Harness) {

@@ -27,6 +27,8 @@ fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
     }
     let options = SqliteOptions {
         synchronous: config.synchronous()?,
+        // Beside a running service: no lock, leases left alone, no appends.
+        role: stipple_store::Role::Admin,
         ..SqliteOptions::default()
     };
     stipple_store::open(&url, options).with_context(|| format!("cannot open the store {url:?}"))

@@ -1,10 +1,13 @@
 //! [`SqliteStore`]: the embedded durable store, one SQLite file in WAL mode.
 //!
 //! One writer thread owns the connection and runs every operation; appends waiting at
-//! the same time commit in one transaction (group commit, see `writer`). The file is
-//! opened in exclusive locking mode, so one process at a time holds a store: that is what
-//! lets `open` end the leases a crashed process left behind and keep counts in memory.
+//! the same time commit in one transaction (group commit, see `writer`), and a second
+//! thread fsyncs the log before answers go out. One service at a time holds a store,
+//! through a lock file: that is what lets `open` end the leases a crashed service left
+//! behind and keep the dedup index in memory. Admin commands open it beside the service
+//! ([`Role::Admin`]); the row counts live in the database so both see the same.
 
+mod dedup;
 mod ops;
 mod schema;
 mod writer;
@@ -21,7 +24,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use self::writer::{Call, Delta, Shared, Work};
+use self::writer::{Call, Db, Delta, Shared, Work};
 use crate::clock::{Clock, SystemClock};
 use crate::time::{Micros, duration_micros, to_micros};
 use crate::{
@@ -31,28 +34,24 @@ use crate::{
 
 /// Requests waiting for the writer thread before callers wait to send theirs.
 const CHANNEL_CAPACITY: usize = 4096;
+/// Committed groups that may wait for an fsync before the writer waits too.
+const SYNC_BACKLOG: usize = 64;
 /// WAL pages written before SQLite copies them back into the database file.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 4000;
 
-/// When SQLite calls fsync (its `PRAGMA synchronous`, in WAL mode).
+/// When an answer waits for the disk (in the spirit of SQLite's `PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
-    /// fsync on every commit: an answered append survives a power loss. The default.
+    /// An append is answered only once the write-ahead log holding it is fsynced, so it
+    /// survives a power loss. The fsync runs beside the writer, which meanwhile commits
+    /// the next group. The default.
     #[default]
     Full,
-    /// fsync only at checkpoints: an answered append survives the process crashing but
-    /// the last commits can be lost if the machine loses power.
+    /// Answered once committed, without waiting for an fsync (SQLite's own
+    /// `synchronous=NORMAL`): an answered append survives the process crashing, but the
+    /// last ones can be lost if the machine loses power.
     Normal,
-}
-
-impl Synchronous {
-    fn pragma(self) -> &'static str {
-        match self {
-            Self::Full => "FULL",
-            Self::Normal => "NORMAL",
-        }
-    }
 }
 
 impl fmt::Display for Synchronous {
@@ -81,17 +80,33 @@ impl FromStr for Synchronous {
     }
 }
 
+/// What a process opening a [`SqliteStore`] does with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// The one process that appends and delivers: it holds the store's lock file (a
+    /// second service is refused) and ends the leases a previous service left.
+    #[default]
+    Service,
+    /// An admin command next to a running service, or alone: it lists, counts and
+    /// requeues, leaves leases alone and may not append (the service's dedup index
+    /// would not see those keys).
+    Admin,
+}
+
 /// How to open a [`SqliteStore`]. Build it with `..Default::default()`.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
     /// When to fsync. Default [`Synchronous::Full`].
     pub synchronous: Synchronous,
-    /// How long to wait for a lock held by another connection. Default 5 s.
+    /// How long `open` waits for another holder of the file (a store being dropped, or
+    /// another process) to let go of it. Default 5 s.
     pub busy_timeout: Duration,
     /// SQLite's page cache, in KiB. Default 16 MiB.
     pub cache_size_kib: u32,
     /// Where the store reads the time. Default the system clock.
     pub clock: Arc<dyn Clock>,
+    /// What the opening process does with the store. Default [`Role::Service`].
+    pub role: Role,
 }
 
 impl Default for SqliteOptions {
@@ -101,6 +116,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             cache_size_kib: 16 * 1024,
             clock: Arc::new(SystemClock),
+            role: Role::Service,
         }
     }
 }
@@ -111,6 +127,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     path: PathBuf,
     synchronous: Synchronous,
+    role: Role,
     requests: mpsc::Sender<Box<dyn Work>>,
     shared: Arc<Shared>,
 }
@@ -120,16 +137,20 @@ impl fmt::Debug for SqliteStore {
         f.debug_struct("SqliteStore")
             .field("path", &self.path)
             .field("synchronous", &self.synchronous)
+            .field("role", &self.role)
             .finish_non_exhaustive()
     }
 }
 
 impl SqliteStore {
-    /// Opens the store at `path`, creating its directory and schema on first start, and
-    /// ends every lease left by a previous process (those events are due at once).
+    /// Opens the store at `path`, creating its directory and schema on first start.
     ///
-    /// This does blocking file I/O: call it at startup, or inside `spawn_blocking`. It
-    /// fails if another process holds the store open.
+    /// As [`Role::Service`] (the default) it takes the store's lock file, failing if
+    /// another service holds it, and ends every lease left by a previous service (those
+    /// events are due at once). As [`Role::Admin`] it does neither and can run next to
+    /// a service, but refuses appends.
+    ///
+    /// This does blocking file I/O: call it at startup, or inside `spawn_blocking`.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
@@ -139,6 +160,10 @@ impl SqliteStore {
                 ))
             })?;
         }
+        let service_lock = match options.role {
+            Role::Service => Some(take_service_lock(path, options.busy_timeout)?),
+            Role::Admin => None,
+        };
         let mut conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -146,35 +171,79 @@ impl SqliteStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| open_error(path, e))?;
-        configure(&conn, &options).map_err(|e| open_error(path, e))?;
+        configure(path, &conn, &options)?;
         schema::migrate(&mut conn)?;
         let now = to_micros(options.clock.now());
-        let cleared = ops::clear_leases(&conn, now).map_err(|e| open_error(path, e))?;
-        let (queued, dead_letters, rejected) =
-            ops::counts(&conn).map_err(|e| open_error(path, e))?;
+        let cleared = match options.role {
+            Role::Service => ops::clear_leases(&conn, now).map_err(|e| open_error(path, e))?,
+            Role::Admin => 0,
+        };
+        // A first write, so that the write-ahead log exists for the syncer to open.
+        ops::touch(&conn, now).map_err(|e| open_error(path, e))?;
+        let counts = conn
+            .query_row(writer::SELECT_COUNTS, [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .map_err(|e| open_error(path, e))?;
+        // Only a service appends, so only a service needs the dedup index.
+        let dedup = match options.role {
+            Role::Service => dedup::DedupIndex::load(&conn).map_err(|e| open_error(path, e))?,
+            Role::Admin => dedup::DedupIndex::empty(),
+        };
+        let (queued, dead_letters, rejected) = counts;
         tracing::info!(
             path = %path.display(),
+            role = ?options.role,
             queued,
             dead_letters,
             rejected,
             leases_ended = cleared,
+            dedup_keys = dedup.len(),
             "store opened"
         );
         let shared = Arc::new(Shared::default());
-        shared.queued.store(queued, Ordering::Relaxed);
-        shared.dead_letters.store(dead_letters, Ordering::Relaxed);
-        shared.rejected.store(rejected, Ordering::Relaxed);
+        shared.publish(counts);
 
+        let syncer = match options.synchronous {
+            Synchronous::Normal => None,
+            Synchronous::Full => {
+                let wal = wal_path(path);
+                // Opened for writing only because some systems refuse to fsync otherwise.
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&wal)
+                    .map_err(|e| {
+                        StoreError::Open(format!("cannot open the log {}: {e}", wal.display()))
+                    })?;
+                let (syncer, committed) = std::sync::mpsc::sync_channel(SYNC_BACKLOG);
+                let thread_shared = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name("stipple-store-sync".into())
+                    .spawn(move || writer::sync(&wal, &file, committed, thread_shared))
+                    .map_err(|e| {
+                        StoreError::Open(format!("cannot start the store sync thread: {e}"))
+                    })?;
+                Some(syncer)
+            }
+        };
         let (requests, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         let clock = options.clock;
         let thread_shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("stipple-store-writer".into())
-            .spawn(move || writer::run(conn, clock, receiver, thread_shared))
+            .spawn(move || {
+                let db = Db {
+                    conn,
+                    dedup,
+                    _service_lock: service_lock,
+                };
+                writer::run(db, clock, receiver, thread_shared, syncer);
+            })
             .map_err(|e| StoreError::Open(format!("cannot start the store writer thread: {e}")))?;
         Ok(Self {
             path: path.to_owned(),
             synchronous: options.synchronous,
+            role: options.role,
             requests,
             shared,
         })
@@ -191,12 +260,18 @@ impl SqliteStore {
         self.shared.commits.load(Ordering::Relaxed)
     }
 
+    /// How many fsyncs of the write-ahead log answered appends since open (with
+    /// [`Synchronous::Full`]): one covers every group committed while the previous ran.
+    pub fn sync_count(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+
     /// Runs `f` on the writer thread inside the current group's transaction and returns
     /// its value once that transaction has committed.
     async fn call<T, F>(&self, weight: usize, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, Micros) -> rusqlite::Result<(T, Delta)> + Send + 'static,
+        F: FnOnce(&mut Db, Micros) -> rusqlite::Result<(T, Delta)> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let work: Box<dyn Work> = Box::new(Call {
@@ -212,41 +287,83 @@ impl SqliteStore {
     }
 }
 
-fn configure(conn: &Connection, options: &SqliteOptions) -> rusqlite::Result<()> {
-    conn.busy_timeout(options.busy_timeout)?;
-    if let Ok(extra) = std::env::var("XX_PRAGMAS") {
-        conn.execute_batch(&extra)?;
-    } // XXTEMP
-    // Before the first read: one process owns the file, and WAL needs no shared memory.
-    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+/// Takes the lock file next to the store (`PATH.lock`), held until the store closes: a
+/// SQLite file opened in exclusive locking mode, so the lock goes with the process even
+/// if it is killed, and needs no platform code.
+fn take_service_lock(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let take = || -> rusqlite::Result<Connection> {
+        let lock = Connection::open(&lock_path)?;
+        lock.busy_timeout(busy_timeout)?;
+        lock.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+        lock.pragma_update(None, "journal_mode", "MEMORY")?;
+        // A write takes the exclusive lock, kept until the connection closes.
+        lock.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS holder (pid INTEGER NOT NULL);
+             DELETE FROM holder;
+             INSERT INTO holder (pid) VALUES ({});",
+            std::process::id()
+        ))?;
+        Ok(lock)
+    };
+    take().map_err(|e| {
+        if is_busy(&e) {
+            StoreError::Open(format!(
+                "{} is in use by another stipple service: one service at a time serves a store, \
+                 stop the other one (admin commands open it with Role::Admin)",
+                path.display()
+            ))
+        } else {
+            StoreError::Open(format!("{}: {e}", lock_path.display()))
+        }
+    })
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+fn configure(path: &Path, conn: &Connection, options: &SqliteOptions) -> Result<(), StoreError> {
+    let error = |e| open_error(path, e);
+    conn.busy_timeout(options.busy_timeout).map_err(error)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(error)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(rusqlite::Error::InvalidParameterName(format!(
-            "journal_mode stayed {mode}, WAL is needed"
+        return Err(StoreError::Open(format!(
+            "{}: SQLite kept journal mode {mode}, and the store needs WAL: is the file system local?",
+            path.display()
         )));
     }
-    conn.pragma_update(None, "synchronous", options.synchronous.pragma())?;
-    conn.pragma_update(None, "cache_size", -i64::from(options.cache_size_kib))?;
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+    // Full durability comes from the syncer thread (see `writer`), not from SQLite.
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(error)?;
+    conn.pragma_update(None, "cache_size", -i64::from(options.cache_size_kib))
+        .map_err(error)?;
+    // Savepoint journals (one per request of a group) stay in memory.
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(error)?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+        .map_err(error)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
 
+/// SQLite's write-ahead log next to the database file.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
 fn open_error(path: &Path, e: rusqlite::Error) -> StoreError {
-    let busy = matches!(
-        &e,
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    );
-    if busy {
-        StoreError::Open(format!(
-            "{} is in use by another process: the embedded store serves one stipple process at a time, stop the other one or use another file",
-            path.display()
-        ))
-    } else {
-        StoreError::Open(format!("{}: {e}", path.display()))
-    }
+    StoreError::Open(format!("{}: {e}", path.display()))
 }
 
 fn no_delta<T>(value: T) -> (T, Delta) {
@@ -256,54 +373,58 @@ fn no_delta<T>(value: T) -> (T, Delta) {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn append(&self, append: Append, dedup_window: Duration) -> Result<Appended, StoreError> {
+        if self.role == Role::Admin {
+            return Err(StoreError::Database(
+                "this store was opened for administration (Role::Admin): appends go through the service"
+                    .into(),
+            ));
+        }
         let window = duration_micros(dedup_window);
         let weight = append.events.len() + append.rejected.len();
-        self.call(weight, move |conn, now| {
-            ops::append(conn, now, &append, window)
-        })
-        .await
+        self.call(weight, move |db, now| ops::append(db, now, &append, window))
+            .await
     }
 
     async fn lease(&self, max: usize, lease_for: Duration) -> Result<Vec<Leased>, StoreError> {
         let lease_for = duration_micros(lease_for);
-        self.call(max, move |conn, now| {
-            ops::lease(conn, now, max, now.saturating_add(lease_for)).map(no_delta)
+        self.call(max, move |db, now| {
+            ops::lease(&db.conn, now, max, now.saturating_add(lease_for)).map(no_delta)
         })
         .await
     }
 
     async fn ack(&self, ids: &[EventId]) -> Result<(), StoreError> {
         let ids = ids.to_vec();
-        self.call(ids.len(), move |conn, _| Ok(((), ops::ack(conn, &ids)?)))
+        self.call(ids.len(), move |db, _| Ok(((), ops::ack(&db.conn, &ids)?)))
             .await
     }
 
     async fn retry(&self, id: EventId, not_before: DateTime<Utc>) -> Result<(), StoreError> {
         let not_before = to_micros(not_before);
-        self.call(1, move |conn, _| {
-            ops::retry(conn, id, not_before).map(no_delta)
+        self.call(1, move |db, _| {
+            ops::retry(&db.conn, id, not_before).map(no_delta)
         })
         .await
     }
 
     async fn release(&self, ids: &[EventId]) -> Result<(), StoreError> {
         let ids = ids.to_vec();
-        self.call(ids.len(), move |conn, _| {
-            ops::release(conn, &ids).map(no_delta)
+        self.call(ids.len(), move |db, _| {
+            ops::release(&db.conn, &ids).map(no_delta)
         })
         .await
     }
 
     async fn dead_letter(&self, id: EventId, reason: DeadLetterReason) -> Result<(), StoreError> {
-        self.call(1, move |conn, now| {
-            Ok(((), ops::dead_letter(conn, now, id, &reason)?))
+        self.call(1, move |db, now| {
+            Ok(((), ops::dead_letter(&db.conn, now, id, &reason)?))
         })
         .await
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        self.call(limit, move |conn, _| {
-            ops::dead_letters(conn, limit).map(no_delta)
+        self.call(limit, move |db, _| {
+            ops::dead_letters(&db.conn, limit).map(no_delta)
         })
         .await
     }
@@ -313,8 +434,8 @@ impl Store for SqliteStore {
         if let Some(ids) = ids {
             let ids = ids.to_vec();
             return self
-                .call(ids.len(), move |conn, now| {
-                    let delta = ops::requeue(conn, now, &ids)?;
+                .call(ids.len(), move |db, now| {
+                    let delta = ops::requeue(&db.conn, now, &ids)?;
                     Ok((moved(delta), delta))
                 })
                 .await;
@@ -323,8 +444,8 @@ impl Store for SqliteStore {
         let mut total = 0;
         loop {
             let chunk = self
-                .call(ops::CHUNK, move |conn, now| {
-                    let delta = ops::requeue_oldest(conn, now, ops::CHUNK)?;
+                .call(ops::CHUNK, move |db, now| {
+                    let delta = ops::requeue_oldest(&db.conn, now, ops::CHUNK)?;
                     Ok((moved(delta), delta))
                 })
                 .await?;
@@ -336,8 +457,8 @@ impl Store for SqliteStore {
     }
 
     async fn rejected(&self, limit: usize) -> Result<Vec<StoredRejection>, StoreError> {
-        self.call(limit, move |conn, _| {
-            ops::rejected(conn, limit).map(no_delta)
+        self.call(limit, move |db, _| {
+            ops::rejected(&db.conn, limit).map(no_delta)
         })
         .await
     }
@@ -359,19 +480,22 @@ impl Store for SqliteStore {
         let mut total = 0;
         loop {
             let chunk = self
-                .call(ops::CHUNK, move |conn, now| {
-                    ops::expire_dedup(conn, now.saturating_sub(window), ops::CHUNK).map(no_delta)
+                .call(ops::CHUNK, move |db, now| {
+                    let Db { conn, dedup, .. } = db;
+                    dedup
+                        .expire(conn, now.saturating_sub(window), ops::CHUNK)
+                        .map(no_delta)
                 })
                 .await?;
-            total += chunk;
-            if chunk < ops::CHUNK as u64 {
+            total += chunk.deleted;
+            if !chunk.more {
                 return Ok(total);
             }
         }
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
-        self.call(1, move |conn, now| ops::touch(conn, now).map(no_delta))
+        self.call(1, move |db, now| ops::touch(&db.conn, now).map(no_delta))
             .await
     }
 }

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, Row, params};
 
-use super::writer::Delta;
+use super::writer::{Db, Delta};
 use crate::time::{Micros, from_micros};
 use crate::{
     Append, Appended, DeadLetter, DeadLetterReason, EventId, Leased, RejectedInput, StoredRejection,
@@ -12,13 +12,6 @@ use crate::{
 /// How many rows one chunked maintenance request (dedup expiry, requeue all) touches, so
 /// that appends waiting behind it are not held up for long.
 pub(super) const CHUNK: usize = 5_000;
-
-/// Records the key as seen now unless it was seen after `cutoff`; one row changed means
-/// the message is new (or its old key had expired and is now refreshed).
-const CLAIM_DEDUP: &str = "
-INSERT INTO dedup (source, message_id, first_seen) VALUES (?1, ?2, ?3)
-ON CONFLICT (source, message_id) DO UPDATE SET first_seen = excluded.first_seen
-WHERE dedup.first_seen <= ?4";
 
 const INSERT_EVENT: &str = "
 INSERT INTO queue (source, message_id, enqueued_at, not_before, payload) VALUES (?1, ?2, ?3, ?3, ?4)";
@@ -69,29 +62,25 @@ const SELECT_REJECTED: &str = "
 SELECT id, source, item_index, code, message, payload, received_at FROM rejected
 ORDER BY id LIMIT ?1";
 
-const EXPIRE_DEDUP: &str = "
-DELETE FROM dedup WHERE (source, message_id) IN
-    (SELECT source, message_id FROM dedup WHERE first_seen <= ?1 LIMIT ?2)";
-
 const TOUCH: &str = "
 INSERT INTO meta (key, value) VALUES ('last_write_check', ?1)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
 /// Queues the new events and keeps the rejected inputs. `window` 0 turns dedup off.
 pub(super) fn append(
-    conn: &Connection,
+    db: &mut Db,
     now: Micros,
     append: &Append,
     window: Micros,
 ) -> rusqlite::Result<(Appended, Delta)> {
     let cutoff = now.saturating_sub(window);
-    let mut claim = conn.prepare_cached(CLAIM_DEDUP)?;
+    let Db { conn, dedup, .. } = db;
+    let mut claimer = dedup.claimer(conn)?;
     let mut insert = conn.prepare_cached(INSERT_EVENT)?;
     let mut duplicate = Vec::with_capacity(append.events.len());
     let mut delta = Delta::default();
     for event in &append.events {
-        let fresh = window == 0
-            || claim.execute(params![event.source, event.message_id, now, cutoff])? == 1;
+        let fresh = window == 0 || claimer.claim(&event.source, &event.message_id, now, cutoff)?;
         if fresh {
             insert.execute(params![event.source, event.message_id, now, event.payload])?;
             delta.queued += 1;
@@ -265,19 +254,6 @@ pub(super) fn rejected(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<
         .collect()
 }
 
-/// Deletes up to `limit` dedup keys first seen at or before `cutoff`.
-pub(super) fn expire_dedup(
-    conn: &Connection,
-    cutoff: Micros,
-    limit: usize,
-) -> rusqlite::Result<u64> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let deleted = conn
-        .prepare_cached(EXPIRE_DEDUP)?
-        .execute(params![cutoff, limit])?;
-    Ok(deleted as u64)
-}
-
 /// A small real write, to prove the database still takes them.
 pub(super) fn touch(conn: &Connection, now: Micros) -> rusqlite::Result<()> {
     conn.prepare_cached(TOUCH)?.execute([now]).map(|_| ())
@@ -286,16 +262,6 @@ pub(super) fn touch(conn: &Connection, now: Micros) -> rusqlite::Result<()> {
 /// Ends the leases a previous process left; returns how many.
 pub(super) fn clear_leases(conn: &Connection, now: Micros) -> rusqlite::Result<usize> {
     conn.execute(CLEAR_LEASES, [now])
-}
-
-/// Row counts: (queued, dead letters, rejected).
-pub(super) fn counts(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
-    let count = |table: &str| -> rusqlite::Result<i64> {
-        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
-            row.get(0)
-        })
-    };
-    Ok((count("queue")?, count("dead_letters")?, count("rejected")?))
 }
 
 /// The query plan SQLite picks for `sql`.

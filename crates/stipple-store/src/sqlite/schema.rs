@@ -1,6 +1,7 @@
 //! The SQLite schema and its version (`PRAGMA user_version`), created on first start.
 //!
-//! Times are microseconds since the Unix epoch. A queued event is due when
+//! Times are microseconds since the Unix epoch. The dedup keys are an append-only table
+//! indexed in memory (see `dedup`). A queued event is due when
 //! `max(not_before, lease_until) <= now` (`lease_until` is 0 when not leased); the
 //! `queue_due` index holds exactly that expression, so `lease` reads the oldest due rows
 //! off the front of one index whatever the queue length.
@@ -25,13 +26,13 @@ CREATE TABLE queue (
 );
 CREATE INDEX queue_due ON queue (max(not_before, lease_until), id);
 
+-- Append-only, in time order; indexed in memory (see dedup.rs for why).
 CREATE TABLE dedup (
+    id         INTEGER PRIMARY KEY,
     source     TEXT    NOT NULL,
     message_id TEXT    NOT NULL,
-    first_seen INTEGER NOT NULL,
-    PRIMARY KEY (source, message_id)
-) WITHOUT ROWID;
-CREATE INDEX dedup_first_seen ON dedup (first_seen);
+    first_seen INTEGER NOT NULL
+);
 
 CREATE TABLE dead_letters (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -54,6 +55,15 @@ CREATE TABLE rejected (
     received_at INTEGER NOT NULL,
     payload     BLOB    NOT NULL
 );
+
+-- Row counts, kept in step by every transaction, so that every process sees the same.
+CREATE TABLE counts (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    queued       INTEGER NOT NULL,
+    dead_letters INTEGER NOT NULL,
+    rejected     INTEGER NOT NULL
+);
+INSERT INTO counts (id, queued, dead_letters, rejected) VALUES (1, 0, 0, 0);
 
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,

@@ -1,16 +1,29 @@
 //! The writer thread: it owns the SQLite connection and runs every request sent to it,
 //! committing all requests that are waiting together in one transaction (group commit),
-//! so concurrent HTTP requests share one fsync. Answers go back only after the commit.
+//! so concurrent HTTP requests share one fsync. Answers go back only once the commit is
+//! durable.
 //!
 //! Each request runs inside its own savepoint, so a request that fails is undone alone
-//! and the others of its group still commit.
+//! and the others of its group still commit. Each transaction also adds what it changed
+//! to the `counts` row and reads it back, for `stats`.
+//!
+//! SQLite itself runs with `synchronous=NORMAL` (no fsync on commit). With
+//! [`Synchronous::Full`](super::Synchronous::Full) a second thread fsyncs the
+//! write-ahead log after each commit and only then answers, while the writer already
+//! runs the next group: fsync latency then costs answer time, not throughput. The WAL
+//! holds every committed frame in order and recovery keeps each transaction whose frames
+//! are all on disk, so an fsync of the WAL after COMMIT makes that commit as durable as
+//! SQLite's own `synchronous=FULL` would.
 
+use std::fs::File;
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::dedup::DedupIndex;
 use crate::StoreError;
 use crate::clock::Clock;
 use crate::time::{Micros, to_micros};
@@ -20,7 +33,7 @@ const MAX_GROUP_REQUESTS: usize = 1024;
 /// A group stops taking requests once their weights (≈ rows written) reach this.
 const MAX_GROUP_WEIGHT: usize = 20_000;
 
-/// Changes a request made to the counts of [`Shared`], applied once committed.
+/// What a request changed in the row counts, added to the `counts` row at commit.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Delta {
     pub(super) queued: i64,
@@ -28,27 +41,51 @@ pub(super) struct Delta {
     pub(super) rejected: i64,
 }
 
-/// What the store handle and the writer thread share: counts kept in memory so that
-/// `stats` costs nothing whatever the queue length.
+impl Delta {
+    fn add(&mut self, other: Self) {
+        self.queued += other.queued;
+        self.dead_letters += other.dead_letters;
+        self.rejected += other.rejected;
+    }
+
+    fn is_zero(&self) -> bool {
+        self.queued == 0 && self.dead_letters == 0 && self.rejected == 0
+    }
+}
+
+/// What the store handle and the writer thread share: counts mirrored from the `counts`
+/// row after each commit, so that `stats` costs nothing whatever the queue length.
 #[derive(Debug, Default)]
 pub(super) struct Shared {
     pub(super) queued: AtomicI64,
     pub(super) dead_letters: AtomicI64,
     pub(super) rejected: AtomicI64,
     pub(super) commits: AtomicU64,
+    pub(super) syncs: AtomicU64,
+    /// Set when an fsync failed: from then on every request fails.
+    pub(super) broken: AtomicBool,
 }
 
 impl Shared {
-    fn apply(&self, delta: Delta) {
-        self.queued.fetch_add(delta.queued, Ordering::Relaxed);
-        self.dead_letters
-            .fetch_add(delta.dead_letters, Ordering::Relaxed);
-        self.rejected.fetch_add(delta.rejected, Ordering::Relaxed);
+    pub(super) fn publish(&self, (queued, dead_letters, rejected): (i64, i64, i64)) {
+        self.queued.store(queued, Ordering::Relaxed);
+        self.dead_letters.store(dead_letters, Ordering::Relaxed);
+        self.rejected.store(rejected, Ordering::Relaxed);
     }
 }
 
+/// What the writer thread owns: the connection and the in-memory dedup index.
+#[derive(Debug)]
+pub(super) struct Db {
+    pub(super) conn: Connection,
+    pub(super) dedup: DedupIndex,
+    /// A service's hold on the store's lock file, kept for as long as the writer runs;
+    /// let go last, once `conn` has closed.
+    pub(super) _service_lock: Option<Connection>,
+}
+
 /// The result of running one request, held until its group commits.
-type Finish = Box<dyn FnOnce(Option<&str>)>;
+type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
 
 /// A request to the writer thread.
 pub(super) trait Work: Send {
@@ -56,7 +93,7 @@ pub(super) trait Work: Send {
     fn weight(&self) -> usize;
     /// Runs it inside the group's transaction. Returns whether it succeeded (else its
     /// savepoint is rolled back), what it changed, and how to answer once the group ends.
-    fn run(self: Box<Self>, conn: &Connection, now: Micros) -> (bool, Delta, Finish);
+    fn run(self: Box<Self>, db: &mut Db, now: Micros) -> (bool, Delta, Finish);
     /// Answers with an error without running.
     fn fail(self: Box<Self>, error: &str);
 }
@@ -71,15 +108,15 @@ pub(super) struct Call<T, F> {
 impl<T, F> Work for Call<T, F>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection, Micros) -> rusqlite::Result<(T, Delta)> + Send,
+    F: FnOnce(&mut Db, Micros) -> rusqlite::Result<(T, Delta)> + Send,
 {
     fn weight(&self) -> usize {
         self.weight
     }
 
-    fn run(self: Box<Self>, conn: &Connection, now: Micros) -> (bool, Delta, Finish) {
+    fn run(self: Box<Self>, db: &mut Db, now: Micros) -> (bool, Delta, Finish) {
         let Call { f, reply, .. } = *self;
-        match f(conn, now) {
+        match f(db, now) {
             Ok((value, delta)) => (
                 true,
                 delta,
@@ -110,12 +147,30 @@ where
     }
 }
 
-/// The writer thread's loop: ends when every store handle is gone.
+/// A committed group's answers, sent once its commit is durable.
+pub(super) struct Answers {
+    done: Vec<Finish>,
+    commit_error: Option<String>,
+}
+
+impl Answers {
+    /// Answers every caller; `error` overrides success.
+    fn send(self, error: Option<&str>) {
+        let error = error.or(self.commit_error.as_deref());
+        for finish in self.done {
+            finish(error);
+        }
+    }
+}
+
+/// The writer thread's loop: ends when every store handle is gone. With `syncer`, answers
+/// go there to wait for an fsync; without, they go out once SQLite has committed.
 pub(super) fn run(
-    conn: Connection,
+    mut db: Db,
     clock: Arc<dyn Clock>,
     mut requests: mpsc::Receiver<Box<dyn Work>>,
     shared: Arc<Shared>,
+    syncer: Option<std::sync::mpsc::SyncSender<Answers>>,
 ) {
     let mut group: Vec<Box<dyn Work>> = Vec::with_capacity(MAX_GROUP_REQUESTS);
     while let Some(first) = requests.blocking_recv() {
@@ -130,38 +185,98 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        commit_group(&conn, &*clock, &mut group, &shared);
+        if shared.broken.load(Ordering::Acquire) {
+            for work in group.drain(..) {
+                work.fail(BROKEN);
+            }
+            continue;
+        }
+        let answers = commit_group(&mut db, &*clock, &mut group, &shared);
+        match &syncer {
+            Some(syncer) if answers.commit_error.is_none() => {
+                if let Err(unsent) = syncer.send(answers) {
+                    // The syncer only stops when this thread does; answer anyway.
+                    unsent.0.send(Some(BROKEN));
+                }
+            }
+            _ => answers.send(None),
+        }
     }
     tracing::debug!("store writer stopping: no handle left");
 }
 
-/// Runs `group` in one transaction and answers every request in it.
+/// The answer to every request once an fsync has failed.
+const BROKEN: &str = "an fsync of the store's write-ahead log failed, so what it holds is \
+                      uncertain: check the disk and restart stipple";
+
+/// The syncer thread's loop: fsyncs the write-ahead log once for all the groups
+/// committed since the last fsync, then answers them. The writer meanwhile runs the
+/// next group, so fsync time does not stop appends.
+pub(super) fn sync(
+    wal: &Path,
+    file: &File,
+    committed: std::sync::mpsc::Receiver<Answers>,
+    shared: Arc<Shared>,
+) {
+    let mut pending = Vec::new();
+    while let Ok(first) = committed.recv() {
+        pending.push(first);
+        while let Ok(next) = committed.try_recv() {
+            pending.push(next);
+        }
+        // SQLite keeps reusing this one file until the connection closes.
+        let error = match file.sync_data() {
+            Ok(()) => {
+                shared.syncs.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, wal = %wal.display(), "store fsync failed");
+                // After a failed fsync the kernel may have dropped the dirty pages:
+                // nothing written since can be promised durable.
+                shared.broken.store(true, Ordering::Release);
+                Some(BROKEN)
+            }
+        };
+        for answers in pending.drain(..) {
+            answers.send(error);
+        }
+    }
+}
+
+/// Runs `group` in one transaction; returns the answers, to send once it is durable.
 fn commit_group(
-    conn: &Connection,
+    db: &mut Db,
     clock: &dyn Clock,
     group: &mut Vec<Box<dyn Work>>,
     shared: &Shared,
-) {
-    if let Err(e) = execute(conn, "BEGIN IMMEDIATE") {
+) -> Answers {
+    let mut done = Vec::with_capacity(group.len());
+    if let Err(e) = execute(&db.conn, "BEGIN IMMEDIATE") {
         let error = e.to_string();
         tracing::warn!(%error, "store transaction could not begin");
         for work in group.drain(..) {
             work.fail(&error);
         }
-        return;
+        return Answers {
+            done,
+            commit_error: Some(error),
+        };
     }
     let single = group.len() == 1;
-    let mut done = Vec::with_capacity(group.len());
+    let mut total = Delta::default();
+    let mut all_ok = true;
     for work in group.drain(..) {
         let now = to_micros(clock.now());
         // A lone request needs no savepoint: on failure the whole transaction goes.
         if !single {
-            if let Err(e) = execute(conn, "SAVEPOINT request") {
+            if let Err(e) = execute(&db.conn, "SAVEPOINT request") {
                 work.fail(&e.to_string());
                 continue;
             }
         }
-        let (ok, delta, finish) = work.run(conn, now);
+        let (ok, delta, finish) = work.run(db, now);
+        let conn = &db.conn;
         if !single {
             let end = if ok {
                 execute(conn, "RELEASE request")
@@ -172,17 +287,29 @@ fn commit_group(
                 tracing::warn!(error = %e, "store savepoint could not end");
             }
         }
-        done.push((ok, delta, finish));
+        if ok {
+            total.add(delta);
+        }
+        all_ok &= ok;
+        done.push(finish);
     }
-    let all_ok = done.iter().all(|(ok, _, _)| *ok);
-    let end = if single && !all_ok {
-        execute(conn, "ROLLBACK")
-    } else {
-        execute(conn, "COMMIT")
-    };
-    let commit_error = match end {
-        Ok(()) => {
+    let conn = &db.conn;
+    if single && !all_ok {
+        if let Err(e) = execute(conn, "ROLLBACK") {
+            tracing::warn!(error = %e, "store rollback failed");
+        }
+        return Answers {
+            done,
+            commit_error: None,
+        };
+    }
+    // The counts row also picks up what other processes (admin commands) changed.
+    let ended =
+        update_counts(conn, total).and_then(|counts| execute(conn, "COMMIT").map(|()| counts));
+    let commit_error = match ended {
+        Ok(counts) => {
             shared.commits.fetch_add(1, Ordering::Relaxed);
+            shared.publish(counts);
             None
         }
         Err(e) => {
@@ -196,13 +323,28 @@ fn commit_group(
             Some(error)
         }
     };
-    for (ok, delta, finish) in done {
-        if ok && commit_error.is_none() {
-            shared.apply(delta);
-        }
-        finish(commit_error.as_deref());
-    }
+    Answers { done, commit_error }
 }
+
+/// Adds `delta` to the `counts` row; returns the row.
+fn update_counts(conn: &Connection, delta: Delta) -> rusqlite::Result<(i64, i64, i64)> {
+    let counts = |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?, row.get(2)?));
+    if delta.is_zero() {
+        return conn.prepare_cached(SELECT_COUNTS)?.query_row([], counts);
+    }
+    conn.prepare_cached(UPDATE_COUNTS)?.query_row(
+        rusqlite::params![delta.queued, delta.dead_letters, delta.rejected],
+        counts,
+    )
+}
+
+/// The `counts` row.
+pub(super) const SELECT_COUNTS: &str =
+    "SELECT queued, dead_letters, rejected FROM counts WHERE id = 1";
+
+const UPDATE_COUNTS: &str = "
+UPDATE counts SET queued = queued + ?1, dead_letters = dead_letters + ?2, rejected = rejected + ?3
+WHERE id = 1 RETURNING queued, dead_letters, rejected";
 
 fn execute(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
