@@ -81,7 +81,11 @@ fn ci(root: &Path, no_e2e: bool) -> anyhow::Result<()> {
     if no_e2e {
         eprintln!("xtask ci: end-to-end suite skipped (--no-e2e)");
     } else {
-        cargo(root, &["run", "--quiet", "--package", "xtask", "--", "e2e"], &[])?;
+        cargo(
+            root,
+            &["run", "--quiet", "--package", "xtask", "--", "e2e"],
+            &[],
+        )?;
     }
     eprintln!("xtask ci: all checks passed");
     Ok(())

@@ -6,7 +6,10 @@
 //! prints the ratio).
 
 #![allow(clippy::unwrap_used, reason = "benchmark set-up on fixed data")]
-#![allow(missing_docs, reason = "criterion_group! generates an undocumented pub fn")]
+#![allow(
+    missing_docs,
+    reason = "criterion_group! generates an undocumented pub fn"
+)]
 
 use criterion::{BatchSize, Criterion, Throughput, black_box, criterion_group, criterion_main};
 use serde_json::json;

@@ -77,8 +77,16 @@ pub(crate) async fn handle(
         Endpoint::Single(_) => config.max_message_bytes,
         Endpoint::Batch => config.max_batch_bytes,
     };
-    let bytes = body::read(body, &headers, encoding, limit)
+    // A client that stalls mid-body would hold its in-flight slot, and shutdown, forever.
+    let read = tokio::time::timeout(
+        config.body_timeout,
+        body::read(body, &headers, encoding, limit),
+    );
+    let bytes = read
         .await
+        .map_err(|_| IngressError::BodyTimeout {
+            secs: config.body_timeout.as_secs(),
+        })?
         .map_err(|e| match (e, endpoint) {
             (BodyError::TooLarge, Endpoint::Single(_)) => IngressError::MessageTooLarge { limit },
             (BodyError::TooLarge, Endpoint::Batch) => IngressError::BatchTooLarge { limit },

@@ -44,6 +44,9 @@ pub struct IngressConfig {
     pub max_batch_items: usize,
     /// Origins allowed by CORS; `"*"` (the default) allows any.
     pub cors_origins: Vec<String>,
+    /// Longest a client may take to send a request body before it is answered 408
+    /// (30 s): bounds what a stalled client can hold.
+    pub body_timeout: Duration,
     /// Tracking requests being read and stored at once; one more is answered 503 with
     /// `Retry-After` (64).
     pub max_in_flight: usize,
@@ -59,6 +62,7 @@ impl Default for IngressConfig {
             max_batch_items: 2500,
             cors_origins: vec!["*".to_owned()],
             max_in_flight: 64,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -136,6 +140,9 @@ impl IngressConfig {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit(name));
             }
+        }
+        if self.body_timeout.is_zero() {
+            return Err(ConfigError::ZeroLimit("body_timeout"));
         }
         if self.cors_origins.iter().any(|o| o.trim() == "*") {
             return Ok(AllowOrigin::any());

@@ -30,6 +30,12 @@ pub enum IngressError {
     /// 400: the body could not be read or is not valid gzip.
     #[error("the request body could not be read ({0}): resend it")]
     UnreadableBody(String),
+    /// 408: the client took longer than the body timeout to send its body.
+    #[error("the request body took longer than {secs}s to arrive: resend it")]
+    BodyTimeout {
+        /// The timeout in seconds.
+        secs: u64,
+    },
     /// 400: a single-call body over the message limit (after decompression).
     #[error("the message is over {limit} bytes: send smaller messages")]
     MessageTooLarge {
@@ -98,6 +104,7 @@ impl IngressError {
             Self::UnsupportedContentType(_) => "unsupported_content_type",
             Self::UnsupportedContentEncoding(_) => "unsupported_content_encoding",
             Self::UnreadableBody(_) => "unreadable_body",
+            Self::BodyTimeout { .. } => "body_timeout",
             Self::MessageTooLarge { .. } => "message_too_large",
             Self::BatchTooLarge { .. } => "batch_too_large",
             Self::TooManyItems { .. } => "too_many_items",
@@ -133,6 +140,8 @@ impl IngressError {
                 (StatusCode::UNAUTHORIZED, None)
             }
             Self::NoSuchEndpoint => (StatusCode::NOT_FOUND, None),
+            // Retryable for every client: the data was never taken.
+            Self::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, None),
             Self::Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(RETRY_AFTER_OVERLOAD_SECS),

@@ -6,7 +6,11 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use common::{Gate, Harness, TestStore, config, get, options, post};
+use std::time::Duration;
+
+use axum::body::Body;
+use common::{Gate, Harness, TestStore, basic, config, get, options, post};
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 use stipple_ingress::{DestinationHealth, DestinationStatus, IngressConfig};
 
@@ -980,4 +984,34 @@ async fn metrics_text_has_the_counters_and_the_store_gauges() {
     without
         .check(get("/metrics").build(), 404, Value::Null)
         .await;
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_answered_408_and_frees_its_slot() {
+    let config = IngressConfig {
+        max_in_flight: 1,
+        body_timeout: Duration::from_millis(100),
+        ..config()
+    };
+    let h = Harness::with(config, TestStore::default(), |s| s);
+    // Half a message, then nothing: the client stalls mid-body.
+    let stalled = futures::stream::once(async {
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"userId\":"))
+    })
+    .chain(futures::stream::pending());
+    let request = axum::http::Request::post("/v1/track")
+        .header("authorization", basic("wk_web:"))
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    let (status, _, body) = h.send(request).await;
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(body["code"], "body_timeout");
+    // The one in-flight slot is free again.
+    h.check(
+        post("/v1/track").basic("wk_web:").json(track()).build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
 }

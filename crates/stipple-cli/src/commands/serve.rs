@@ -40,6 +40,10 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// How long shutdown waits for requests in flight. Cutting off a request whose body is
+/// still arriving loses nothing: it was never answered, so its client sends it again.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// The latency buckets, in seconds: from a fast local hop to a long retry.
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
@@ -150,11 +154,30 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let delivering = tokio::spawn(delivery.run(stopped(stop_rx.clone())));
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        super::shutdown_signal().await;
-        info!("shutting down: no new requests; finishing those in flight");
-    });
-    let served = server.await;
+    let (signal_tx, signal_rx) = watch::channel(false);
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped(signal_rx))
+            .into_future(),
+    );
+    tokio::pin!(server);
+    let served = tokio::select! {
+        served = &mut server => served,
+        () = super::shutdown_signal() => {
+            info!("shutting down: no new requests; finishing those in flight");
+            let _ = signal_tx.send(true);
+            // A client stalled mid-request must not hold the shutdown forever.
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(served) => served,
+                Err(_) => {
+                    warn!(grace = ?SHUTDOWN_GRACE, "requests still open after the grace period are cut off");
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
+    let served = served.context("the HTTP server task failed")?;
     // Requests are all answered: now stop delivery and housekeeping.
     let _ = stop_tx.send(true);
     let _ = delivering.await;

@@ -1,0 +1,202 @@
+//! Part 2, delivery: events queued while the mock refuses the token, then a fresh serve
+//! against the healthy mock, timed until the mock has accepted them all; against a bare
+//! reqwest client posting the same Pointillist events to the same mock.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+
+use super::load::{self, LoadPlan, Target, Template};
+use super::procs::{self, Cpu};
+use super::report::{self, Goal, Row};
+use super::{BATCH_SIZE, Bench, POLL};
+
+impl Bench<'_> {
+    /// Part 2.
+    pub(super) async fn delivery(&self) -> anyhow::Result<Vec<Row>> {
+        let args = self.args;
+        let dir = self.part_dir("delivery")?;
+        let mock = procs::start_mock(&self.stipple, &dir, false).await?;
+        let config = procs::write_config(
+            &dir,
+            &mock.url,
+            args.delivery_concurrency,
+            &args.synchronous,
+        )?;
+        let bodies = Arc::new(self.pointillist_events(&dir).await?);
+        let batch = Arc::new(Template::batch(BATCH_SIZE)?);
+        let requests = args.delivery_events.div_ceil(BATCH_SIZE as u64);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let (mut our_cpu, mut their_cpu) = (Vec::new(), Vec::new());
+        let mut notes = Vec::new();
+        for round in 0..args.rounds.max(1) {
+            // Queue: the mock refuses the token, so delivery pauses and everything stays.
+            self.set_faults(&mock, r#"{"unauthorized_for": "10h"}"#)
+                .await?;
+            let mut serve = procs::start_serve(
+                &self.stipple,
+                &config,
+                &dir.join(format!("serve-fill-{round}.log")),
+            )
+            .await?;
+            let fill = load::run(
+                &Target::new(&serve.url, "/v1/batch")?,
+                &LoadPlan {
+                    template: batch.clone(),
+                    requests,
+                    max_time: self.max_time,
+                    connections: args.connections,
+                },
+            )
+            .await?;
+            serve.check_alive()?;
+            serve.stop().await?;
+            let queued = fill.ok_events;
+            if fill.capped || fill.failed() > 0 {
+                notes.push(format!(
+                    "round {}: queued {queued} of {}: {}",
+                    round + 1,
+                    requests * BATCH_SIZE as u64,
+                    fill.failures()
+                ));
+            }
+            if queued == 0 {
+                bail!("nothing was queued ({})", fill.failures());
+            }
+
+            // Deliver: a fresh serve against the healthy mock, timed until the mock has them all.
+            self.set_faults(&mock, "{}").await?;
+            let before = self.mock_stats(&mock).await?;
+            let serve = procs::start_serve(
+                &self.stipple,
+                &config,
+                &dir.join(format!("serve-drain-{round}.log")),
+            )
+            .await?;
+            let t0 = serve.listening_at;
+            let (serve_cpu0, mock_cpu0) = (Cpu::of(serve.pid()), Cpu::of(mock.pid()));
+            let deadline = t0 + self.max_time;
+            let mut now = self.mock_stats(&mock).await?;
+            while now.accepted - before.accepted < queued && Instant::now() < deadline {
+                tokio::time::sleep(POLL).await;
+                now = self.mock_stats(&mock).await?;
+            }
+            let drained = now.accepted - before.accepted;
+            let elapsed = t0.elapsed();
+            let (serve_cpu, mock_cpu) = (
+                Cpu::of(serve.pid()).since(&serve_cpu0),
+                Cpu::of(mock.pid()).since(&mock_cpu0),
+            );
+            let refused = now.refused() - before.refused();
+            serve.stop().await?;
+            let stipple_rate = drained as f64 / elapsed.as_secs_f64();
+            if drained < queued {
+                notes.push(format!(
+                    "round {}: only {drained} of {queued} delivered within {} s",
+                    round + 1,
+                    args.max_seconds
+                ));
+            }
+            if refused > 0 {
+                notes.push(format!(
+                    "round {}: the mock refused {refused} requests",
+                    round + 1
+                ));
+            }
+
+            // Baseline: the same number of Pointillist events, straight to the same mock.
+            let (own0, mock0) = (Cpu::own(), Cpu::of(mock.pid()));
+            let bare = load::post_events(
+                &mock.url,
+                bodies.clone(),
+                queued,
+                args.delivery_concurrency,
+                self.max_time,
+            )
+            .await?;
+            let (bare_cpu, bare_mock_cpu) =
+                (Cpu::own().since(&own0), Cpu::of(mock.pid()).since(&mock0));
+            if bare.failed() > 0 {
+                notes.push(format!(
+                    "round {}: bare client: {}",
+                    round + 1,
+                    bare.failures()
+                ));
+            }
+            let bare_seconds = bare.elapsed.as_secs_f64();
+            eprintln!(
+                "bench: delivery round {}/{}: stipple delivered {drained} in {:.2} s = {} (serve {}; mock {:.2} cores), \
+                 bare client {} in {:.2} s = {} (client {:.2} cores; mock {:.2} cores), ratio {:.2}",
+                round + 1,
+                args.rounds.max(1),
+                elapsed.as_secs_f64(),
+                report::number(stipple_rate, "events/s"),
+                serve_cpu.cores(elapsed.as_secs_f64()),
+                mock_cpu.total / elapsed.as_secs_f64(),
+                bare.ok_events,
+                bare_seconds,
+                report::number(bare.events_per_sec(), "events/s"),
+                bare_cpu.total / bare_seconds,
+                bare_mock_cpu.total / bare_seconds,
+                stipple_rate / bare.events_per_sec()
+            );
+            ours.push(stipple_rate);
+            theirs.push(bare.events_per_sec());
+            our_cpu.push(serve_cpu.total * 1e6 / drained.max(1) as f64);
+            their_cpu.push(bare_cpu.total * 1e6 / bare.ok_events.max(1) as f64);
+        }
+        mock.stop().await?;
+        self.clean(&dir);
+        let row = Row::paired(
+            "delivery",
+            format!(
+                "delivery to the mock, {} events queued, concurrency {}",
+                args.delivery_events, args.delivery_concurrency
+            ),
+            "events/s",
+            ours,
+            "bare reqwest client",
+            theirs,
+            Goal::RatioAtLeast(0.8),
+        )
+        .with_note(notes.join("; "));
+        let cpu = Row::paired(
+            "delivery",
+            "client CPU per delivered event (lower is better)",
+            "us",
+            our_cpu,
+            "bare reqwest client",
+            their_cpu,
+            Goal::None,
+        )
+        .with_note("stipple: the whole serve process (store reads, mapping, HTTP); bare: the xtask process posting");
+        Ok(vec![row, cpu])
+    }
+
+    /// The Pointillist events of the bench's messages, mapped by `stipple map`.
+    async fn pointillist_events(&self, dir: &Path) -> anyhow::Result<Vec<Bytes>> {
+        let input = dir.join("messages.jsonl");
+        std::fs::write(&input, load::messages_for_map(1000)?)?;
+        let output = tokio::process::Command::new(&self.stipple)
+            .arg("map")
+            .arg(&input)
+            .output()
+            .await
+            .context("cannot run stipple map")?;
+        if !output.status.success() {
+            bail!(
+                "stipple map failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(output
+            .stdout
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(Bytes::copy_from_slice)
+            .collect())
+    }
+}

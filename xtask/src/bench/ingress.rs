@@ -1,0 +1,285 @@
+//! Part 1, the ingress: `/v1/batch` and `/v1/track` against a bare axum server, in
+//! time-boxed rounds that alternate which goes first, with the CPU each server used.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use super::load::{self, LoadPlan, LoadResult, Target, Template};
+use super::procs::{self, Cpu, Server};
+use super::report::{self, Goal, Row};
+use super::{BATCH_SIZE, Bench};
+
+impl Bench<'_> {
+    /// Part 1.
+    pub(super) async fn ingress(&self) -> anyhow::Result<Vec<Row>> {
+        let args = self.args;
+        let bare = self.start_bare().await?;
+        let batch = Arc::new(Template::batch(BATCH_SIZE)?);
+        let track = Arc::new(Template::track()?);
+        eprintln!(
+            "bench: bodies: /v1/batch {} bytes ({} messages), /v1/track {} bytes",
+            batch.len(),
+            batch.events(),
+            track.len()
+        );
+        let durable = if args.synchronous == "full" {
+            "durable"
+        } else {
+            "synchronous=normal"
+        };
+        let mut rows = Vec::new();
+        // Paused: the mock answers 401, delivery pauses and only ingress and the store
+        // work. Running: delivery competes for the cores and the store, as in production.
+        for (paused, name, label) in [
+            (true, "ingress-paused", "delivery paused"),
+            (false, "ingress-running", "delivery running"),
+        ] {
+            let dir = self.part_dir(name)?;
+            let mock = procs::start_mock(&self.stipple, &dir, paused).await?;
+            let config = procs::write_config(
+                &dir,
+                &mock.url,
+                args.delivery_concurrency,
+                &args.synchronous,
+            )?;
+            let mut serve =
+                procs::start_serve(&self.stipple, &config, &dir.join("serve.log")).await?;
+            eprintln!(
+                "bench: {label}: serve pid {}, mock pid {}, bare pid {}",
+                serve.pid(),
+                mock.pid(),
+                bare.pid()
+            );
+            let before = self.mock_stats(&mock).await?;
+            let clock = Instant::now();
+
+            let requests = args.events.div_ceil(BATCH_SIZE as u64);
+            let batch_runs = self
+                .paired_load(&mut serve, &bare, "/v1/batch", &batch, requests, label)
+                .await?;
+            let track_runs = self
+                .paired_load(
+                    &mut serve,
+                    &bare,
+                    "/v1/track",
+                    &track,
+                    args.track_requests,
+                    label,
+                )
+                .await?;
+            rows.push(
+                Row::paired(
+                    "ingress",
+                    format!("/v1/batch {durable}, {label}"),
+                    "events/s",
+                    batch_runs.ours.clone(),
+                    "bare axum",
+                    batch_runs.theirs.clone(),
+                    Goal::AtLeast(100_000.0),
+                )
+                .with_note(batch_runs.note.clone()),
+            );
+            rows.push(
+                Row::paired(
+                    "ingress",
+                    format!("/v1/track {durable}, {label}"),
+                    "requests/s",
+                    track_runs.ours.clone(),
+                    "bare axum",
+                    track_runs.theirs.clone(),
+                    Goal::RatioAtLeast(0.5),
+                )
+                .with_note(track_runs.note.clone()),
+            );
+            for (runs, what) in [
+                (&batch_runs, "/v1/batch server CPU per event"),
+                (&track_runs, "/v1/track server CPU per request"),
+            ] {
+                rows.push(Row::paired(
+                    "ingress",
+                    format!("{what}, {label} (lower is better)"),
+                    "us",
+                    runs.our_cpu.clone(),
+                    "bare axum",
+                    runs.their_cpu.clone(),
+                    Goal::None,
+                ));
+            }
+
+            let after = self.mock_stats(&mock).await?;
+            let memory = serve.memory()?;
+            let delivered = after.accepted.saturating_sub(before.accepted);
+            eprintln!(
+                "bench: {label}: the mock accepted {delivered} events meanwhile ({:.0}/s over {:.1} s, bare rounds included), \
+                 {} refused; serve peak RSS {:.1} MiB",
+                delivered as f64 / clock.elapsed().as_secs_f64(),
+                clock.elapsed().as_secs_f64(),
+                after.refused().saturating_sub(before.refused()),
+                memory.peak as f64 / 1048576.0
+            );
+            serve.stop().await?;
+            mock.stop().await?;
+            self.clean(&dir);
+        }
+        bare.stop().await?;
+        Ok(rows)
+    }
+
+    /// A short warm-up of each, then `rounds` time-boxed runs of each, alternating which
+    /// goes first, with the CPU each server used.
+    async fn paired_load(
+        &self,
+        serve: &mut Server,
+        bare: &Server,
+        path: &'static str,
+        template: &Arc<Template>,
+        requests: u64,
+        label: &str,
+    ) -> anyhow::Result<Paired> {
+        let stipple_target = Target::new(&serve.url, path)?;
+        let bare_target = Target::new(&bare.url, path)?;
+        let plan = |seconds: f64| LoadPlan {
+            template: template.clone(),
+            requests,
+            max_time: Duration::from_secs_f64(seconds.clamp(0.1, 600.0)),
+            connections: self.args.connections,
+        };
+        load::run(&stipple_target, &plan(self.args.seconds / 5.0)).await?;
+        load::run(&bare_target, &plan(self.args.seconds / 5.0)).await?;
+        let mut paired = Paired::default();
+        let batch = template.events() > 1;
+        let (unit, per) = if batch {
+            (
+                "events/s",
+                LoadResult::events_per_sec as fn(&LoadResult) -> f64,
+            )
+        } else {
+            (
+                "requests/s",
+                LoadResult::requests_per_sec as fn(&LoadResult) -> f64,
+            )
+        };
+        let done = |r: &LoadResult| if batch { r.ok_events } else { r.ok_requests };
+        for round in 0..self.args.rounds.max(1) {
+            let measured = plan(self.args.seconds);
+            let (stipple, baseline) = if round % 2 == 0 {
+                let s = measure(serve, &stipple_target, &measured).await?;
+                (s, measure(bare, &bare_target, &measured).await?)
+            } else {
+                let b = measure(bare, &bare_target, &measured).await?;
+                (measure(serve, &stipple_target, &measured).await?, b)
+            };
+            serve.check_alive()?;
+            if stipple.result.ok_requests == 0 {
+                bail!(
+                    "stipple answered no {path} request with 200 ({}); see {}",
+                    stipple.result.failures(),
+                    serve.log.display()
+                );
+            }
+            let seconds = |m: &Measured| m.result.elapsed.as_secs_f64();
+            eprintln!(
+                "bench: {path} {label}, round {}/{}: stipple {} ({:.2} s{}; serve {}; load generator {:.2} cores), \
+                 bare {} ({:.2} s{}; {:.2} cores), ratio {:.2}",
+                round + 1,
+                self.args.rounds.max(1),
+                report::number(per(&stipple.result), unit),
+                seconds(&stipple),
+                suffix(&stipple.result),
+                stipple.server.cores(seconds(&stipple)),
+                stipple.generator.total / seconds(&stipple),
+                report::number(per(&baseline.result), unit),
+                seconds(&baseline),
+                suffix(&baseline.result),
+                baseline.server.total / seconds(&baseline),
+                per(&stipple.result) / per(&baseline.result),
+            );
+            paired.ours.push(per(&stipple.result));
+            paired.theirs.push(per(&baseline.result));
+            paired
+                .our_cpu
+                .push(stipple.server.total * 1e6 / done(&stipple.result).max(1) as f64);
+            paired
+                .their_cpu
+                .push(baseline.server.total * 1e6 / done(&baseline.result).max(1) as f64);
+            paired.results.push((stipple.result, baseline.result));
+        }
+        let mut notes = Vec::new();
+        let failed: u64 = paired.results.iter().map(|(s, _)| s.failed()).sum();
+        if failed > 0 {
+            let all: Vec<String> = paired
+                .results
+                .iter()
+                .map(|(s, _)| s.failures())
+                .filter(|f| !f.is_empty())
+                .collect();
+            notes.push(format!(
+                "stipple: {failed} requests not answered 200 ({})",
+                all.join("; ")
+            ));
+        }
+        let failed: u64 = paired.results.iter().map(|(_, b)| b.failed()).sum();
+        if failed > 0 {
+            notes.push(format!("bare: {failed} requests not answered 200"));
+        }
+        if paired
+            .results
+            .iter()
+            .any(|(s, b)| s.elapsed.min(b.elapsed).as_secs_f64() < self.args.seconds * 0.9)
+        {
+            notes.push(format!(
+                "some runs reached the request cap before {} s",
+                self.args.seconds
+            ));
+        }
+        paired.note = notes.join("; ");
+        Ok(paired)
+    }
+}
+
+/// Paired rounds of stipple and its baseline.
+#[derive(Debug, Default)]
+struct Paired {
+    /// Stipple's rate in each round (events/s for batches, requests/s otherwise).
+    ours: Vec<f64>,
+    /// The baseline's rate in each round.
+    theirs: Vec<f64>,
+    /// CPU microseconds stipple's server used per event (or request) in each round.
+    our_cpu: Vec<f64>,
+    /// The same for the baseline server.
+    their_cpu: Vec<f64>,
+    results: Vec<(LoadResult, LoadResult)>,
+    note: String,
+}
+
+/// One load run and the CPU it cost.
+#[derive(Debug)]
+struct Measured {
+    result: LoadResult,
+    /// CPU used by the server under load.
+    server: Cpu,
+    /// CPU used by this process: the load generator.
+    generator: Cpu,
+}
+
+async fn measure(server: &Server, target: &Target, plan: &LoadPlan) -> anyhow::Result<Measured> {
+    let (server_before, own_before) = (Cpu::of(server.pid()), Cpu::own());
+    let result = load::run(target, plan).await?;
+    let (server_after, own_after) = (Cpu::of(server.pid()), Cpu::own());
+    Ok(Measured {
+        result,
+        server: server_after.since(&server_before),
+        generator: own_after.since(&own_before),
+    })
+}
+
+fn suffix(result: &LoadResult) -> String {
+    let failures = result.failures();
+    if failures.is_empty() {
+        String::new()
+    } else {
+        format!(", {failures}")
+    }
+}

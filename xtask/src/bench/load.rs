@@ -1,0 +1,445 @@
+//! The load: realistic Segment track messages with unique `messageId`s, the HTTP/1.1
+//! load generator that posts them (one keep-alive connection per worker), and the bare
+//! Pointillist client of the delivery baseline.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use super::procs::{TOKEN, WRITE_KEY};
+
+/// Digits of the per-message counter in a `messageId`.
+const COUNTER_DIGITS: usize = 12;
+/// Stands for the counter in a template until a request fills it.
+const COUNTER_MARK: &[u8; COUNTER_DIGITS] = b"############";
+/// A worker gives up after this many transport errors in a row.
+const MAX_ERRORS_IN_A_ROW: u32 = 20;
+
+/// The next message number: every message the bench sends has its own `messageId`,
+/// so the ingress's dedup never turns a stored event into a cheap duplicate.
+static NEXT_MESSAGE: AtomicU64 = AtomicU64::new(0);
+
+/// A request body with the counter part of each `messageId` left blank.
+#[derive(Debug)]
+pub(crate) struct Template {
+    bytes: Vec<u8>,
+    counters: Vec<usize>,
+}
+
+impl Template {
+    fn new(value: &serde_json::Value) -> anyhow::Result<Template> {
+        let bytes = serde_json::to_vec(value)?;
+        let counters: Vec<usize> = bytes
+            .windows(COUNTER_DIGITS)
+            .enumerate()
+            .filter(|(_, w)| *w == COUNTER_MARK)
+            .map(|(i, _)| i)
+            .collect();
+        if counters.is_empty() {
+            bail!("a bench template has no messageId to fill");
+        }
+        Ok(Template { bytes, counters })
+    }
+
+    /// A `/v1/batch` body of `events` track messages.
+    pub(crate) fn batch(events: usize) -> anyhow::Result<Template> {
+        let batch: Vec<_> = (0..events).map(track_message).collect();
+        Template::new(&json!({ "batch": batch, "sentAt": "2026-11-28T12:00:00.200Z" }))
+    }
+
+    /// A `/v1/track` body: one track message.
+    pub(crate) fn track() -> anyhow::Result<Template> {
+        let mut message = track_message(0);
+        message["sentAt"] = json!("2026-11-28T12:00:00.200Z");
+        Template::new(&message)
+    }
+
+    /// Messages per body.
+    pub(crate) fn events(&self) -> u64 {
+        self.counters.len() as u64
+    }
+
+    /// Bytes per body.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// A body whose messages are numbered from `first`.
+    pub(crate) fn fill(&self, first: u64) -> Vec<u8> {
+        let mut bytes = self.bytes.clone();
+        for (i, &at) in self.counters.iter().enumerate() {
+            let mut n = first + i as u64;
+            for digit in bytes[at..at + COUNTER_DIGITS].iter_mut().rev() {
+                *digit = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        }
+        bytes
+    }
+
+    /// A body with fresh message numbers.
+    pub(crate) fn next(&self) -> Vec<u8> {
+        self.fill(NEXT_MESSAGE.fetch_add(self.events(), Ordering::Relaxed))
+    }
+}
+
+/// One track message as analytics-node sends it (about 500 bytes), varied by `i`.
+fn track_message(i: usize) -> serde_json::Value {
+    let run = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        & 0xffff_ffff;
+    let mark = String::from_utf8_lossy(COUNTER_MARK);
+    let (event, properties) = match i % 4 {
+        0 => (
+            "Product Added",
+            json!({ "product_id": "507f1f77bcf86cd799439011", "sku": "G-32", "category": "Games",
+                    "name": "Monopoly: 3rd Edition", "brand": "Hasbro", "price": 18.99, "quantity": 1 }),
+        ),
+        1 => (
+            "Product Viewed",
+            json!({ "product_id": "505bd76785ebb509fc183733", "sku": "F-15", "category": "Books",
+                    "name": "Dune", "price": 9.5, "position": i % 12 }),
+        ),
+        2 => (
+            "Checkout Started",
+            json!({ "order_id": format!("o-{i:06}"), "value": 30.0, "revenue": 25.0, "currency": "USD" }),
+        ),
+        _ => (
+            "Order Completed",
+            json!({ "order_id": format!("o-{i:06}"), "total": 27.5, "coupon": "hasbros", "currency": "USD" }),
+        ),
+    };
+    json!({
+        "type": "track",
+        "event": event,
+        "userId": format!("user-{:04}", i % 1000),
+        "anonymousId": "5f0e1c2a-aaaa-4bbb-8ccc-123456789abc",
+        "messageId": format!("bench-{run:08x}-{mark}"),
+        "timestamp": "2026-11-28T12:00:00.123Z",
+        "properties": properties,
+        "context": {
+            "library": { "name": "@segment/analytics-node", "version": "3.1.0" },
+            "ip": "203.0.113.7",
+            "locale": "en-US",
+            "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36"
+        },
+        "integrations": {}
+    })
+}
+
+/// Where the load goes.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    pub(crate) path: &'static str,
+}
+
+impl Target {
+    /// The target at `path` of the server at `url` (`http://127.0.0.1:PORT`).
+    pub(crate) fn new(url: &str, path: &'static str) -> anyhow::Result<Target> {
+        let addr = url.trim_start_matches("http://").trim_end_matches('/');
+        let addr: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("{url} is not http://IP:PORT"))?;
+        if !addr.ip().is_loopback() {
+            bail!("the bench loads 127.0.0.1 only, not {addr}");
+        }
+        Ok(Target { addr, path })
+    }
+}
+
+/// How much load, and how.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadPlan {
+    pub(crate) template: Arc<Template>,
+    /// Requests in all; the run ends when they are answered...
+    pub(crate) requests: u64,
+    /// ...or at this time, whichever comes first.
+    pub(crate) max_time: Duration,
+    /// Concurrent keep-alive connections, each with one request in flight.
+    pub(crate) connections: usize,
+}
+
+/// What a load run saw.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LoadResult {
+    /// Requests answered 200.
+    pub(crate) ok_requests: u64,
+    /// Messages in the requests answered 200.
+    pub(crate) ok_events: u64,
+    /// Other answers, by status.
+    pub(crate) other_statuses: BTreeMap<u16, u64>,
+    /// Requests that got no answer.
+    pub(crate) transport_errors: u64,
+    /// From the first request to the last answer.
+    pub(crate) elapsed: Duration,
+    /// The run hit `max_time` before all its requests were sent.
+    pub(crate) capped: bool,
+}
+
+impl LoadResult {
+    fn merge(&mut self, other: LoadResult) {
+        self.ok_requests += other.ok_requests;
+        self.ok_events += other.ok_events;
+        for (status, n) in other.other_statuses {
+            *self.other_statuses.entry(status).or_default() += n;
+        }
+        self.transport_errors += other.transport_errors;
+        self.capped |= other.capped;
+    }
+
+    /// Requests answered other than 200, or not at all.
+    pub(crate) fn failed(&self) -> u64 {
+        self.other_statuses.values().sum::<u64>() + self.transport_errors
+    }
+
+    /// 200 answers per second.
+    pub(crate) fn requests_per_sec(&self) -> f64 {
+        self.ok_requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Messages in 200 answers per second.
+    pub(crate) fn events_per_sec(&self) -> f64 {
+        self.ok_events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// A short account of the failures, empty when there were none.
+    pub(crate) fn failures(&self) -> String {
+        let mut parts: Vec<String> = self
+            .other_statuses
+            .iter()
+            .map(|(s, n)| format!("{n}x{s}"))
+            .collect();
+        if self.transport_errors > 0 {
+            parts.push(format!("{} transport errors", self.transport_errors));
+        }
+        parts.join(", ")
+    }
+}
+
+/// Posts `plan.requests` bodies to `target` over `plan.connections` keep-alive
+/// connections (opened before the clock starts), each worker sending its next request
+/// as soon as the previous one is answered.
+pub(crate) async fn run(target: &Target, plan: &LoadPlan) -> anyhow::Result<LoadResult> {
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:"))
+    );
+    let headers = Arc::new(Headers {
+        host: HeaderValue::from_str(&target.addr.to_string())?,
+        auth: HeaderValue::from_str(&auth)?,
+    });
+    let mut connections = Vec::with_capacity(plan.connections);
+    for _ in 0..plan.connections.max(1) {
+        connections.push(connect(target.addr).await?);
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + plan.max_time;
+    let mut workers = JoinSet::new();
+    for sender in connections {
+        let worker = Worker {
+            target: target.clone(),
+            plan: plan.clone(),
+            headers: headers.clone(),
+            next: next.clone(),
+            deadline,
+        };
+        workers.spawn(worker.run(sender));
+    }
+    let mut total = LoadResult::default();
+    while let Some(done) = workers.join_next().await {
+        total.merge(done.context("a load worker panicked")?);
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
+
+#[derive(Debug)]
+struct Headers {
+    host: HeaderValue,
+    auth: HeaderValue,
+}
+
+#[derive(Debug)]
+struct Worker {
+    target: Target,
+    plan: LoadPlan,
+    headers: Arc<Headers>,
+    next: Arc<AtomicU64>,
+    deadline: Instant,
+}
+
+impl Worker {
+    async fn run(self, mut sender: SendRequest<Full<Bytes>>) -> LoadResult {
+        let mut result = LoadResult::default();
+        let mut errors_in_a_row = 0;
+        loop {
+            if Instant::now() >= self.deadline {
+                result.capped = self.next.load(Ordering::Relaxed) < self.plan.requests;
+                break;
+            }
+            if self.next.fetch_add(1, Ordering::Relaxed) >= self.plan.requests {
+                break;
+            }
+            let body = Bytes::from(self.plan.template.next());
+            let request = hyper::Request::post(self.target.path)
+                .header(HOST, self.headers.host.clone())
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .header(AUTHORIZATION, self.headers.auth.clone())
+                .body(Full::new(body));
+            let Ok(request) = request else {
+                result.transport_errors += 1;
+                break;
+            };
+            let answered = async {
+                sender.ready().await?;
+                let response = sender.send_request(request).await?;
+                let status = response.status().as_u16();
+                response.into_body().collect().await?;
+                Ok::<_, hyper::Error>(status)
+            };
+            match answered.await {
+                Ok(200) => {
+                    errors_in_a_row = 0;
+                    result.ok_requests += 1;
+                    result.ok_events += self.plan.template.events();
+                }
+                Ok(status) => {
+                    errors_in_a_row = 0;
+                    *result.other_statuses.entry(status).or_default() += 1;
+                }
+                Err(_) => {
+                    result.transport_errors += 1;
+                    errors_in_a_row += 1;
+                    if errors_in_a_row >= MAX_ERRORS_IN_A_ROW {
+                        break;
+                    }
+                    match connect(self.target.addr).await {
+                        Ok(fresh) => sender = fresh,
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        result
+    }
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        // Ends when the worker drops its sender or the server closes.
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// Posts `count` Pointillist events (cycling through `bodies`) to `{mock}/event` with
+/// reqwest, `concurrency` at a time over keep-alive connections, as a bare client would.
+pub(crate) async fn post_events(
+    mock_url: &str,
+    bodies: Arc<Vec<Bytes>>,
+    count: u64,
+    concurrency: usize,
+    max_time: Duration,
+) -> anyhow::Result<LoadResult> {
+    if bodies.is_empty() {
+        bail!("no Pointillist events to post");
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let url = format!("{mock_url}/event");
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + max_time;
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (client, url, bodies, next) =
+            (client.clone(), url.clone(), bodies.clone(), next.clone());
+        workers.spawn(async move {
+            let mut result = LoadResult::default();
+            let mut errors_in_a_row = 0;
+            loop {
+                if Instant::now() >= deadline {
+                    result.capped = next.load(Ordering::Relaxed) < count;
+                    break;
+                }
+                let ticket = next.fetch_add(1, Ordering::Relaxed);
+                if ticket >= count {
+                    break;
+                }
+                let body = bodies[(ticket % bodies.len() as u64) as usize].clone();
+                let sent = client
+                    .post(&url)
+                    .header("apiToken", TOKEN)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                let status = match sent {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        response.bytes().await.map(|_| status)
+                    }
+                    Err(e) => Err(e),
+                };
+                match status {
+                    Ok(200) => {
+                        errors_in_a_row = 0;
+                        result.ok_requests += 1;
+                        result.ok_events += 1;
+                    }
+                    Ok(status) => {
+                        errors_in_a_row = 0;
+                        *result.other_statuses.entry(status).or_default() += 1;
+                    }
+                    Err(_) => {
+                        result.transport_errors += 1;
+                        errors_in_a_row += 1;
+                        if errors_in_a_row >= MAX_ERRORS_IN_A_ROW {
+                            break;
+                        }
+                    }
+                }
+            }
+            result
+        });
+    }
+    let mut total = LoadResult::default();
+    while let Some(done) = workers.join_next().await {
+        total.merge(done.context("a client worker panicked")?);
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
+
+/// Segment messages, one JSON per line, as `stipple map` reads them: the same messages
+/// the load sends, for the delivery baseline's Pointillist events.
+pub(crate) fn messages_for_map(count: usize) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for i in 0..count {
+        let template = Template::new(&track_message(i))?;
+        out.extend_from_slice(&template.next());
+        out.push(b'\n');
+    }
+    Ok(out)
+}
