@@ -36,7 +36,7 @@ impl Default for DeliveryConfig {
             backoff: Backoff::default(),
             probe_backoff: Backoff {
                 min: Duration::from_secs(5),
-                max: Duration::from_secs(300),
+                max: Duration::from_secs(60),
                 multiplier: 2.0,
             },
             idle_poll: Duration::from_millis(100),

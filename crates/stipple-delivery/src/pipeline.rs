@@ -66,12 +66,26 @@ impl Delivery {
     }
 
     /// Delivers until `shutdown` resolves, then stops leasing, lets requests in flight
-    /// finish (up to the configured grace), and hands back what it did not finish.
+    /// finish (up to the configured grace), and hands back what it did not start.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ack_tx, ack_rx) = mpsc::channel::<EventId>(4096);
+        // Leased events wait here for a worker slot: leasing ahead keeps the slots busy
+        // while the store answers the next lease.
+        let ahead = self
+            .inner
+            .config
+            .lease_batch
+            .max(2 * self.inner.config.concurrency)
+            .max(1);
+        let (event_tx, event_rx) = mpsc::channel::<Leased>(ahead);
         let acker = tokio::spawn(acknowledge(self.inner.store.clone(), ack_rx));
-        let dispatcher = self.dispatch(stop_rx, ack_tx);
+        let leaser = tokio::spawn(self.clone().lease_ahead(
+            stop_rx.clone(),
+            event_tx,
+            ack_tx.clone(),
+        ));
+        let dispatcher = self.dispatch(stop_rx, event_rx, ack_tx);
         tokio::pin!(dispatcher);
         tokio::select! {
             () = &mut dispatcher => {}
@@ -80,20 +94,24 @@ impl Delivery {
                 dispatcher.await;
             }
         }
-        // The dispatcher dropped its ack sender: the acknowledger drains and ends.
+        let _ = leaser.await;
+        // Every ack sender is gone: the acknowledger drains and ends.
         let _ = acker.await;
         info!("delivery stopped");
     }
 
-    async fn dispatch(&self, mut stop: watch::Receiver<bool>, acks: mpsc::Sender<EventId>) {
+    /// Keeps the buffer of leased events full; while delivery is paused for credentials,
+    /// probes with one event at a time instead.
+    async fn lease_ahead(
+        self,
+        mut stop: watch::Receiver<bool>,
+        events: mpsc::Sender<Leased>,
+        acks: mpsc::Sender<EventId>,
+    ) {
         let inner = &self.inner;
-        let slots = Arc::new(Semaphore::new(inner.config.concurrency.max(1)));
-        let mut tasks: JoinSet<Fate> = JoinSet::new();
         let mut probe_attempt = 0u32;
         while !*stop.borrow() {
-            while tasks.try_join_next().is_some() {}
             if inner.health.is_paused() {
-                // Probe with one real event at a time, backing off, until the token works.
                 let delay = inner
                     .config
                     .probe_backoff
@@ -104,8 +122,8 @@ impl Delivery {
                     break;
                 }
                 match inner.store.lease(1, inner.config.lease_for).await {
-                    Ok(events) => {
-                        for event in events {
+                    Ok(leased) => {
+                        for event in leased {
                             let fate = inner.process(event, &acks).await;
                             if fate != Fate::Credentials && inner.health.resume() {
                                 Resumed.emit();
@@ -121,20 +139,20 @@ impl Delivery {
                 continue;
             }
             probe_attempt = 0;
-            let free = slots.available_permits();
-            if free == 0 {
-                tokio::select! {
-                    _ = tasks.join_next() => {}
-                    _ = stop.changed() => {}
-                }
-                continue;
-            }
-            let events = match inner
+            // Wait for room in the buffer before leasing, so leases stay fresh.
+            let room = tokio::select! {
+                permit = events.reserve() => match permit {
+                    Ok(permit) => { drop(permit); events.capacity() }
+                    Err(_) => break,
+                },
+                _ = stop.changed() => continue,
+            };
+            let leased = match inner
                 .store
-                .lease(free.min(inner.config.lease_batch), inner.config.lease_for)
+                .lease(room.min(inner.config.lease_batch), inner.config.lease_for)
                 .await
             {
-                Ok(events) => events,
+                Ok(leased) => leased,
                 Err(error) => {
                     StoreTrouble {
                         during: "lease",
@@ -147,26 +165,62 @@ impl Delivery {
                     continue;
                 }
             };
-            if events.is_empty() {
+            if leased.is_empty() {
                 if sleep_or_stop(inner.config.idle_poll, &mut stop).await {
                     break;
                 }
                 continue;
             }
-            debug!(count = events.len(), "leased events");
-            for event in events {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let delivery = self.clone();
-                let acks = acks.clone();
-                tasks.spawn(async move {
-                    let fate = delivery.inner.process(event, &acks).await;
-                    drop(permit);
-                    fate
-                });
+            debug!(count = leased.len(), "leased events");
+            for event in leased {
+                if events.send(event).await.is_err() {
+                    return;
+                }
             }
         }
+    }
+
+    /// Starts one send per leased event as worker slots free up; events that arrive
+    /// while paused or stopping are handed back to the store unsent.
+    async fn dispatch(
+        &self,
+        stop: watch::Receiver<bool>,
+        mut events: mpsc::Receiver<Leased>,
+        acks: mpsc::Sender<EventId>,
+    ) {
+        let inner = &self.inner;
+        let slots = Arc::new(Semaphore::new(inner.config.concurrency.max(1)));
+        let mut tasks: JoinSet<Fate> = JoinSet::new();
+        let mut stop_seen = stop.clone();
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                _ = stop_seen.changed() => None,
+            };
+            let Some(event) = event else { break };
+            while tasks.try_join_next().is_some() {}
+            if inner.health.is_paused() || *stop.borrow() {
+                inner.hand_back(&[event.id]).await;
+                continue;
+            }
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let delivery = self.clone();
+            let acks = acks.clone();
+            tasks.spawn(async move {
+                let fate = delivery.inner.process(event, &acks).await;
+                drop(permit);
+                fate
+            });
+        }
+        // Stopping: what is still buffered was never started.
+        events.close();
+        let mut unstarted = Vec::new();
+        while let Some(event) = events.recv().await {
+            unstarted.push(event.id);
+        }
+        inner.hand_back(&unstarted).await;
         let grace = inner.config.shutdown_grace;
         if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
             .await
@@ -190,6 +244,20 @@ async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> boo
 }
 
 impl Inner {
+    /// Gives leased events back untouched, due at once.
+    async fn hand_back(&self, ids: &[EventId]) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(error) = self.store.release(ids).await {
+            StoreTrouble {
+                during: "release",
+                error: &error,
+            }
+            .emit();
+        }
+    }
+
     async fn process(&self, event: Leased, acks: &mpsc::Sender<EventId>) -> Fate {
         let message_id = event.message_id.clone();
         let body = match self.prepare(&event) {
