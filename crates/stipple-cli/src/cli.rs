@@ -77,18 +77,25 @@ pub(crate) struct StoreArgs {
     pub(crate) store: Option<String>,
 }
 
+/// What the `list` commands show and how.
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// At most this many.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) limit: usize,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum DeadLetterCommand {
     /// List dead letters, oldest first: id, time, source, messageId, status, attempts, reason.
     List {
         #[command(flatten)]
-        store: StoreArgs,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// One JSON object per line instead of a table.
-        #[arg(long)]
-        json: bool,
+        list: ListArgs,
     },
     /// Put dead letters back in the queue, to be delivered again.
     Requeue {
@@ -108,13 +115,7 @@ pub(crate) enum RejectedCommand {
     /// List rejected input, oldest first: id, time, source, batch index, code, message, input.
     List {
         #[command(flatten)]
-        store: StoreArgs,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// One JSON object per line instead of a table.
-        #[arg(long)]
-        json: bool,
+        list: ListArgs,
     },
 }
 

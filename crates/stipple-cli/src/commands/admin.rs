@@ -49,10 +49,10 @@ pub(crate) fn status(args: &StoreArgs, json: bool) -> anyhow::Result<ExitCode> {
 
 pub(crate) fn dead_letters(command: &DeadLetterCommand) -> anyhow::Result<ExitCode> {
     match command {
-        DeadLetterCommand::List { store, limit, json } => {
-            let store = open_store(store)?;
-            let letters = super::runtime()?.block_on(store.dead_letters(*limit))?;
-            if *json {
+        DeadLetterCommand::List { list } => {
+            let store = open_store(&list.store)?;
+            let letters = super::runtime()?.block_on(store.dead_letters(list.limit))?;
+            if list.json {
                 for letter in &letters {
                     println!("{}", serde_json::to_string(letter)?);
                 }
@@ -95,10 +95,10 @@ pub(crate) fn dead_letters(command: &DeadLetterCommand) -> anyhow::Result<ExitCo
 
 pub(crate) fn rejected(command: &RejectedCommand) -> anyhow::Result<ExitCode> {
     match command {
-        RejectedCommand::List { store, limit, json } => {
-            let store = open_store(store)?;
-            let rejected = super::runtime()?.block_on(store.rejected(*limit))?;
-            if *json {
+        RejectedCommand::List { list } => {
+            let store = open_store(&list.store)?;
+            let rejected = super::runtime()?.block_on(store.rejected(list.limit))?;
+            if list.json {
                 for r in &rejected {
                     let mut value = serde_json::to_value(r)?;
                     // The raw input as text, not a byte array, so people can read it.
