@@ -139,10 +139,12 @@ impl Delivery {
                 continue;
             }
             probe_attempt = 0;
-            // Wait for room in the buffer before leasing, so leases stay fresh.
+            // Lease when the buffer is half empty: one store round trip then brings many
+            // events (a lease per freed slot would cost a commit per event or two).
+            let low_water = (events.max_capacity() / 2).max(1);
             let room = tokio::select! {
-                permit = events.reserve() => match permit {
-                    Ok(permit) => { drop(permit); events.capacity() }
+                permits = events.reserve_many(low_water) => match permits {
+                    Ok(permits) => { drop(permits); events.capacity() }
                     Err(_) => break,
                 },
                 _ = stop.changed() => continue,

@@ -5,7 +5,13 @@
 //! cargo run --release -p stipple-store --example append_bench -- [--sync full|normal]
 //!     [--seconds 10] [--tasks 8] [--batch 100] [--payload 400] [--dir PATH] [--no-dedup]
 //! cargo run --release -p stipple-store --example append_bench -- --rss [--events 1000000]
+//! cargo run --release -p stipple-store --example append_bench -- --deliver [--events 200000]
+//!     [--lease 256] [--sync full|normal]
 //! ```
+//!
+//! `--deliver` queues `--events`, then drains them the way delivery does (one task leasing
+//! `--lease` at a time, one acknowledging up to 1024 at a time) and reports the rate and
+//! the store threads' CPU per delivered event.
 //!
 //! Without `--sync` both settings run one after the other, each on a fresh file.
 
@@ -29,6 +35,8 @@ struct Args {
     rss: bool,
     events: usize,
     window: Duration,
+    deliver: bool,
+    lease: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -42,6 +50,8 @@ fn parse_args() -> Result<Args, String> {
         rss: false,
         events: 1_000_000,
         window: DAY,
+        deliver: false,
+        lease: 256,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,6 +66,8 @@ fn parse_args() -> Result<Args, String> {
             "--events" => args.events = number(value()?)?,
             "--dir" => args.dir = Some(PathBuf::from(value()?)),
             "--rss" => args.rss = true,
+            "--deliver" => args.deliver = true,
+            "--lease" => args.lease = number(value()?)?,
             "--no-dedup" => args.window = Duration::ZERO,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -207,6 +219,11 @@ async fn throughput(args: &Args, sync: Synchronous, dir: &Path) -> Result<(), St
 
 /// The ids of this process's store writer threads (Linux only).
 fn writer_threads() -> Vec<u64> {
+    store_threads("stipple-store-w")
+}
+
+/// The ids of this process's threads whose name starts with `prefix` (Linux only).
+fn store_threads(prefix: &str) -> Vec<u64> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };
@@ -214,7 +231,7 @@ fn writer_threads() -> Vec<u64> {
         .flatten()
         .filter(|task| {
             std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|comm| comm.starts_with("stipple-store-w"))
+                .is_ok_and(|comm| comm.starts_with(prefix))
         })
         .filter_map(|task| task.file_name().to_string_lossy().parse().ok())
         .collect()
@@ -325,6 +342,92 @@ async fn rss(args: &Args, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Queues `events`, then drains them like delivery does: one task leases, one task
+/// acknowledges in batches; nothing is sent anywhere, so the store sets the pace.
+async fn deliver(args: &Args, events: usize, sync: Synchronous, dir: &Path) -> Result<(), String> {
+    let path = dir.join(format!("bench-deliver-{sync}.db"));
+    remove_store(&path);
+    let options = SqliteOptions {
+        synchronous: sync,
+        ..SqliteOptions::default()
+    };
+    let before = (
+        store_threads("stipple-store-w"),
+        store_threads("stipple-store-s"),
+    );
+    let store = Arc::new(SqliteStore::open(&path, options).map_err(|e| e.to_string())?);
+    let (mut writer, mut syncer) = (None, None);
+    for _ in 0..1_000 {
+        writer = store_threads("stipple-store-w")
+            .into_iter()
+            .find(|t| !before.0.contains(t));
+        syncer = store_threads("stipple-store-s")
+            .into_iter()
+            .find(|t| !before.1.contains(t));
+        if writer.is_some() && (syncer.is_some() || sync == Synchronous::Normal) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let next = AtomicU64::new(0);
+    while (next.load(Ordering::Relaxed) as usize) < events {
+        let append = batch(&next, 1_000, args.payload);
+        store.append(append, DAY).await.map_err(|e| e.to_string())?;
+    }
+    let queued = store.stats().await.map_err(|e| e.to_string())?.queued;
+
+    let started = Instant::now();
+    let (commits, syncs) = (store.commit_count(), store.sync_count());
+    let cpu = (thread_cpu_seconds(writer), thread_cpu_seconds(syncer));
+    let (acks, mut acked) = tokio::sync::mpsc::channel::<i64>(4096);
+    let acker = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let (mut batch, mut calls) = (Vec::with_capacity(1024), 0u64);
+            while acked.recv_many(&mut batch, 1024).await > 0 {
+                store.ack(&batch).await.map_err(|e| e.to_string())?;
+                calls += 1;
+                batch.clear();
+            }
+            Ok::<_, String>(calls)
+        })
+    };
+    let (mut leased_total, mut lease_calls) = (0u64, 0u64);
+    loop {
+        let leased = store
+            .lease(args.lease, Duration::from_secs(300))
+            .await
+            .map_err(|e| e.to_string())?;
+        lease_calls += 1;
+        if leased.is_empty() {
+            break;
+        }
+        leased_total += leased.len() as u64;
+        for event in leased {
+            acks.send(event.id).await.map_err(|e| e.to_string())?;
+        }
+    }
+    drop(acks);
+    let ack_calls = acker.await.map_err(|e| e.to_string())??;
+    let elapsed = started.elapsed().as_secs_f64();
+    let writer_cpu = thread_cpu_seconds(writer) - cpu.0;
+    let syncer_cpu = thread_cpu_seconds(syncer) - cpu.1;
+    let left = store.stats().await.map_err(|e| e.to_string())?.queued;
+    println!(
+        "deliver synchronous={sync}: {leased_total} of {queued} events leased and acked in \
+         {elapsed:.2}s = {:.0} events/s ({left} left); {lease_calls} leases, {ack_calls} acks, \
+         {} commits, {} fsyncs; writer {:.1} µs + syncer {:.1} µs CPU per event",
+        leased_total as f64 / elapsed,
+        store.commit_count() - commits,
+        store.sync_count() - syncs,
+        writer_cpu * 1e6 / leased_total.max(1) as f64,
+        syncer_cpu * 1e6 / leased_total.max(1) as f64,
+    );
+    drop(store);
+    remove_store(&path);
+    Ok(())
+}
+
 /// Deletes a store's files.
 fn remove_store(path: &Path) {
     for suffix in ["", "-wal", "-shm", ".lock"] {
@@ -351,6 +454,21 @@ fn main() -> Result<(), String> {
     runtime.block_on(async {
         if args.rss {
             return rss(&args, &dir).await;
+        }
+        if args.deliver {
+            let settings = match args.sync {
+                Some(sync) => vec![sync],
+                None => vec![Synchronous::Full, Synchronous::Normal],
+            };
+            let events = if args.events == 1_000_000 {
+                200_000
+            } else {
+                args.events
+            };
+            for sync in settings {
+                deliver(&args, events, sync, &dir).await?;
+            }
+            return Ok(());
         }
         println!(
             "{} tasks appending batches of {} events of {} bytes for {}s each",

@@ -5,7 +5,7 @@
 //! PostgreSQL store can let several instances share one queue.
 //!
 //! Implementations: [`SqliteStore`] (durable, with group commit) and
-//! [`MemoryStore`] (for tests and `memory://`); [`open`] picks one from a store URL.
+//! [`MemoryStore`] (for tests and `memory://`); [`open()`] picks one from a store URL.
 //! Both read the time from a [`Clock`], so tests can move it by hand ([`ManualClock`]).
 //!
 //! Architecture invariants:
@@ -14,6 +14,16 @@
 //! - Delivery is at-least-once: an event leased and neither acknowledged, retried nor
 //!   dead-lettered before its lease runs out is leased again (after a crash too).
 //! - Nothing is deleted except by [`Store::ack`] (delivered) or the expiry of dedup keys.
+//! - Only [`Store::append`] (and [`Store::check_writable`]) wait for durability; every
+//!   other method returns once its change is committed (visible to every later call)
+//!   but perhaps not yet on disk. A power loss may undo the last of those changes, and
+//!   only ever together with everything committed after them (SQLite's recovery keeps a
+//!   prefix of the commits), which at-least-once tolerates: a lost lease or release ends
+//!   at open anyway, a lost ack means a redelivery, a lost retry or dead letter means
+//!   the event is tried again, a lost requeue or dedup expiry can be done again.
+//! - A leased event may not be durable yet: it can be delivered before its append has
+//!   returned. Should that append then fail or be lost, its sender got no 200 and sends
+//!   it again, so it is delivered twice, never lost; its lease and ack are lost with it.
 #![forbid(unsafe_code)]
 
 mod clock;

@@ -52,6 +52,7 @@ suite!(
     expire_dedup_forgets_only_old_keys,
     expire_dedup_removes_more_than_one_chunk,
     operations_on_unknown_ids_do_nothing,
+    ack_counts_each_event_once,
     check_writable_answers,
 );
 
@@ -606,6 +607,19 @@ mod cases {
             }
         );
         assert_eq!(lease_ids(store, 10).await, vec!["a"]);
+    }
+
+    pub(crate) async fn ack_counts_each_event_once(h: &Harness) {
+        let store = &*h.store;
+        append_ok(store, events("web", &["a", "b", "c"]), DAY).await;
+        let leased = store.lease(10, HOUR).await.expect("lease");
+        let (a, b) = (leased[0].id, leased[1].id);
+        // Repeated, unknown and already acknowledged ids change nothing.
+        store.ack(&[a, a, 424_242, b, a]).await.expect("ack");
+        store.ack(&[a, b]).await.expect("ack again");
+        assert_eq!(stats(store).await.queued, 1);
+        h.clock.advance(HOUR);
+        assert_eq!(lease_ids(store, 10).await, vec!["c"]);
     }
 
     pub(crate) async fn check_writable_answers(h: &Harness) {

@@ -2,7 +2,8 @@
 //!
 //! One writer thread owns the connection and runs every operation; appends waiting at
 //! the same time commit in one transaction (group commit, see `writer`), and a second
-//! thread fsyncs the log before answers go out. One service at a time holds a store,
+//! thread fsyncs the log before appends are answered (every other request is answered
+//! at commit, see `writer` for why that is safe). One service at a time holds a store,
 //! through a lock file: that is what lets `open` end the leases a crashed service left
 //! behind and keep the dedup index in memory. Admin commands open it beside the service
 //! ([`Role::Admin`]); the row counts live in the database so both see the same.
@@ -24,7 +25,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use self::writer::{Call, Db, Delta, Shared, Work};
+use self::writer::{Call, Db, Delta, Reply, Shared, Work};
 use crate::clock::{Clock, SystemClock};
 use crate::time::{Micros, duration_micros, to_micros};
 use crate::{
@@ -45,7 +46,9 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 4000;
 pub enum Synchronous {
     /// An append is answered only once the write-ahead log holding it is fsynced, so it
     /// survives a power loss. The fsync runs beside the writer, which meanwhile commits
-    /// the next group. The default.
+    /// the next group. Leases, acks, retries, releases, dead-lettering, requeues and
+    /// dedup expiry are answered at commit either way: a power loss can undo the last of
+    /// them, which costs at most a redelivery (see the crate's invariants). The default.
     #[default]
     Full,
     /// Answered once committed, without waiting for an fsync (SQLite's own
@@ -267,8 +270,9 @@ impl SqliteStore {
     }
 
     /// Runs `f` on the writer thread inside the current group's transaction and returns
-    /// its value once that transaction has committed.
-    async fn call<T, F>(&self, weight: usize, f: F) -> Result<T, StoreError>
+    /// its value once that transaction has committed and, for [`Reply::Durable`], is
+    /// durable.
+    async fn call<T, F>(&self, weight: usize, reply_when: Reply, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Db, Micros) -> rusqlite::Result<(T, Delta)> + Send + 'static,
@@ -276,6 +280,7 @@ impl SqliteStore {
         let (reply, answer) = oneshot::channel();
         let work: Box<dyn Work> = Box::new(Call {
             weight: weight.max(1),
+            reply_when,
             f,
             reply,
         });
@@ -381,13 +386,17 @@ impl Store for SqliteStore {
         }
         let window = duration_micros(dedup_window);
         let weight = append.events.len() + append.rejected.len();
-        self.call(weight, move |db, now| ops::append(db, now, &append, window))
-            .await
+        // The ingress answers 200 on this: it waits for the fsync.
+        self.call(weight, Reply::Durable, move |db, now| {
+            ops::append(db, now, &append, window)
+        })
+        .await
     }
 
     async fn lease(&self, max: usize, lease_for: Duration) -> Result<Vec<Leased>, StoreError> {
         let lease_for = duration_micros(lease_for);
-        self.call(max, move |db, now| {
+        // A lease lost to a power loss is no loss: open ends every lease anyway.
+        self.call(max, Reply::Committed, move |db, now| {
             ops::lease(&db.conn, now, max, now.saturating_add(lease_for)).map(no_delta)
         })
         .await
@@ -395,13 +404,17 @@ impl Store for SqliteStore {
 
     async fn ack(&self, ids: &[EventId]) -> Result<(), StoreError> {
         let ids = ids.to_vec();
-        self.call(ids.len(), move |db, _| Ok(((), ops::ack(&db.conn, &ids)?)))
-            .await
+        // A lost ack only means a redelivery (at-least-once).
+        self.call(ids.len(), Reply::Committed, move |db, _| {
+            Ok(((), ops::ack(&db.conn, &ids)?))
+        })
+        .await
     }
 
     async fn retry(&self, id: EventId, not_before: DateTime<Utc>) -> Result<(), StoreError> {
         let not_before = to_micros(not_before);
-        self.call(1, move |db, _| {
+        // A lost retry only means the event is tried again sooner.
+        self.call(1, Reply::Committed, move |db, _| {
             ops::retry(&db.conn, id, not_before).map(no_delta)
         })
         .await
@@ -409,21 +422,24 @@ impl Store for SqliteStore {
 
     async fn release(&self, ids: &[EventId]) -> Result<(), StoreError> {
         let ids = ids.to_vec();
-        self.call(ids.len(), move |db, _| {
+        // A lost release is a lease, and open ends those.
+        self.call(ids.len(), Reply::Committed, move |db, _| {
             ops::release(&db.conn, &ids).map(no_delta)
         })
         .await
     }
 
     async fn dead_letter(&self, id: EventId, reason: DeadLetterReason) -> Result<(), StoreError> {
-        self.call(1, move |db, now| {
+        // A lost dead letter leaves the event queued: it is tried again.
+        self.call(1, Reply::Committed, move |db, now| {
             Ok(((), ops::dead_letter(&db.conn, now, id, &reason)?))
         })
         .await
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        self.call(limit, move |db, _| {
+        // A read: nothing to make durable.
+        self.call(limit, Reply::Committed, move |db, _| {
             ops::dead_letters(&db.conn, limit).map(no_delta)
         })
         .await
@@ -431,10 +447,11 @@ impl Store for SqliteStore {
 
     async fn requeue_dead_letters(&self, ids: Option<&[EventId]>) -> Result<u64, StoreError> {
         let moved = |delta: Delta| u64::try_from(delta.queued).unwrap_or(0);
+        // A lost requeue leaves the dead letters where they were, to requeue again.
         if let Some(ids) = ids {
             let ids = ids.to_vec();
             return self
-                .call(ids.len(), move |db, now| {
+                .call(ids.len(), Reply::Committed, move |db, now| {
                     let delta = ops::requeue(&db.conn, now, &ids)?;
                     Ok((moved(delta), delta))
                 })
@@ -444,7 +461,7 @@ impl Store for SqliteStore {
         let mut total = 0;
         loop {
             let chunk = self
-                .call(ops::CHUNK, move |db, now| {
+                .call(ops::CHUNK, Reply::Committed, move |db, now| {
                     let delta = ops::requeue_oldest(&db.conn, now, ops::CHUNK)?;
                     Ok((moved(delta), delta))
                 })
@@ -457,7 +474,8 @@ impl Store for SqliteStore {
     }
 
     async fn rejected(&self, limit: usize) -> Result<Vec<StoredRejection>, StoreError> {
-        self.call(limit, move |db, _| {
+        // A read: nothing to make durable.
+        self.call(limit, Reply::Committed, move |db, _| {
             ops::rejected(&db.conn, limit).map(no_delta)
         })
         .await
@@ -476,11 +494,13 @@ impl Store for SqliteStore {
 
     async fn expire_dedup(&self, dedup_window: Duration) -> Result<u64, StoreError> {
         let window = duration_micros(dedup_window);
-        // A chunk per transaction so appends are not held up meanwhile.
+        // A chunk per transaction so appends are not held up meanwhile. A lost expiry
+        // leaves the keys in the table (the index is rebuilt from it at open): the next
+        // expiry takes them.
         let mut total = 0;
         loop {
             let chunk = self
-                .call(ops::CHUNK, move |db, now| {
+                .call(ops::CHUNK, Reply::Committed, move |db, now| {
                     let Db { conn, dedup, .. } = db;
                     dedup
                         .expire(conn, now.saturating_sub(window), ops::CHUNK)
@@ -495,8 +515,11 @@ impl Store for SqliteStore {
     }
 
     async fn check_writable(&self) -> Result<(), StoreError> {
-        self.call(1, move |db, now| ops::touch(&db.conn, now).map(no_delta))
-            .await
+        // Waits for the fsync like an append, so readiness also covers a stalled disk.
+        self.call(1, Reply::Durable, move |db, now| {
+            ops::touch(&db.conn, now).map(no_delta)
+        })
+        .await
     }
 }
 
@@ -529,6 +552,89 @@ mod tests {
     fn clearing_leases_at_open_reads_the_due_index() {
         let plan = plan(&ops::CLEAR_LEASES.replace("?1", "0"));
         assert!(plan.contains("USING INDEX queue_due"), "{plan}");
+    }
+
+    /// Waits up to `millis` for `task`; None when it has not finished by then.
+    async fn within<T>(millis: u64, task: &mut tokio::task::JoinHandle<T>) -> Option<T> {
+        tokio::time::timeout(Duration::from_millis(millis), task)
+            .await
+            .ok()
+            .map(|joined| joined.expect("task"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_appends_wait_for_the_fsync() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).expect("open"),
+        );
+        let events = |prefix: &str, n: usize| Append {
+            events: (0..n)
+                .map(|i| crate::NewEvent {
+                    source: "web".into(),
+                    message_id: format!("{prefix}-{i}"),
+                    payload: b"{}".to_vec(),
+                })
+                .collect(),
+            rejected: Vec::new(),
+        };
+        let day = Duration::from_secs(86_400);
+        store.append(events("a", 6), day).await.expect("append");
+        let syncs = store.sync_count();
+        assert!(syncs >= 1, "the append waited for an fsync");
+
+        // From here on the syncer holds every fsync back.
+        store.shared.hold_syncs.store(true, Ordering::Release);
+        let mut held = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.append(events("b", 2), day).await })
+        };
+        assert!(
+            within(500, &mut held).await.is_none(),
+            "an append is answered only after its fsync"
+        );
+
+        // Everything else is answered at commit, fsync or not.
+        let commits = store.commit_count();
+        let mut others = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let hour = Duration::from_secs(3_600);
+                let leased = store.lease(10, hour).await?;
+                // The held append has committed: its events are leased (not durable yet).
+                assert_eq!(leased.len(), 8);
+                let ids: Vec<EventId> = leased.iter().map(|e| e.id).collect();
+                store.ack(&ids[..3]).await?;
+                store.retry(ids[3], Utc::now()).await?;
+                store.release(&ids[4..5]).await?;
+                let reason = DeadLetterReason {
+                    status: Some(400),
+                    detail: "bad".into(),
+                };
+                store.dead_letter(ids[5], reason).await?;
+                let dead = store.dead_letters(10).await?;
+                assert_eq!(store.requeue_dead_letters(Some(&[dead[0].id])).await?, 1);
+                store.requeue_dead_letters(None).await?;
+                store.rejected(10).await?;
+                store.expire_dedup(day).await?;
+                Ok::<_, StoreError>(())
+            })
+        };
+        within(10_000, &mut others)
+            .await
+            .expect("answered while the fsync is held")
+            .expect("store calls");
+        assert!(store.commit_count() >= commits + 9);
+        assert_eq!(store.sync_count(), syncs, "no fsync ran meanwhile");
+        assert_eq!(store.stats().await.expect("stats").queued, 5);
+
+        store.shared.hold_syncs.store(false, Ordering::Release);
+        let appended = within(10_000, &mut held)
+            .await
+            .expect("answered once the fsync ran")
+            .expect("append");
+        assert_eq!(appended.duplicate, vec![false, false]);
+        assert!(store.sync_count() > syncs);
     }
 
     #[test]

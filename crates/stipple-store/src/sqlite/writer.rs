@@ -1,7 +1,8 @@
 //! The writer thread: it owns the SQLite connection and runs every request sent to it,
 //! committing all requests that are waiting together in one transaction (group commit),
-//! so concurrent HTTP requests share one fsync. Answers go back only once the commit is
-//! durable.
+//! so concurrent HTTP requests share one fsync. Appends are answered only once the
+//! commit is durable; every other request as soon as its transaction has committed (see
+//! [`Reply`]).
 //!
 //! Each request runs inside its own savepoint, so a request that fails is undone alone
 //! and the others of its group still commit. Each transaction also adds what it changed
@@ -9,11 +10,41 @@
 //!
 //! SQLite itself runs with `synchronous=NORMAL` (no fsync on commit). With
 //! [`Synchronous::Full`](super::Synchronous::Full) a second thread fsyncs the
-//! write-ahead log after each commit and only then answers, while the writer already
-//! runs the next group: fsync latency then costs answer time, not throughput. The WAL
-//! holds every committed frame in order and recovery keeps each transaction whose frames
-//! are all on disk, so an fsync of the WAL after COMMIT makes that commit as durable as
-//! SQLite's own `synchronous=FULL` would.
+//! write-ahead log after each commit that holds an append and only then answers it,
+//! while the writer already runs the next group: fsync latency then costs answer time,
+//! not throughput. The WAL holds every committed frame in order and recovery keeps each
+//! transaction whose frames are all on disk, so an fsync of the WAL after COMMIT makes
+//! that commit as durable as SQLite's own `synchronous=FULL` would.
+//!
+//! Why only appends wait for the fsync. Recovery after a power loss keeps a *prefix* of
+//! the committed transactions (WAL frames are checksummed in a chain, and SQLite fsyncs
+//! the WAL before each checkpoint even at `synchronous=NORMAL`): a transaction that
+//! survives brings every earlier one with it, and the next fsync (of a later append, or
+//! the checkpoint's) makes every earlier commit durable too. So for each request
+//! answered without an fsync, losing it means:
+//! - `lease`: nothing; leases end at open anyway.
+//! - `ack`: the event is delivered again (delivery is at-least-once).
+//! - `retry`: the event is due at once after the restart, one attempt less counted
+//!   (the retry horizon counts from when it was queued, so this cannot go on forever).
+//! - `release`: nothing; the lease it ended ends at open anyway.
+//! - `dead_letter`: the event is queued again and tried again.
+//! - `requeue_dead_letters`: the dead letters stay dead letters; requeue them again.
+//! - `expire_dedup`: the keys are back in the table and the index rebuilt at open;
+//!   the next expiry takes them.
+//! - reads (listings): they may show a commit that is then lost.
+//!
+//! A failed fsync makes every later request fail (`broken`); requests answered at commit
+//! before it are like those lost to a power loss above.
+//!
+//! Ordering: a lease may hand out an event whose append has committed but whose fsync
+//! has not finished (the lease waits for no fsync that would cover it), and that event
+//! may be delivered and even acknowledged before its append is answered. If
+//! that append is then lost (power loss) or fails (fsync error), its caller never got a
+//! 200 and sends it again: Pointillist sees it twice, which at-least-once allows; and by
+//! the prefix rule the lease and ack of a lost append are lost with it, so no state on
+//! disk ever refers to an event that is not there. The reverse, an append answered
+//! before a commit it depends on is durable, cannot happen: appends depend on no other
+//! request, and the fsync that answers an append covers every commit before it.
 
 use std::fs::File;
 use std::path::Path;
@@ -64,6 +95,9 @@ pub(super) struct Shared {
     pub(super) syncs: AtomicU64,
     /// Set when an fsync failed: from then on every request fails.
     pub(super) broken: AtomicBool,
+    /// While set, the syncer waits before its next fsync (to test who waits for it).
+    #[cfg(test)]
+    pub(super) hold_syncs: AtomicBool,
 }
 
 impl Shared {
@@ -87,10 +121,24 @@ pub(super) struct Db {
 /// The result of running one request, held until its group commits.
 type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
 
+/// When a request is answered (the module docs explain which need which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reply {
+    /// Once its commit is durable: after the syncer's fsync with
+    /// [`Synchronous::Full`](super::Synchronous::Full). Appends (the ingress answers 200
+    /// on them) and the readiness check.
+    Durable,
+    /// As soon as its transaction has committed, without waiting for any fsync: losing
+    /// the commit to a power loss costs at most a redelivery or a repeated step.
+    Committed,
+}
+
 /// A request to the writer thread.
 pub(super) trait Work: Send {
     /// Roughly how many rows it writes, to bound the size of a group.
     fn weight(&self) -> usize;
+    /// When it is answered.
+    fn reply(&self) -> Reply;
     /// Runs it inside the group's transaction. Returns whether it succeeded (else its
     /// savepoint is rolled back), what it changed, and how to answer once the group ends.
     fn run(self: Box<Self>, db: &mut Db, now: Micros) -> (bool, Delta, Finish);
@@ -101,6 +149,7 @@ pub(super) trait Work: Send {
 /// A request: a function over the connection and the current time, and where to answer.
 pub(super) struct Call<T, F> {
     pub(super) weight: usize,
+    pub(super) reply_when: Reply,
     pub(super) f: F,
     pub(super) reply: oneshot::Sender<Result<T, StoreError>>,
 }
@@ -112,6 +161,10 @@ where
 {
     fn weight(&self) -> usize {
         self.weight
+    }
+
+    fn reply(&self) -> Reply {
+        self.reply_when
     }
 
     fn run(self: Box<Self>, db: &mut Db, now: Micros) -> (bool, Delta, Finish) {
@@ -147,9 +200,13 @@ where
     }
 }
 
-/// A committed group's answers, sent once its commit is durable.
+/// A committed group's answers: those sent at once, and those sent once the commit is
+/// durable.
 pub(super) struct Answers {
-    done: Vec<Finish>,
+    /// [`Reply::Committed`] requests (and, without a syncer, all of them).
+    committed: Vec<Finish>,
+    /// [`Reply::Durable`] requests.
+    durable: Vec<Finish>,
     commit_error: Option<String>,
 }
 
@@ -157,7 +214,15 @@ impl Answers {
     /// Answers every caller; `error` overrides success.
     fn send(self, error: Option<&str>) {
         let error = error.or(self.commit_error.as_deref());
-        for finish in self.done {
+        for finish in self.committed.into_iter().chain(self.durable) {
+            finish(error);
+        }
+    }
+
+    /// Answers the callers that need not wait for an fsync; keeps the others.
+    fn send_committed(&mut self) {
+        let error = self.commit_error.as_deref();
+        for finish in self.committed.drain(..) {
             finish(error);
         }
     }
@@ -191,12 +256,18 @@ pub(super) fn run(
             }
             continue;
         }
-        let answers = commit_group(&mut db, &*clock, &mut group, &shared);
+        let mut answers = commit_group(&mut db, &*clock, &mut group, &shared);
         match &syncer {
             Some(syncer) if answers.commit_error.is_none() => {
-                if let Err(unsent) = syncer.send(answers) {
-                    // The syncer only stops when this thread does; answer anyway.
-                    unsent.0.send(Some(BROKEN));
+                // Committed: leases, acks and the like go out now, before any fsync.
+                answers.send_committed();
+                // Only a group with an append (or readiness check) needs the fsync; a
+                // later one covers this group's frames too (the WAL is written in order).
+                if !answers.durable.is_empty() {
+                    if let Err(unsent) = syncer.send(answers) {
+                        // The syncer only stops when this thread does; answer anyway.
+                        unsent.0.send(Some(BROKEN));
+                    }
                 }
             }
             _ => answers.send(None),
@@ -209,9 +280,9 @@ pub(super) fn run(
 const BROKEN: &str = "an fsync of the store's write-ahead log failed, so what it holds is \
                       uncertain: check the disk and restart stipple";
 
-/// The syncer thread's loop: fsyncs the write-ahead log once for all the groups
-/// committed since the last fsync, then answers them. The writer meanwhile runs the
-/// next group, so fsync time does not stop appends.
+/// The syncer thread's loop: fsyncs the write-ahead log once for all the groups with
+/// appends committed since the last fsync, then answers their appends. The writer
+/// meanwhile runs the next group, so fsync time does not stop appends.
 pub(super) fn sync(
     wal: &Path,
     file: &File,
@@ -220,6 +291,8 @@ pub(super) fn sync(
 ) {
     let mut pending = Vec::new();
     while let Ok(first) = committed.recv() {
+        #[cfg(test)]
+        wait_while_held(&shared);
         pending.push(first);
         while let Ok(next) = committed.try_recv() {
             pending.push(next);
@@ -244,6 +317,15 @@ pub(super) fn sync(
     }
 }
 
+/// Holds the syncer back while a test asks it to.
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // the syncer's own thread, not a tokio worker
+fn wait_while_held(shared: &Shared) {
+    while shared.hold_syncs.load(Ordering::Acquire) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Runs `group` in one transaction; returns the answers, to send once it is durable.
 fn commit_group(
     db: &mut Db,
@@ -251,7 +333,8 @@ fn commit_group(
     group: &mut Vec<Box<dyn Work>>,
     shared: &Shared,
 ) -> Answers {
-    let mut done = Vec::with_capacity(group.len());
+    let mut committed = Vec::with_capacity(group.len());
+    let mut durable = Vec::new();
     if let Err(e) = execute(&db.conn, "BEGIN IMMEDIATE") {
         let error = e.to_string();
         tracing::warn!(%error, "store transaction could not begin");
@@ -259,7 +342,8 @@ fn commit_group(
             work.fail(&error);
         }
         return Answers {
-            done,
+            committed,
+            durable,
             commit_error: Some(error),
         };
     }
@@ -275,6 +359,7 @@ fn commit_group(
                 continue;
             }
         }
+        let reply = work.reply();
         let (ok, delta, finish) = work.run(db, now);
         let conn = &db.conn;
         if !single {
@@ -291,7 +376,10 @@ fn commit_group(
             total.add(delta);
         }
         all_ok &= ok;
-        done.push(finish);
+        match reply {
+            Reply::Durable => durable.push(finish),
+            Reply::Committed => committed.push(finish),
+        }
     }
     let conn = &db.conn;
     if single && !all_ok {
@@ -299,7 +387,8 @@ fn commit_group(
             tracing::warn!(error = %e, "store rollback failed");
         }
         return Answers {
-            done,
+            committed,
+            durable,
             commit_error: None,
         };
     }
@@ -323,7 +412,11 @@ fn commit_group(
             Some(error)
         }
     };
-    Answers { done, commit_error }
+    Answers {
+        committed,
+        durable,
+        commit_error,
+    }
 }
 
 /// Adds `delta` to the `counts` row; returns the row.
