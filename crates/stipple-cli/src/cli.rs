@@ -22,7 +22,7 @@ pub(crate) enum Command {
     /// Run the service: the Segment-compatible ingress, the durable queue and delivery.
     ///
     /// Settings come from the TOML file given with --config, and every key can be set
-    /// or overridden by an environment variable STIPPLE_<SECTION>__<KEY>, e.g.
+    /// or overridden by an environment variable `STIPPLE_<SECTION>__<KEY>`, e.g.
     /// STIPPLE_POINTILLIST__API_TOKEN. See docs/configuration.md.
     Serve(ServeArgs),
     /// Map Segment messages to Pointillist events, offline.
