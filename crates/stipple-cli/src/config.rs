@@ -62,6 +62,10 @@ pub(crate) struct IngressSection {
     #[serde(deserialize_with = "list_or_commas")]
     pub(crate) cors_origins: Vec<String>,
     pub(crate) max_in_flight: usize,
+    #[serde(with = "humantime_serde")]
+    pub(crate) body_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) shutdown_grace: Duration,
 }
 
 /// A list in the file; a comma-separated string from the environment.
@@ -91,6 +95,8 @@ impl Default for IngressSection {
             dedup_window: d.dedup_window,
             cors_origins: d.cors_origins,
             max_in_flight: d.max_in_flight,
+            body_timeout: d.body_timeout,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -252,6 +258,9 @@ impl Config {
             bail!("pointillist.timeout must be longer than zero, e.g. \"10s\"");
         }
         self.listen()?;
+        if self.ingress.body_timeout.is_zero() {
+            bail!("ingress.body_timeout must be longer than zero, e.g. \"30s\"");
+        }
         if self.sources.is_empty() {
             bail!("no [[sources]]: add at least one source with a name and a write_key");
         }
@@ -338,6 +347,27 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_complete_file_loads_with_its_documented_values() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let toml = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap();
+        let c = load(toml).unwrap();
+        let defaults = load(MINIMAL).unwrap();
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.ingress.body_timeout, defaults.ingress.body_timeout);
+        assert_eq!(c.ingress.shutdown_grace, defaults.ingress.shutdown_grace);
+        assert_eq!(c.ingress.dedup_window, defaults.ingress.dedup_window);
+        assert_eq!(c.delivery.backoff_max, defaults.delivery.backoff_max);
+        assert_eq!(c.delivery.lease_for, defaults.delivery.lease_for);
+        assert_eq!(c.pointillist.timeout, defaults.pointillist.timeout);
+        assert_eq!(c.pointillist.concurrency, defaults.pointillist.concurrency);
+        assert_eq!(c.store.url, defaults.store.url);
+    }
+
+    #[test]
     fn bad_files_name_the_key() {
         fn check(text: &str, expected: &str) {
             let err = format!("{:#}", load(text).unwrap_err());
@@ -369,6 +399,10 @@ mod tests {
             "used twice",
         );
         check(&format!("{MINIMAL}[pointillist2]\n"), "pointillist2");
+        check(
+            &format!("{MINIMAL}[ingress]\nbody_timeout = \"0s\"\n"),
+            "ingress.body_timeout",
+        );
     }
 
     #[test]

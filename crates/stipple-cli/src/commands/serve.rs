@@ -40,10 +40,6 @@ fn init_logging(config: &Config) {
     }
 }
 
-/// How long shutdown waits for requests in flight. Cutting off a request whose body is
-/// still arriving loses nothing: it was never answered, so its client sends it again.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// The latency buckets, in seconds: from a fast local hop to a long retry.
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
@@ -131,6 +127,7 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
         dedup_window: config.ingress.dedup_window,
         cors_origins: config.ingress.cors_origins.clone(),
         max_in_flight: config.ingress.max_in_flight,
+        body_timeout: config.ingress.body_timeout,
         ..IngressConfig::default()
     };
     let state = IngressState::new(ingress_config, store.clone())?
@@ -166,11 +163,13 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
         () = super::shutdown_signal() => {
             info!("shutting down: no new requests; finishing those in flight");
             let _ = signal_tx.send(true);
-            // A client stalled mid-request must not hold the shutdown forever.
-            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+            // A client stalled mid-request must not hold the shutdown forever. Cutting off
+            // a request still arriving loses nothing: unanswered, its client sends it again.
+            let grace = config.ingress.shutdown_grace;
+            match tokio::time::timeout(grace, &mut server).await {
                 Ok(served) => served,
                 Err(_) => {
-                    warn!(grace = ?SHUTDOWN_GRACE, "requests still open after the grace period are cut off");
+                    warn!(?grace, "requests still open after the grace period are cut off");
                     server.abort();
                     Ok(Ok(()))
                 }
