@@ -26,6 +26,25 @@ pub(crate) struct Config {
     pub(crate) delivery: DeliverySection,
     #[serde(default)]
     pub(crate) log: LogSection,
+    #[serde(default)]
+    pub(crate) telemetry: TelemetrySection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct TelemetrySection {
+    /// OTLP/HTTP collector base URL (`http://127.0.0.1:4318`); traces are off without it.
+    pub(crate) otlp_endpoint: Option<String>,
+    pub(crate) service_name: String,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "stipple".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,6 +315,14 @@ impl Config {
         }
         if d.lease_for < Duration::from_secs(1) {
             bail!("delivery.lease_for must be at least 1s");
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            url::Url::parse(endpoint).ok().filter(|u| u.scheme() == "http").with_context(|| {
+                format!(
+                    "telemetry.otlp_endpoint {endpoint:?} must be an http:// URL of an OTLP/HTTP collector, \
+                     e.g. http://127.0.0.1:4318 (https is not supported yet: run a local collector)"
+                )
+            })?;
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level)

@@ -26,12 +26,16 @@ impl Drop for Service {
 }
 
 fn start(dir: &Path) -> Service {
+    start_with(dir, "")
+}
+
+fn start_with(dir: &Path, extra: &str) -> Service {
     let config = dir.join("stipple.toml");
     std::fs::write(
         &config,
         format!(
             "[ingress]\nlisten = \"127.0.0.1:0\"\n[[sources]]\nname = \"web\"\nwrite_key = \"wk-web\"\n\
-             [store]\nurl = \"sqlite://{}\"\n",
+             [store]\nurl = \"sqlite://{}\"\n{extra}",
             dir.join("data/stipple.db").display()
         ),
     )
@@ -58,6 +62,22 @@ fn start(dir: &Path) -> Service {
         child,
         ingress: ingress.unwrap(),
         mock: mock.unwrap(),
+    }
+}
+
+fn terminate(service: &mut Service) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &service.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(exit) = service.child.try_wait().unwrap() {
+            return exit;
+        }
+        assert!(Instant::now() < deadline, "stipple did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -133,19 +153,7 @@ fn serve_delivers_to_the_mock_stops_on_sigterm_and_keeps_rejected_input() {
         serde_json::from_str(&admin(dir.path(), &["status", "--json"])).unwrap();
     assert_eq!(live["rejected"], 1, "{live}");
 
-    let status = Command::new("kill")
-        .args(["-TERM", &service.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(exit) = service.child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "stipple did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = terminate(&mut service);
     assert!(exit.success(), "{exit:?}");
 
     let status = admin(dir.path(), &["status", "--json"]);
@@ -158,4 +166,99 @@ fn serve_delivers_to_the_mock_stops_on_sigterm_and_keeps_rejected_input() {
     assert_eq!(first["index"], 1);
     assert!(first["payload"].as_str().unwrap().contains("u-3"));
     assert!(admin(dir.path(), &["dead-letters", "list"]).contains("no dead letters"));
+}
+
+/// A stand-in OTLP/HTTP collector: answers 200 to everything and keeps each request's
+/// path and body.
+fn otlp_receiver() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        reader.read_line(&mut line).unwrap();
+                        if line.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                length = value.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    let path = request_line
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send((path, body));
+                    writer
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn traces_reach_an_otlp_collector_when_one_is_configured() {
+    let (collector, requests) = otlp_receiver();
+    let dir = tempfile::tempdir().unwrap();
+    let extra =
+        format!("[telemetry]\notlp_endpoint = \"{collector}\"\nservice_name = \"stipple-test\"\n");
+    let mut service = start_with(dir.path(), &extra);
+    let (status, _) = post(
+        &format!("{}/v1/track", service.ingress),
+        r#"{"type":"track","event":"Traced","userId":"u-1","messageId":"m-traced"}"#,
+    );
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::blocking::get(format!("{}/mock/events", service.mock))
+        .unwrap()
+        .json::<Vec<serde_json::Value>>()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the event was not delivered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Shutting down flushes the spans still buffered.
+    assert!(terminate(&mut service).success());
+    let exported: Vec<(String, Vec<u8>)> = requests.try_iter().collect();
+    assert!(!exported.is_empty(), "no OTLP export arrived");
+    let paths: Vec<&str> = exported.iter().map(|(path, _)| path.as_str()).collect();
+    assert!(paths.iter().all(|p| *p == "/v1/traces"), "{paths:?}");
+    let bodies: Vec<u8> = exported
+        .iter()
+        .flat_map(|(_, body)| body.iter().copied())
+        .collect();
+    let contains = |needle: &str| bodies.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(contains("ingress.request"), "no ingress span exported");
+    assert!(contains("delivery.send"), "no delivery span exported");
+    assert!(
+        contains("stipple-test"),
+        "the service name is not on the resource"
+    );
+    assert!(
+        contains("m-traced"),
+        "the delivery span does not name the messageId"
+    );
 }

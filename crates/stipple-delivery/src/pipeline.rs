@@ -260,6 +260,12 @@ impl Inner {
         }
     }
 
+    #[tracing::instrument(
+        name = "delivery.send",
+        level = "info",
+        skip_all,
+        fields(message_id = %event.message_id, source = %event.source, attempts = event.attempts)
+    )]
     async fn process(&self, event: Leased, acks: &mpsc::Sender<EventId>) -> Fate {
         let message_id = event.message_id.clone();
         let body = match self.prepare(&event) {

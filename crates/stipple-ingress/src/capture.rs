@@ -56,6 +56,7 @@ const MESSAGE_TOO_LARGE: &str = "message_too_large";
 const TYPE_MISMATCH: &str = "type_mismatch";
 
 /// Handles one Tracking API request.
+#[tracing::instrument(name = "ingress.request", level = "info", skip_all, fields(endpoint = ?endpoint))]
 pub(crate) async fn handle(
     state: IngressState,
     endpoint: Endpoint,

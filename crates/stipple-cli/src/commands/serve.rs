@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use secrecy::SecretString;
 use stipple_core::{MapConfig, Mapper};
 use stipple_delivery::{Delivery, DeliveryConfig, DeliveryHealth};
@@ -20,24 +21,64 @@ use crate::config::{Config, LogFormat};
 
 pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
-    init_logging(&config);
-    super::runtime()?.block_on(serve(config, args.mock))?;
+    let traces = init_logging(&config)?;
+    let served = super::runtime()?.block_on(serve(config, args.mock));
+    if let Some(provider) = traces {
+        // Sends the spans still buffered.
+        if let Err(e) = provider.shutdown() {
+            eprintln!("warning: could not flush the last traces: {e}");
+        }
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(config: &Config) {
+/// Logs to stderr, and traces to an OTLP/HTTP collector when `telemetry.otlp_endpoint`
+/// is set; the returned provider flushes the last spans when shut down.
+fn init_logging(config: &Config) -> anyhow::Result<Option<SdkTracerProvider>> {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match config.log.format {
+        LogFormat::Json => logs.json().with_filter(filter).boxed(),
+        LogFormat::Text => logs.with_ansi(ansi).with_filter(filter).boxed(),
+    };
+    let provider = match &config.telemetry.otlp_endpoint {
+        Some(endpoint) => Some(tracer_provider(endpoint, &config.telemetry.service_name)?),
+        None => None,
+    };
+    // Spans go out at info whatever level the logs are filtered at.
+    let traces = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("stipple"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(traces)
+        .with(logs)
+        .init();
+    Ok(provider)
+}
+
+fn tracer_provider(endpoint: &str, service_name: &str) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(url)
+        .build()
+        .context("cannot build the OTLP trace exporter")?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name.to_owned())
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }
 
 /// The latency buckets, in seconds: from a fast local hop to a long retry.
