@@ -57,6 +57,18 @@ async fn queue(store: &Arc<dyn Store>, events: Vec<NewEvent>) {
         .unwrap();
 }
 
+/// A mock Pointillist on a free port with these faults.
+fn mock_with(faults: Faults) -> MockServer {
+    MockServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        MockConfig {
+            faults,
+            ..MockConfig::new(TOKEN)
+        },
+    )
+    .unwrap()
+}
+
 struct Running {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -104,7 +116,7 @@ async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
 
 #[tokio::test]
 async fn delivers_every_event_mapped_and_empties_the_queue() {
-    let mock = MockServer::start("127.0.0.1:0".parse().unwrap(), MockConfig::new(TOKEN)).unwrap();
+    let mock = mock_with(Faults::default());
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     queue(&store, (0..50).map(|i| message(i, "")).collect()).await;
     let running = start(store.clone(), &mock.url(), fast_config());
@@ -138,14 +150,7 @@ async fn transient_failures_are_retried_until_pointillist_recovers() {
         error_rate: 1.0,
         ..Faults::default()
     };
-    let mock = MockServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        MockConfig {
-            faults,
-            ..MockConfig::new(TOKEN)
-        },
-    )
-    .unwrap();
+    let mock = mock_with(faults);
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     queue(&store, (0..10).map(|i| message(i, "")).collect()).await;
     let running = start(store.clone(), &mock.url(), fast_config());
@@ -176,14 +181,7 @@ async fn throttling_with_retry_after_is_honoured_and_recovers() {
         retry_after_secs: 1,
         ..Faults::default()
     };
-    let mock = MockServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        MockConfig {
-            faults,
-            ..MockConfig::new(TOKEN)
-        },
-    )
-    .unwrap();
+    let mock = mock_with(faults);
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     queue(&store, (0..5).map(|i| message(i, "")).collect()).await;
     let running = start(store.clone(), &mock.url(), fast_config());
@@ -213,14 +211,7 @@ async fn a_refused_token_pauses_delivery_keeps_events_and_resumes_by_itself() {
         unauthorized_for: Some(Duration::from_millis(600)),
         ..Faults::default()
     };
-    let mock = MockServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        MockConfig {
-            faults,
-            ..MockConfig::new(TOKEN)
-        },
-    )
-    .unwrap();
+    let mock = mock_with(faults);
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     queue(&store, (0..20).map(|i| message(i, "")).collect()).await;
     let running = start(store.clone(), &mock.url(), fast_config());
@@ -296,14 +287,7 @@ async fn transient_failures_past_the_retry_horizon_are_dead_lettered() {
         error_rate: 1.0,
         ..Faults::default()
     };
-    let mock = MockServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        MockConfig {
-            faults,
-            ..MockConfig::new(TOKEN)
-        },
-    )
-    .unwrap();
+    let mock = mock_with(faults);
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     queue(&store, (0..3).map(|i| message(i, "")).collect()).await;
     let config = DeliveryConfig {
@@ -326,7 +310,7 @@ async fn transient_failures_past_the_retry_horizon_are_dead_lettered() {
 
 #[tokio::test]
 async fn messages_routed_away_from_pointillist_are_acknowledged_unsent() {
-    let mock = MockServer::start("127.0.0.1:0".parse().unwrap(), MockConfig::new(TOKEN)).unwrap();
+    let mock = mock_with(Faults::default());
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     queue(
         &store,

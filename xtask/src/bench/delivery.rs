@@ -18,14 +18,7 @@ impl Bench<'_> {
     /// Part 2.
     pub(super) async fn delivery(&self) -> anyhow::Result<Vec<Row>> {
         let args = self.args;
-        let dir = self.part_dir("delivery")?;
-        let mock = procs::start_mock(&self.stipple, &dir, false).await?;
-        let config = procs::write_config(
-            &dir,
-            &mock.url,
-            args.delivery_concurrency,
-            &args.synchronous,
-        )?;
+        let (dir, mock, config) = self.part_with_mock("delivery", false).await?;
         let bodies = Arc::new(self.pointillist_events(&dir).await?);
         let batch = Arc::new(Template::batch(BATCH_SIZE)?);
         let requests = args.delivery_events.div_ceil(BATCH_SIZE as u64);

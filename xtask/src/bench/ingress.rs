@@ -36,14 +36,7 @@ impl Bench<'_> {
             (true, "ingress-paused", "delivery paused"),
             (false, "ingress-running", "delivery running"),
         ] {
-            let dir = self.part_dir(name)?;
-            let mock = procs::start_mock(&self.stipple, &dir, paused).await?;
-            let config = procs::write_config(
-                &dir,
-                &mock.url,
-                args.delivery_concurrency,
-                &args.synchronous,
-            )?;
+            let (dir, mock, config) = self.part_with_mock(name, paused).await?;
             let mut serve =
                 procs::start_serve(&self.stipple, &config, &dir.join("serve.log")).await?;
             eprintln!(

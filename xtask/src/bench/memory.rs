@@ -13,14 +13,7 @@ impl Bench<'_> {
     /// Part 3.
     pub(super) async fn memory(&self) -> anyhow::Result<Vec<Row>> {
         let args = self.args;
-        let dir = self.part_dir("memory")?;
-        let mock = procs::start_mock(&self.stipple, &dir, true).await?;
-        let config = procs::write_config(
-            &dir,
-            &mock.url,
-            args.delivery_concurrency,
-            &args.synchronous,
-        )?;
+        let (dir, mock, config) = self.part_with_mock("memory", true).await?;
         let mut serve =
             procs::start_serve(&self.stipple, &config, &dir.join("serve-fill.log")).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -242,6 +242,24 @@ impl Bench<'_> {
         Ok(dir)
     }
 
+    /// A part's directory, a mock Pointillist (answering 401 when `paused`, which pauses
+    /// delivery) and a `stipple serve` configuration delivering to it.
+    async fn part_with_mock(
+        &self,
+        name: &str,
+        paused: bool,
+    ) -> anyhow::Result<(PathBuf, Server, PathBuf)> {
+        let dir = self.part_dir(name)?;
+        let mock = procs::start_mock(&self.stipple, &dir, paused).await?;
+        let config = procs::write_config(
+            &dir,
+            &mock.url,
+            self.args.delivery_concurrency,
+            &self.args.synchronous,
+        )?;
+        Ok((dir, mock, config))
+    }
+
     async fn start_bare(&self) -> anyhow::Result<Server> {
         let log = self.dir.join("bare.log");
         Server::start(
