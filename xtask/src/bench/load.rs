@@ -191,6 +191,27 @@ pub(crate) struct LoadResult {
 }
 
 impl LoadResult {
+    /// Counts one answer (`None`: no answer at all) of a request carrying `events`
+    /// messages; true when too many requests in a row got no answer and the worker stops.
+    fn record(&mut self, status: Option<u16>, events: u64, errors_in_a_row: &mut u32) -> bool {
+        match status {
+            Some(200) => {
+                *errors_in_a_row = 0;
+                self.ok_requests += 1;
+                self.ok_events += events;
+            }
+            Some(status) => {
+                *errors_in_a_row = 0;
+                *self.other_statuses.entry(status).or_default() += 1;
+            }
+            None => {
+                self.transport_errors += 1;
+                *errors_in_a_row += 1;
+            }
+        }
+        *errors_in_a_row >= MAX_ERRORS_IN_A_ROW
+    }
+
     fn merge(&mut self, other: LoadResult) {
         self.ok_requests += other.ok_requests;
         self.ok_events += other.ok_events;
@@ -312,26 +333,20 @@ impl Worker {
                 response.into_body().collect().await?;
                 Ok::<_, hyper::Error>(status)
             };
-            match answered.await {
-                Ok(200) => {
-                    errors_in_a_row = 0;
-                    result.ok_requests += 1;
-                    result.ok_events += self.plan.template.events();
-                }
-                Ok(status) => {
-                    errors_in_a_row = 0;
-                    *result.other_statuses.entry(status).or_default() += 1;
-                }
-                Err(_) => {
-                    result.transport_errors += 1;
-                    errors_in_a_row += 1;
-                    if errors_in_a_row >= MAX_ERRORS_IN_A_ROW {
-                        break;
-                    }
-                    match connect(self.target.addr).await {
-                        Ok(fresh) => sender = fresh,
-                        Err(_) => break,
-                    }
+            let answered = answered.await;
+            let failed = answered.is_err();
+            if result.record(
+                answered.ok(),
+                self.plan.template.events(),
+                &mut errors_in_a_row,
+            ) {
+                break;
+            }
+            // A request with no answer may have broken the connection: open a new one.
+            if failed {
+                match connect(self.target.addr).await {
+                    Ok(fresh) => sender = fresh,
+                    Err(_) => break,
                 }
             }
         }
@@ -402,23 +417,8 @@ pub(crate) async fn post_events(
                     }
                     Err(e) => Err(e),
                 };
-                match status {
-                    Ok(200) => {
-                        errors_in_a_row = 0;
-                        result.ok_requests += 1;
-                        result.ok_events += 1;
-                    }
-                    Ok(status) => {
-                        errors_in_a_row = 0;
-                        *result.other_statuses.entry(status).or_default() += 1;
-                    }
-                    Err(_) => {
-                        result.transport_errors += 1;
-                        errors_in_a_row += 1;
-                        if errors_in_a_row >= MAX_ERRORS_IN_A_ROW {
-                            break;
-                        }
-                    }
+                if result.record(status.ok(), 1, &mut errors_in_a_row) {
+                    break;
                 }
             }
             result
