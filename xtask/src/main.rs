@@ -91,11 +91,34 @@ fn ci(root: &Path, no_e2e: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The variables `cargo run` sets for the one package it runs.
+fn is_package_variable(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+        )
+}
+
 /// Runs `cargo ARGS` in the project root, failing when it fails.
 pub(crate) fn cargo(root: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("$ cargo {}", args.join(" "));
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // `cargo run` (the `cargo xtask` alias) gives xtask its own package's variables;
+    // passed on, they change the fingerprint of every build script that reads them
+    // (ring's reads CARGO_MANIFEST_DIR) and the same build would be done twice.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_package_variable) {
+            command.env_remove(&name);
+        }
+    }
+    let status = command
         .args(args)
         .envs(env.iter().copied())
         .current_dir(root)

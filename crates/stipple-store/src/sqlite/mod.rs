@@ -271,11 +271,11 @@ impl SqliteStore {
 
     /// Runs `f` on the writer thread inside the current group's transaction and returns
     /// its value once that transaction has committed and, for [`Reply::Durable`], is
-    /// durable.
+    /// durable. `f` runs again if the transaction is rolled back for another request.
     async fn call<T, F>(&self, weight: usize, reply_when: Reply, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Db, Micros) -> rusqlite::Result<(T, Delta)> + Send + 'static,
+        F: FnMut(&mut Db, Micros) -> rusqlite::Result<(T, Delta)> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let work: Box<dyn Work> = Box::new(Call {
@@ -283,6 +283,7 @@ impl SqliteStore {
             reply_when,
             f,
             reply,
+            value: None,
         });
         self.requests
             .send(work)
@@ -351,7 +352,7 @@ fn configure(path: &Path, conn: &Connection, options: &SqliteOptions) -> Result<
         .map_err(error)?;
     conn.pragma_update(None, "cache_size", -i64::from(options.cache_size_kib))
         .map_err(error)?;
-    // Savepoint journals (one per request of a group) stay in memory.
+    // Statement journals (of statements that may write several rows) stay in memory.
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(error)?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
