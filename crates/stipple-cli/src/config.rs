@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use bytesize::ByteSize;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -80,7 +81,7 @@ pub(crate) struct IngressSection {
     pub(crate) dedup_window: Duration,
     #[serde(deserialize_with = "list_or_commas")]
     pub(crate) cors_origins: Vec<String>,
-    pub(crate) max_in_flight: usize,
+    pub(crate) max_in_flight_bytes: ByteSize,
     #[serde(with = "humantime_serde")]
     pub(crate) body_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -113,7 +114,7 @@ impl Default for IngressSection {
             listen: "127.0.0.1:8088".into(),
             dedup_window: d.dedup_window,
             cors_origins: d.cors_origins,
-            max_in_flight: d.max_in_flight,
+            max_in_flight_bytes: ByteSize(u64::try_from(d.max_in_flight_bytes).unwrap_or(u64::MAX)),
             body_timeout: d.body_timeout,
             shutdown_grace: Duration::from_secs(10),
         }

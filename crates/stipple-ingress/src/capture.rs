@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use crate::body::{self, BodyError};
 use crate::config::Source;
 use crate::error::IngressError;
-use crate::state::IngressState;
+use crate::state::{IN_FLIGHT_UNIT, IngressState};
 use crate::telemetry::{Tally, type_label};
 
 /// What an endpoint takes.
@@ -65,19 +65,20 @@ pub(crate) async fn handle(
 ) -> Result<Response, IngressError> {
     body::check_content_type(&headers)?;
     let encoding = body::encoding(&headers)?;
-    // Held until the answer: bounds the bodies in memory as well as the store writers.
-    let _permit = state
-        .in_flight
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| IngressError::Overloaded)?;
     let config = &state.config;
-    // A key in the header is checked before the body is read: a wrong key costs nothing.
-    let header_source = crate::auth::authenticate_header(&config.sources, &headers)?;
     let limit = match endpoint {
         Endpoint::Single(_) => config.max_message_bytes,
         Endpoint::Batch => config.max_batch_bytes,
     };
+    // The most this body can take, held until the answer: bounds the bodies in memory.
+    let units = u32::try_from(limit.div_ceil(IN_FLIGHT_UNIT)).unwrap_or(u32::MAX);
+    let _permit = state
+        .in_flight
+        .clone()
+        .try_acquire_many_owned(units)
+        .map_err(|_| IngressError::Overloaded)?;
+    // A key in the header is checked before the body is read: a wrong key costs nothing.
+    let header_source = crate::auth::authenticate_header(&config.sources, &headers)?;
     // A client that stalls mid-body would hold its in-flight slot, and shutdown, forever.
     let read = tokio::time::timeout(
         config.body_timeout,

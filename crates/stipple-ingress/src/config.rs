@@ -47,9 +47,12 @@ pub struct IngressConfig {
     /// Longest a client may take to send a request body before it is answered 408
     /// (30 s): bounds what a stalled client can hold.
     pub body_timeout: Duration,
-    /// Tracking requests being read and stored at once; one more is answered 503 with
-    /// `Retry-After` (64).
-    pub max_in_flight: usize,
+    /// Memory for the bodies of the requests being read and stored at once, in bytes
+    /// (64 MiB). Each request reserves its endpoint's body limit (`max_message_bytes` for
+    /// one message, `max_batch_bytes` for a batch) until it is answered; one that finds
+    /// no room is answered 503 with `Retry-After`. So with the defaults 2,048 single
+    /// calls or 131 batches are taken at once. At least `max_batch_bytes`.
+    pub max_in_flight_bytes: usize,
 }
 
 impl Default for IngressConfig {
@@ -61,7 +64,7 @@ impl Default for IngressConfig {
             max_batch_bytes: 500 * 1024,
             max_batch_items: 2500,
             cors_origins: vec!["*".to_owned()],
-            max_in_flight: 64,
+            max_in_flight_bytes: 64 * 1024 * 1024,
             body_timeout: Duration::from_secs(30),
         }
     }
@@ -99,6 +102,17 @@ pub enum ConfigError {
     /// A limit set to zero.
     #[error("{0} is zero: set it to at least 1")]
     ZeroLimit(&'static str),
+    /// An in-flight budget too small for one batch: no batch could ever be taken.
+    #[error(
+        "max_in_flight_bytes ({budget}) is smaller than one batch (max_batch_bytes, {batch}): \
+         set it to at least {batch}"
+    )]
+    InFlightBelowBatch {
+        /// The in-flight budget.
+        budget: usize,
+        /// The batch limit.
+        batch: usize,
+    },
 }
 
 impl IngressConfig {
@@ -135,11 +149,17 @@ impl IngressConfig {
             ("max_message_bytes", self.max_message_bytes),
             ("max_batch_bytes", self.max_batch_bytes),
             ("max_batch_items", self.max_batch_items),
-            ("max_in_flight", self.max_in_flight),
+            ("max_in_flight_bytes", self.max_in_flight_bytes),
         ] {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit(name));
             }
+        }
+        if self.max_in_flight_bytes < self.max_batch_bytes.max(self.max_message_bytes) {
+            return Err(ConfigError::InFlightBelowBatch {
+                budget: self.max_in_flight_bytes,
+                batch: self.max_batch_bytes.max(self.max_message_bytes),
+            });
         }
         if self.body_timeout.is_zero() {
             return Err(ConfigError::ZeroLimit("body_timeout"));
@@ -206,10 +226,20 @@ mod tests {
         );
         check(
             IngressConfig {
-                max_in_flight: 0,
+                max_in_flight_bytes: 0,
                 ..config(vec![Source::new("a", "k1")])
             },
-            Some(ConfigError::ZeroLimit("max_in_flight")),
+            Some(ConfigError::ZeroLimit("max_in_flight_bytes")),
+        );
+        check(
+            IngressConfig {
+                max_in_flight_bytes: 100_000,
+                ..config(vec![Source::new("a", "k1")])
+            },
+            Some(ConfigError::InFlightBelowBatch {
+                budget: 100_000,
+                batch: 500 * 1024,
+            }),
         );
         check(
             IngressConfig {

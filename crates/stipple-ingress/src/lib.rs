@@ -29,8 +29,9 @@
 //! - A batch whose items are all refused still answers 200, listing them.
 //! - `writeKey` is removed from stored messages and rejected inputs.
 //! - Limits answer 400 as Segment does (not 413), counted after decompression.
-//! - A request takes an in-flight permit before its body is read, so
-//!   [`IngressConfig::max_in_flight`] bounds the memory held by bodies as well.
+//! - A request reserves its endpoint's body limit from
+//!   [`IngressConfig::max_in_flight_bytes`] before its body is read, so that budget
+//!   bounds the memory held by bodies; without room it is 503 with `Retry-After`.
 //!
 //! What is counted, and under which names, is in [`telemetry`].
 #![forbid(unsafe_code)]

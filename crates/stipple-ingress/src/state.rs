@@ -39,6 +39,9 @@ impl DestinationHealth for AlwaysHealthy {
     }
 }
 
+/// The in-flight budget is counted in permits of this many bytes.
+pub(crate) const IN_FLIGHT_UNIT: usize = 1024;
+
 /// Everything the router's handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct IngressState {
@@ -56,7 +59,7 @@ impl IngressState {
     /// taken as healthy and no `/metrics`; change those with the `with_*` methods.
     pub fn new(config: IngressConfig, store: Arc<dyn Store>) -> Result<Self, ConfigError> {
         let cors_origin = config.validate()?;
-        let permits = config.max_in_flight.min(Semaphore::MAX_PERMITS);
+        let permits = (config.max_in_flight_bytes / IN_FLIGHT_UNIT).min(Semaphore::MAX_PERMITS);
         Ok(Self {
             config: Arc::new(config),
             store,

@@ -757,9 +757,16 @@ async fn overload_is_503_with_retry_after() {
         gate: Some(Gate::default()),
         ..TestStore::default()
     };
+    // Room for one batch's worth of bodies: a batch reserves 500 KiB, a track 32 KiB.
     let config = IngressConfig {
-        max_in_flight: 1,
+        max_in_flight_bytes: 500 * 1024,
         ..config()
+    };
+    let batch = || {
+        post("/v1/batch")
+            .basic("wk_web:")
+            .json(json!({"batch": [track_item()]}))
+            .build()
     };
     let h = Harness::with(config, store, |s| s);
     let first = {
@@ -769,9 +776,10 @@ async fn overload_is_503_with_retry_after() {
     };
     let gate = h.store.gate.as_ref().unwrap();
     gate.entered.notified().await;
+    // The track request in flight leaves less than a batch's room.
     let (headers, _) = h
         .check(
-            post("/v1/track").basic("wk_web:").json(track()).build(),
+            batch(),
             503,
             json!({"success": false, "code": "overloaded"}),
         )
@@ -781,14 +789,18 @@ async fn overload_is_503_with_retry_after() {
     let first = first.await.unwrap().unwrap();
     assert_eq!(first.status(), 200);
     assert_eq!(h.events().await.len(), 1);
-    // The permit is back.
-    let second = tokio::spawn(tower::ServiceExt::oneshot(
-        h.router.clone(),
-        post("/v1/track").basic("wk_web:").json(track()).build(),
-    ));
+    // Its room is back: a batch now fits, and while it is in flight nothing else does.
+    let second = tokio::spawn(tower::ServiceExt::oneshot(h.router.clone(), batch()));
     gate.entered.notified().await;
+    h.check(
+        post("/v1/track").basic("wk_web:").json(track()).build(),
+        503,
+        json!({"success": false, "code": "overloaded"}),
+    )
+    .await;
     gate.release.notify_one();
     assert_eq!(second.await.unwrap().unwrap().status(), 200);
+    assert_eq!(h.events().await.len(), 2);
 }
 
 #[tokio::test]
@@ -988,8 +1000,10 @@ async fn metrics_text_has_the_counters_and_the_store_gauges() {
 
 #[tokio::test]
 async fn a_stalled_body_is_answered_408_and_frees_its_slot() {
+    // Room for one request.
     let config = IngressConfig {
-        max_in_flight: 1,
+        max_in_flight_bytes: 32 * 1024,
+        max_batch_bytes: 32 * 1024,
         body_timeout: Duration::from_millis(100),
         ..config()
     };

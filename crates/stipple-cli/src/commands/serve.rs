@@ -167,7 +167,8 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
             .collect(),
         dedup_window: config.ingress.dedup_window,
         cors_origins: config.ingress.cors_origins.clone(),
-        max_in_flight: config.ingress.max_in_flight,
+        max_in_flight_bytes: usize::try_from(config.ingress.max_in_flight_bytes.as_u64())
+            .unwrap_or(usize::MAX),
         body_timeout: config.ingress.body_timeout,
         ..IngressConfig::default()
     };

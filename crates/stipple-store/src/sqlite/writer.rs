@@ -483,7 +483,8 @@ mod tests {
                 .execute("INSERT INTO meta (key, value) VALUES (?1, 1)", [key])?;
             if fails {
                 // A real failure of SQLite's, after this request has written.
-                db.conn.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+                db.conn
+                    .execute("INSERT INTO no_such_table VALUES (1)", [])?;
             }
             Ok(((), Delta::default()))
         };
@@ -533,7 +534,11 @@ mod tests {
         let mut db = db();
         let answers = run_group(&mut db, vec![("a", false), ("b", true), ("c", false)]);
         assert!(answers[0].is_ok(), "{answers:?}");
-        assert!(answers[1].as_ref().is_err_and(|e| e.contains("no_such_table")));
+        assert!(
+            answers[1]
+                .as_ref()
+                .is_err_and(|e| e.contains("no_such_table"))
+        );
         assert!(answers[2].is_ok(), "{answers:?}");
         assert_eq!(keys(&db), ["a", "c"]);
         assert!(db.conn.is_autocommit(), "the transaction ended");
