@@ -54,9 +54,7 @@ impl Bench<'_> {
                     &mut serve,
                     &bare,
                     "/v1/batch",
-                    &batch,
-                    requests,
-                    args.connections,
+                    self.plan(&batch, requests, args.connections),
                     label,
                 )
                 .await?;
@@ -87,9 +85,7 @@ impl Bench<'_> {
                         &mut serve,
                         &bare,
                         "/v1/track",
-                        &track,
-                        args.track_requests,
-                        connections,
+                        self.plan(&track, args.track_requests, connections),
                         label,
                     )
                     .await?;
@@ -129,6 +125,16 @@ impl Bench<'_> {
         Ok(rows)
     }
 
+    /// What to post, how many at most, over how many connections (the time is set later).
+    fn plan(&self, template: &Arc<Template>, requests: u64, connections: usize) -> LoadPlan {
+        LoadPlan {
+            template: template.clone(),
+            requests,
+            max_time: Duration::from_secs_f64(self.args.seconds),
+            connections,
+        }
+    }
+
     /// A short warm-up of each, then `rounds` time-boxed runs of each, alternating which
     /// goes first, with the CPU each server used.
     async fn paired_load(
@@ -136,18 +142,16 @@ impl Bench<'_> {
         serve: &mut Server,
         bare: &Server,
         path: &'static str,
-        template: &Arc<Template>,
-        requests: u64,
-        connections: usize,
+        base: LoadPlan,
         label: &str,
     ) -> anyhow::Result<Paired> {
         let stipple_target = Target::new(&serve.url, path)?;
         let bare_target = Target::new(&bare.url, path)?;
+        let connections = base.connections;
+        let template = base.template.clone();
         let plan = |seconds: f64| LoadPlan {
-            template: template.clone(),
-            requests,
             max_time: Duration::from_secs_f64(seconds.clamp(0.1, 600.0)),
-            connections,
+            ..base.clone()
         };
         load::run(&stipple_target, &plan(self.args.seconds / 5.0)).await?;
         load::run(&bare_target, &plan(self.args.seconds / 5.0)).await?;
