@@ -77,8 +77,35 @@ pub enum Input {
 }
 
 impl Input {
-    /// Reads JSON text that is either a message or a batch envelope.
+    /// Reads JSON text that is either a message or a batch envelope, in one pass when it
+    /// is a good message (a batch envelope read as a message shows its `batch` key among
+    /// the unknown ones, and is read again as a batch).
     pub fn parse(json: &[u8]) -> Result<Self, ValidationError> {
+        match serde_json::from_slice::<Message>(json) {
+            Ok(message) if !message.other.contains_key("batch") => {
+                Ok(Input::Message(Box::new(message)))
+            }
+            Err(e) if !matches!(e.classify(), serde_json::error::Category::Data) => {
+                Err(ValidationError::from_json(&e))
+            }
+            _ => Self::parse_probed(json),
+        }
+    }
+
+    /// Reads JSON text expected to be a batch envelope, in one pass when it is one; else
+    /// as [`Input::parse`] would.
+    pub fn parse_batch(json: &[u8]) -> Result<Self, ValidationError> {
+        match serde_json::from_slice::<Batch>(json) {
+            Ok(batch) => Ok(Input::Batch(batch)),
+            Err(e) if !matches!(e.classify(), serde_json::error::Category::Data) => {
+                Err(ValidationError::from_json(&e))
+            }
+            Err(_) => Self::parse_probed(json),
+        }
+    }
+
+    /// Looks at the keys first, then reads the text as what they say it is.
+    fn parse_probed(json: &[u8]) -> Result<Self, ValidationError> {
         // Probe the keys only: a map (not a struct) so that a JSON array is refused as
         // "not an object" rather than read as a tuple.
         let probe: std::collections::BTreeMap<std::borrow::Cow<'_, str>, serde::de::IgnoredAny> =
@@ -140,6 +167,40 @@ mod tests {
             batch.item(2).unwrap_err().code,
             crate::ErrorCode::InvalidMessage
         );
+    }
+
+    /// The one-pass readings answer exactly as reading the keys first does.
+    #[test]
+    fn one_pass_and_probed_readings_agree() {
+        let inputs: [&[u8]; 12] = [
+            br#"{"type":"track","event":"A","userId":"u"}"#,
+            br#"{"batch":[{"type":"track"}],"sentAt":"2026-01-01T00:00:00Z"}"#,
+            br#"{"batch":[],"context":{"ip":"1.1.1.1"}}"#,
+            br#"{"batch":5}"#,
+            br#"{"batch":[],"sentAt":5}"#,
+            br#"{"userId":{"x":1}}"#,
+            br#"{"userId":"u","batch":"not a list"}"#,
+            b"[1]",
+            b"5",
+            b"{nope",
+            br#"{"type":"track"} trailing"#,
+            b"",
+        ];
+        let show = |r: Result<Input, ValidationError>| match r {
+            Ok(Input::Message(m)) => format!("message {}", serde_json::to_string(&m).unwrap()),
+            Ok(Input::Batch(b)) => format!("batch {}", serde_json::to_string(&b).unwrap()),
+            Err(e) => format!("error {:?} {}", e.code, e.message),
+        };
+        for input in inputs {
+            let probed = show(Input::parse_probed(input));
+            let text = String::from_utf8_lossy(input);
+            assert_eq!(show(Input::parse(input)), probed, "parse {text}");
+            assert_eq!(
+                show(Input::parse_batch(input)),
+                probed,
+                "parse_batch {text}"
+            );
+        }
     }
 
     #[test]

@@ -45,12 +45,14 @@ mod ops;
 mod state;
 pub mod telemetry;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, Method, header};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tower_http::cors::CorsLayer;
 
@@ -66,15 +68,23 @@ pub fn router(state: IngressState) -> Router {
     let mut api = Router::new();
     for (name, endpoint) in capture::ENDPOINTS {
         let handler = post(
-            move |State(state): State<IngressState>, headers: HeaderMap, body: Body| {
-                capture::handle(state, endpoint, headers, body)
+            move |State(state): State<IngressState>, headers: HeaderMap, body: Body| async move {
+                let counters = Arc::clone(&state.counters);
+                let response = capture::handle(state, endpoint, headers, body)
+                    .await
+                    .into_response();
+                counters.request(response.status());
+                response
             },
-        );
+        )
+        .fallback(|State(state): State<IngressState>| async move {
+            state.counters.request(StatusCode::METHOD_NOT_ALLOWED);
+            (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")])
+        });
         api = api
             .route(&format!("/v1/{name}"), handler.clone())
             .route(&format!("/v1/{name}/"), handler);
     }
-    let api = api.layer(axum::middleware::from_fn(telemetry::count_requests));
     let cors = CorsLayer::new()
         .allow_origin(state.cors_origin.clone())
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use tower_http::cors::AllowOrigin;
 
 use crate::config::{ConfigError, IngressConfig};
+use crate::telemetry::Counters;
 
 /// Whether the destination (Pointillist) is being delivered to, for `/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,7 @@ pub struct IngressState {
     pub(crate) metrics: Option<PrometheusHandle>,
     pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) cors_origin: AllowOrigin,
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl IngressState {
@@ -60,7 +62,9 @@ impl IngressState {
     pub fn new(config: IngressConfig, store: Arc<dyn Store>) -> Result<Self, ConfigError> {
         let cors_origin = config.validate()?;
         let permits = (config.max_in_flight_bytes / IN_FLIGHT_UNIT).min(Semaphore::MAX_PERMITS);
+        let counters = Counters::new(config.sources.iter().map(|s| s.name.as_str()));
         Ok(Self {
+            counters: Arc::new(counters),
             config: Arc::new(config),
             store,
             clock: Arc::new(SystemClock),

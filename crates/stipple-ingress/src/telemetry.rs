@@ -6,12 +6,11 @@
 //! labelled `source` and `type` (`unknown` when the message has no known type);
 //! rejected also `code`. A request whose store write failed counts as received only.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::OnceLock;
 
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
-use metrics::{counter, describe_counter, describe_gauge};
+use axum::http::StatusCode;
+use metrics::{Counter, counter, describe_counter, describe_gauge};
 use stipple_core::MessageType;
 
 /// Counter: messages received in authenticated requests (`source`, `type`).
@@ -55,72 +54,134 @@ pub fn describe_metrics() {
 /// The `type` label: one of the six types or `unknown`, so labels stay bounded.
 pub(crate) fn type_label(kind: Option<&str>) -> &'static str {
     kind.and_then(MessageType::parse)
-        .map_or("unknown", MessageType::as_str)
+        .map_or(UNKNOWN, MessageType::as_str)
+}
+
+/// The `type` label of messages of no known type.
+const UNKNOWN: &str = "unknown";
+/// Every `type` label, in the order of the per-type arrays below.
+const TYPE_LABELS: [&str; 7] = [
+    "identify", "track", "page", "screen", "group", "alias", UNKNOWN,
+];
+
+/// Where `label` (one of [`TYPE_LABELS`]) sits in the per-type arrays.
+fn type_slot(label: &str) -> usize {
+    TYPE_LABELS
+        .iter()
+        .position(|l| *l == label)
+        .unwrap_or(TYPE_LABELS.len() - 1)
+}
+
+/// The statuses whose request counters are kept (others are looked up each time).
+const STATUSES: [u16; 10] = [200, 400, 401, 404, 405, 408, 415, 429, 500, 503];
+
+/// Counter handles, taken from the recorder on first use and kept: looking a labelled
+/// counter up in the registry costs more than all the rest of the counting.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    sources: HashMap<String, SourceCounters>,
+    requests: [OnceLock<Counter>; STATUSES.len()],
+}
+
+/// The counters of one source, by type.
+#[derive(Debug, Default)]
+pub(crate) struct SourceCounters {
+    received: [OnceLock<Counter>; TYPE_LABELS.len()],
+    accepted: [OnceLock<Counter>; TYPE_LABELS.len()],
+    deduplicated: [OnceLock<Counter>; TYPE_LABELS.len()],
+}
+
+impl Counters {
+    /// Counters for these sources.
+    pub(crate) fn new<'a>(sources: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            sources: sources
+                .into_iter()
+                .map(|name| (name.to_owned(), SourceCounters::default()))
+                .collect(),
+            requests: Default::default(),
+        }
+    }
+
+    /// Counts a Tracking API answer.
+    pub(crate) fn request(&self, status: StatusCode) {
+        let code = status.as_u16();
+        match STATUSES.iter().position(|s| *s == code) {
+            Some(slot) => self.requests[slot]
+                .get_or_init(|| counter!(REQUESTS, "status" => code.to_string()))
+                .increment(1),
+            None => counter!(REQUESTS, "status" => code.to_string()).increment(1),
+        }
+    }
 }
 
 /// The counts of one request, emitted together once its fate is known.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
-    received: BTreeMap<&'static str, u64>,
-    accepted: BTreeMap<&'static str, u64>,
-    deduplicated: BTreeMap<&'static str, u64>,
-    rejected: BTreeMap<(&'static str, &'static str), u64>,
+    received: [u64; TYPE_LABELS.len()],
+    accepted: [u64; TYPE_LABELS.len()],
+    deduplicated: [u64; TYPE_LABELS.len()],
+    /// (type, code) of each refused message.
+    rejected: Vec<(&'static str, &'static str)>,
 }
 
 impl Tally {
     /// A message arrived.
     pub(crate) fn received(&mut self, kind: &'static str) {
-        *self.received.entry(kind).or_default() += 1;
+        self.received[type_slot(kind)] += 1;
     }
 
     /// A message was queued.
     pub(crate) fn accepted(&mut self, kind: &'static str) {
-        *self.accepted.entry(kind).or_default() += 1;
+        self.accepted[type_slot(kind)] += 1;
     }
 
     /// A message was a duplicate.
     pub(crate) fn deduplicated(&mut self, kind: &'static str) {
-        *self.deduplicated.entry(kind).or_default() += 1;
+        self.deduplicated[type_slot(kind)] += 1;
     }
 
     /// A message was refused.
     pub(crate) fn rejected(&mut self, kind: &'static str, code: &'static str) {
-        *self.rejected.entry((kind, code)).or_default() += 1;
+        self.rejected.push((kind, code));
     }
 
     /// Total queued, duplicates and refused.
     pub(crate) fn totals(&self) -> (u64, u64, u64) {
         (
-            self.accepted.values().sum(),
-            self.deduplicated.values().sum(),
-            self.rejected.values().sum(),
+            self.accepted.iter().sum(),
+            self.deduplicated.iter().sum(),
+            self.rejected.len() as u64,
         )
     }
 
     /// Counts everything for `source`; with `stored` false (the store failed) only
     /// the received messages.
-    pub(crate) fn emit(&self, source: &str, stored: bool) {
-        let count = |name: &'static str, counts: &BTreeMap<&'static str, u64>| {
-            for (kind, n) in counts {
-                counter!(name, "source" => source.to_owned(), "type" => *kind).increment(*n);
+    pub(crate) fn emit(&self, counters: &Counters, source: &str, stored: bool) {
+        let Some(kept) = counters.sources.get(source) else {
+            return;
+        };
+        let count = |name: &'static str,
+                     handles: &[OnceLock<Counter>; TYPE_LABELS.len()],
+                     counts: &[u64; TYPE_LABELS.len()]| {
+            for (slot, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+                handles[slot]
+                    .get_or_init(|| {
+                        counter!(name, "source" => source.to_owned(), "type" => TYPE_LABELS[slot])
+                    })
+                    .increment(*n);
             }
         };
-        count(RECEIVED, &self.received);
+        count(RECEIVED, &kept.received, &self.received);
         if !stored {
             return;
         }
-        count(ACCEPTED, &self.accepted);
-        count(DEDUPLICATED, &self.deduplicated);
-        for ((kind, code), n) in &self.rejected {
+        count(ACCEPTED, &kept.accepted, &self.accepted);
+        count(DEDUPLICATED, &kept.deduplicated, &self.deduplicated);
+        // Rare, and labelled by code too: looked up each time.
+        for (kind, code) in &self.rejected {
             counter!(REJECTED, "source" => source.to_owned(), "type" => *kind, "code" => *code)
-                .increment(*n);
+                .increment(1);
         }
     }
-}
-
-/// Middleware counting Tracking API answers by status.
-pub(crate) async fn count_requests(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
-    counter!(REQUESTS, "status" => response.status().as_u16().to_string()).increment(1);
-    response
 }

@@ -966,6 +966,8 @@ async fn metrics_text_has_the_counters_and_the_store_gauges() {
     .await;
     h.check(post("/v1/track").json(track()).build(), 401, Value::Null)
         .await;
+    let (headers, _) = h.check(get("/v1/track").build(), 405, Value::Null).await;
+    assert_eq!(headers["allow"], "POST");
 
     let (headers, text) = h.check(get("/metrics").build(), 200, Value::Null).await;
     assert!(
@@ -985,6 +987,7 @@ async fn metrics_text_has_the_counters_and_the_store_gauges() {
         r#"stipple_rejected_total{source="app",type="unknown",code="invalid_message"} 1"#,
         r#"stipple_ingress_requests_total{status="200"} 1"#,
         r#"stipple_ingress_requests_total{status="401"} 1"#,
+        r#"stipple_ingress_requests_total{status="405"} 1"#,
         "stipple_queued 2",
         "stipple_dead_letters 0",
         "stipple_rejected_stored 2",

@@ -40,6 +40,15 @@ fn init_logging(config: &Config) -> anyhow::Result<Option<SdkTracerProvider>> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Log lines carry their own fields; spans are for traces only. Recording a span's
+    // fields for the log layer would cost a formatted string per request, and with no
+    // OTLP endpoint no layer wants spans at all, so they cost nothing.
+    let filter = {
+        use tracing_subscriber::filter::FilterExt as _;
+        filter.and(tracing_subscriber::filter::filter_fn(|meta| {
+            meta.is_event()
+        }))
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = match config.log.format {
