@@ -344,6 +344,11 @@ async fn an_admin_works_beside_the_service_and_leaves_its_leases() {
         .await
         .expect_err("an admin may not append");
     assert!(refused.to_string().contains("Role::Admin"), "{refused}");
+    let refused = admin
+        .lease(1, HOUR)
+        .await
+        .expect_err("an admin may not lease");
+    assert!(refused.to_string().contains("Role::Admin"), "{refused}");
     drop(admin);
 
     // m-1 is still leased by the service: the admin ended no lease.

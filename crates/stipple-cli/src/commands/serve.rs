@@ -59,17 +59,19 @@ fn init_logging(config: &Config) -> anyhow::Result<Option<SdkTracerProvider>> {
         Some(endpoint) => Some(tracer_provider(endpoint, &config.telemetry.service_name)?),
         None => None,
     };
-    // Spans go out at info whatever level the logs are filtered at.
-    let traces = provider.as_ref().map(|p| {
+    // Spans go out at info whatever level the logs are filtered at. Only a layer that is
+    // there: an absent (`None`) layer would declare interest in every span.
+    let mut layers = vec![logs];
+    if let Some(provider) = &provider {
         use opentelemetry::trace::TracerProvider as _;
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("stipple"))
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
-    });
-    tracing_subscriber::registry()
-        .with(traces)
-        .with(logs)
-        .init();
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("stipple"))
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+                .boxed(),
+        );
+    }
+    tracing_subscriber::registry().with(layers).init();
     Ok(provider)
 }
 

@@ -4,8 +4,8 @@
 //! the same time commit in one transaction (group commit, see `writer`), and a second
 //! thread fsyncs the log before appends are answered (every other request is answered
 //! at commit, see `writer` for why that is safe). One service at a time holds a store,
-//! through a lock file: that is what lets `open` end the leases a crashed service left
-//! behind and keep the dedup index in memory. Admin commands open it beside the service
+//! through a lock file: that is what lets it keep its leases and the dedup index in
+//! memory (a crashed service's leases die with it). Admin commands open it beside the service
 //! ([`Role::Admin`]); the row counts live in the database so both see the same.
 
 mod dedup;
@@ -87,12 +87,12 @@ impl FromStr for Synchronous {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Role {
     /// The one process that appends and delivers: it holds the store's lock file (a
-    /// second service is refused) and ends the leases a previous service left.
+    /// second service is refused) and keeps its leases in memory, so they end with it.
     #[default]
     Service,
     /// An admin command next to a running service, or alone: it lists, counts and
-    /// requeues, leaves leases alone and may not append (the service's dedup index
-    /// would not see those keys).
+    /// requeues, and may neither append (the service's dedup index would not see those
+    /// keys) nor lease (the service would not see those leases).
     Admin,
 }
 
@@ -177,10 +177,6 @@ impl SqliteStore {
         configure(path, &conn, &options)?;
         schema::migrate(&mut conn)?;
         let now = to_micros(options.clock.now());
-        let cleared = match options.role {
-            Role::Service => ops::clear_leases(&conn, now).map_err(|e| open_error(path, e))?,
-            Role::Admin => 0,
-        };
         // A first write, so that the write-ahead log exists for the syncer to open.
         ops::touch(&conn, now).map_err(|e| open_error(path, e))?;
         let counts = conn
@@ -200,7 +196,6 @@ impl SqliteStore {
             queued,
             dead_letters,
             rejected,
-            leases_ended = cleared,
             dedup_keys = dedup.len(),
             "store opened"
         );
@@ -238,6 +233,7 @@ impl SqliteStore {
                 let db = Db {
                     conn,
                     dedup,
+                    leases: ops::Leases::new(),
                     _service_lock: service_lock,
                 };
                 writer::run(db, clock, receiver, thread_shared, syncer);
@@ -267,6 +263,16 @@ impl SqliteStore {
     /// [`Synchronous::Full`]): one covers every group committed while the previous ran.
     pub fn sync_count(&self) -> u64 {
         self.shared.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Refuses `what` to an admin.
+    fn service_only(&self, what: &str) -> Result<(), StoreError> {
+        match self.role {
+            Role::Service => Ok(()),
+            Role::Admin => Err(StoreError::Database(format!(
+                "this store was opened for administration (Role::Admin): {what} go through the service"
+            ))),
+        }
     }
 
     /// Runs `f` on the writer thread inside the current group's transaction and returns
@@ -379,12 +385,7 @@ fn no_delta<T>(value: T) -> (T, Delta) {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn append(&self, append: Append, dedup_window: Duration) -> Result<Appended, StoreError> {
-        if self.role == Role::Admin {
-            return Err(StoreError::Database(
-                "this store was opened for administration (Role::Admin): appends go through the service"
-                    .into(),
-            ));
-        }
+        self.service_only("appends")?;
         let window = duration_micros(dedup_window);
         let weight = append.events.len() + append.rejected.len();
         // The ingress answers 200 on this: it waits for the fsync.
@@ -395,10 +396,19 @@ impl Store for SqliteStore {
     }
 
     async fn lease(&self, max: usize, lease_for: Duration) -> Result<Vec<Leased>, StoreError> {
+        self.service_only("leases")?;
         let lease_for = duration_micros(lease_for);
-        // A lease lost to a power loss is no loss: open ends every lease anyway.
+        // Leases are kept in memory by the writer: nothing to commit, nothing to lose.
+        let mut taken: Vec<EventId> = Vec::new();
         self.call(max, Reply::Committed, move |db, now| {
-            ops::lease(&db.conn, now, max, now.saturating_add(lease_for)).map(no_delta)
+            // Run again after a rollback: hand out afresh what the first run leased.
+            for id in taken.drain(..) {
+                db.leases.remove(&id);
+            }
+            let until = now.saturating_add(lease_for);
+            let leased = ops::lease(&db.conn, &mut db.leases, now, max, until)?;
+            taken.extend(leased.iter().map(|e| e.id));
+            Ok((leased, Delta::default()))
         })
         .await
     }
@@ -407,7 +417,7 @@ impl Store for SqliteStore {
         let ids = ids.to_vec();
         // A lost ack only means a redelivery (at-least-once).
         self.call(ids.len(), Reply::Committed, move |db, _| {
-            Ok(((), ops::ack(&db.conn, &ids)?))
+            Ok(((), ops::ack(&db.conn, &mut db.leases, &ids)?))
         })
         .await
     }
@@ -416,16 +426,19 @@ impl Store for SqliteStore {
         let not_before = to_micros(not_before);
         // A lost retry only means the event is tried again sooner.
         self.call(1, Reply::Committed, move |db, _| {
-            ops::retry(&db.conn, id, not_before).map(no_delta)
+            ops::retry(&db.conn, &mut db.leases, id, not_before).map(no_delta)
         })
         .await
     }
 
     async fn release(&self, ids: &[EventId]) -> Result<(), StoreError> {
         let ids = ids.to_vec();
-        // A lost release is a lease, and open ends those.
+        // Only the in-memory leases change.
         self.call(ids.len(), Reply::Committed, move |db, _| {
-            ops::release(&db.conn, &ids).map(no_delta)
+            for id in &ids {
+                db.leases.remove(id);
+            }
+            Ok(no_delta(()))
         })
         .await
     }
@@ -433,7 +446,10 @@ impl Store for SqliteStore {
     async fn dead_letter(&self, id: EventId, reason: DeadLetterReason) -> Result<(), StoreError> {
         // A lost dead letter leaves the event queued: it is tried again.
         self.call(1, Reply::Committed, move |db, now| {
-            Ok(((), ops::dead_letter(&db.conn, now, id, &reason)?))
+            Ok((
+                (),
+                ops::dead_letter(&db.conn, &mut db.leases, now, id, &reason)?,
+            ))
         })
         .await
     }
@@ -544,15 +560,9 @@ mod tests {
 
     #[test]
     fn lease_reads_the_due_index_without_sorting() {
-        let plan = plan(&ops::SELECT_DUE.replace("?1", "0").replace("?2", "10"));
+        let plan = plan(&ops::SELECT_DUE.replace("?1", "0"));
         assert!(plan.contains("USING INDEX queue_due"), "{plan}");
         assert!(!plan.contains("TEMP B-TREE"), "{plan}");
-    }
-
-    #[test]
-    fn clearing_leases_at_open_reads_the_due_index() {
-        let plan = plan(&ops::CLEAR_LEASES.replace("?1", "0"));
-        assert!(plan.contains("USING INDEX queue_due"), "{plan}");
     }
 
     /// Waits up to `millis` for `task`; None when it has not finished by then.

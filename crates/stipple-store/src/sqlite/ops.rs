@@ -1,14 +1,17 @@
 //! The store's operations as SQL, run on the writer thread inside a group's transaction.
 //! Every statement is prepared once and cached on the connection.
 //!
-//! Operations on several events (lease, ack, release) run one single-row statement per
-//! event, prepared once and reused inside the transaction, and not one statement over
-//! the id list (`… WHERE id IN (…)`): a statement that may write several rows of `queue`
-//! and may abort (here: the `max()` of the `queue_due` index, and the `NOT NULL` of the
-//! column set) runs with a statement journal, which copies each page before it first
-//! changes it. Measured with `append_bench --deliver`, that copying cost as much as the
-//! per-statement overhead it saved for leases of 256, and 10% more writer time for
-//! leases of 4; a single-row statement needs no statement journal.
+//! Leases live in memory ([`Leases`]): the one service holding the store is the only
+//! one that leases, and its leases end with it, so a lease need not be written at all.
+//!
+//! Operations on several events (ack) run one single-row statement per event, prepared
+//! once and reused inside the transaction, and not one statement over the id list
+//! (`… WHERE id IN (…)`): a statement that may write several rows of `queue` and may
+//! abort runs with a statement journal, which copies each page before it first changes
+//! it. Measured with `append_bench --deliver`, that copying cost as much as the
+//! per-statement overhead it saved; a single-row statement needs no statement journal.
+
+use std::collections::HashMap;
 
 use rusqlite::{Connection, Row, params};
 
@@ -29,27 +32,18 @@ const INSERT_REJECTED: &str = "
 INSERT INTO rejected (source, item_index, code, message, received_at, payload)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
-/// Uses `queue_due`: the `WHERE` and `ORDER BY` repeat the indexed expression exactly.
+/// Uses `queue_due` (`not_before, id`). Only `id` comes from the index: SQLite seeks a
+/// row's table entry only when another column is read, so rows skipped for a live
+/// lease cost an index step each.
 pub(super) const SELECT_DUE: &str = "
 SELECT id, source, message_id, payload, attempts, enqueued_at FROM queue
-WHERE max(not_before, lease_until) <= ?1
-ORDER BY max(not_before, lease_until), id
-LIMIT ?2";
-
-const SET_LEASE: &str = "UPDATE queue SET lease_until = ?2 WHERE id = ?1";
+WHERE not_before <= ?1
+ORDER BY not_before, id";
 
 const DELETE_EVENT: &str = "DELETE FROM queue WHERE id = ?1";
 
 const RETRY: &str = "
-UPDATE queue SET attempts = attempts + 1, not_before = ?2, lease_until = 0 WHERE id = ?1";
-
-const RELEASE: &str = "UPDATE queue SET lease_until = 0 WHERE id = ?1";
-
-/// Leases still running at `?1` (found through `queue_due`, whose key is at least the
-/// lease end): those a previous process held when it stopped.
-pub(super) const CLEAR_LEASES: &str = "
-UPDATE queue SET lease_until = 0
-WHERE max(not_before, lease_until) > ?1 AND lease_until > ?1";
+UPDATE queue SET attempts = attempts + 1, not_before = ?2 WHERE id = ?1";
 
 const COPY_TO_DEAD: &str = "
 INSERT INTO dead_letters (source, message_id, attempts, enqueued_at, status, detail, dead_at, payload)
@@ -114,41 +108,58 @@ pub(super) fn append(
     Ok((Appended { duplicate }, delta))
 }
 
+/// The leases the service holds: event id → end of its lease. An event with no entry,
+/// or an ended one, is not leased.
+pub(super) type Leases = HashMap<EventId, Micros>;
+
 /// Leases up to `max` due events until `lease_until`.
 pub(super) fn lease(
     conn: &Connection,
+    leases: &mut Leases,
     now: Micros,
     max: usize,
     lease_until: Micros,
 ) -> rusqlite::Result<Vec<Leased>> {
-    let limit = i64::try_from(max).unwrap_or(i64::MAX);
-    let leased = conn
-        .prepare_cached(SELECT_DUE)?
-        .query_map(params![now, limit], |row| {
-            Ok(Leased {
-                id: row.get(0)?,
-                source: row.get(1)?,
-                message_id: row.get(2)?,
-                payload: row.get(3)?,
-                attempts: attempts(row, 4)?,
-                enqueued_at: from_micros(row.get(5)?),
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    // One single-row statement per event (see the module docs for why not one in all).
-    let mut set = conn.prepare_cached(SET_LEASE)?;
+    let mut leased = Vec::with_capacity(max.min(1024));
+    if max == 0 {
+        return Ok(leased);
+    }
+    let mut select = conn.prepare_cached(SELECT_DUE)?;
+    let mut rows = select.query([now])?;
+    while let Some(row) = rows.next()? {
+        let id: EventId = row.get(0)?;
+        if leases.get(&id).is_some_and(|until| *until > now) {
+            continue;
+        }
+        leased.push(Leased {
+            id,
+            source: row.get(1)?,
+            message_id: row.get(2)?,
+            payload: row.get(3)?,
+            attempts: attempts(row, 4)?,
+            enqueued_at: from_micros(row.get(5)?),
+        });
+        if leased.len() == max {
+            break;
+        }
+    }
     for event in &leased {
-        set.execute(params![event.id, lease_until])?;
+        leases.insert(event.id, lease_until);
     }
     Ok(leased)
 }
 
 /// Deletes delivered events; returns how many were still queued.
-pub(super) fn ack(conn: &Connection, ids: &[EventId]) -> rusqlite::Result<Delta> {
+pub(super) fn ack(
+    conn: &Connection,
+    leases: &mut Leases,
+    ids: &[EventId],
+) -> rusqlite::Result<Delta> {
     // One single-row statement per event (see the module docs for why not one in all).
     let mut delete = conn.prepare_cached(DELETE_EVENT)?;
     let mut delta = Delta::default();
     for id in ids {
+        leases.remove(id);
         // Counts only what was still queued: unknown and repeated ids delete nothing.
         delta.queued -= i64::try_from(delete.execute([id])?).unwrap_or(0);
     }
@@ -156,28 +167,27 @@ pub(super) fn ack(conn: &Connection, ids: &[EventId]) -> rusqlite::Result<Delta>
 }
 
 /// Counts an attempt and makes the event due at `not_before`.
-pub(super) fn retry(conn: &Connection, id: EventId, not_before: Micros) -> rusqlite::Result<()> {
+pub(super) fn retry(
+    conn: &Connection,
+    leases: &mut Leases,
+    id: EventId,
+    not_before: Micros,
+) -> rusqlite::Result<()> {
+    leases.remove(&id);
     conn.prepare_cached(RETRY)?
         .execute(params![id, not_before])
         .map(|_| ())
 }
 
-/// Ends the leases of `ids`.
-pub(super) fn release(conn: &Connection, ids: &[EventId]) -> rusqlite::Result<()> {
-    let mut release = conn.prepare_cached(RELEASE)?;
-    for id in ids {
-        release.execute([id])?;
-    }
-    Ok(())
-}
-
 /// Moves an event to the dead letters (no-op when it is no longer queued).
 pub(super) fn dead_letter(
     conn: &Connection,
+    leases: &mut Leases,
     now: Micros,
     id: EventId,
     reason: &DeadLetterReason,
 ) -> rusqlite::Result<Delta> {
+    leases.remove(&id);
     let copied = conn.prepare_cached(COPY_TO_DEAD)?.execute(params![
         id,
         reason.status,
@@ -269,11 +279,6 @@ pub(super) fn rejected(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<
 /// A small real write, to prove the database still takes them.
 pub(super) fn touch(conn: &Connection, now: Micros) -> rusqlite::Result<()> {
     conn.prepare_cached(TOUCH)?.execute([now]).map(|_| ())
-}
-
-/// Ends the leases a previous process left; returns how many.
-pub(super) fn clear_leases(conn: &Connection, now: Micros) -> rusqlite::Result<usize> {
-    conn.execute(CLEAR_LEASES, [now])
 }
 
 /// The query plan SQLite picks for `sql`.

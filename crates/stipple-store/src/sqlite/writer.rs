@@ -26,11 +26,11 @@
 //! survives brings every earlier one with it, and the next fsync (of a later append, or
 //! the checkpoint's) makes every earlier commit durable too. So for each request
 //! answered without an fsync, losing it means:
-//! - `lease`: nothing; leases end at open anyway.
+//! - `lease`: nothing; leases are not written at all (they live in memory).
 //! - `ack`: the event is delivered again (delivery is at-least-once).
 //! - `retry`: the event is due at once after the restart, one attempt less counted
 //!   (the retry horizon counts from when it was queued, so this cannot go on forever).
-//! - `release`: nothing; the lease it ended ends at open anyway.
+//! - `release`: nothing; it writes nothing.
 //! - `dead_letter`: the event is queued again and tried again.
 //! - `requeue_dead_letters`: the dead letters stay dead letters; requeue them again.
 //! - `expire_dedup`: the keys are back in the table and the index rebuilt at open;
@@ -112,11 +112,12 @@ impl Shared {
     }
 }
 
-/// What the writer thread owns: the connection and the in-memory dedup index.
+/// What the writer thread owns: the connection, the in-memory dedup index and leases.
 #[derive(Debug)]
 pub(super) struct Db {
     pub(super) conn: Connection,
     pub(super) dedup: DedupIndex,
+    pub(super) leases: super::ops::Leases,
     /// A service's hold on the store's lock file, kept for as long as the writer runs;
     /// let go last, once `conn` has closed.
     pub(super) _service_lock: Option<Connection>,
@@ -468,6 +469,7 @@ mod tests {
         Db {
             conn,
             dedup: DedupIndex::empty(),
+            leases: Default::default(),
             _service_lock: None,
         }
     }
