@@ -1,8 +1,9 @@
 //! What delivery reports, as typed events: each `emit` logs and counts one thing.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use tracing::{debug, info, warn};
 
 pub(crate) struct Delivered {
@@ -10,10 +11,24 @@ pub(crate) struct Delivered {
 }
 
 impl Delivered {
-    pub(crate) fn emit(self) {
-        counter!("stipple_delivered_total").increment(1);
-        histogram!("stipple_delivery_latency_seconds").record(self.latency.as_secs_f64());
+    /// Counts into `handles` (one event per delivered event: looked up once, not each time).
+    pub(crate) fn emit(self, handles: &DeliveredHandles) {
+        handles
+            .delivered
+            .get_or_init(|| counter!("stipple_delivered_total"))
+            .increment(1);
+        handles
+            .latency
+            .get_or_init(|| histogram!("stipple_delivery_latency_seconds"))
+            .record(self.latency.as_secs_f64());
     }
+}
+
+/// The handles [`Delivered`] counts into, taken from the recorder on first use.
+#[derive(Debug, Default)]
+pub(crate) struct DeliveredHandles {
+    delivered: OnceLock<Counter>,
+    latency: OnceLock<Histogram>,
 }
 
 pub(crate) struct Retried<'a> {
