@@ -295,6 +295,13 @@ impl SqliteStore {
             .send(work)
             .await
             .map_err(|_| StoreError::Closed)?;
+        if reply_when == Reply::Committed {
+            // The writer may be gathering appends until an fsync ends (see `writer`):
+            // this request is not to wait for that.
+            if let Some(writer) = self.shared.writer.get() {
+                writer.unpark();
+            }
+        }
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }

@@ -52,8 +52,9 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -67,6 +68,8 @@ use crate::time::{Micros, to_micros};
 const MAX_GROUP_REQUESTS: usize = 1024;
 /// A group stops taking requests once their weights (≈ rows written) reach this.
 const MAX_GROUP_WEIGHT: usize = 20_000;
+/// Longest a group of appends waits for an fsync in progress to end (see [`run`]).
+const MAX_GATHER: Duration = Duration::from_millis(2);
 
 /// What a request changed in the row counts, added to the `counts` row at commit.
 #[derive(Debug, Default, Clone, Copy)]
@@ -99,6 +102,10 @@ pub(super) struct Shared {
     pub(super) syncs: AtomicU64,
     /// Set when an fsync failed: from then on every request fails.
     pub(super) broken: AtomicBool,
+    /// Set while the syncer is fsyncing (or about to).
+    pub(super) syncing: AtomicBool,
+    /// The writer thread, woken by the syncer when an fsync ends.
+    pub(super) writer: OnceLock<std::thread::Thread>,
     /// While set, the syncer waits before its next fsync (to test who waits for it).
     #[cfg(test)]
     pub(super) hold_syncs: AtomicBool,
@@ -245,17 +252,29 @@ pub(super) fn run(
     shared: Arc<Shared>,
     syncer: Option<std::sync::mpsc::SyncSender<Answers>>,
 ) {
+    let _ = shared.writer.set(std::thread::current());
     let mut group: Vec<Box<dyn Work>> = Vec::with_capacity(MAX_GROUP_REQUESTS);
     while let Some(first) = requests.blocking_recv() {
-        let mut weight = first.weight();
         group.push(first);
-        while group.len() < MAX_GROUP_REQUESTS && weight < MAX_GROUP_WEIGHT {
-            match requests.try_recv() {
-                Ok(next) => {
-                    weight += next.weight();
-                    group.push(next);
+        let mut weight = take_waiting(&mut requests, &mut group);
+        // Appends that arrive while an fsync runs wait for the next fsync whenever they
+        // commit: gathering them into one group until the fsync ends costs them no
+        // time and spares a commit per small group (the writer's largest cost per
+        // single-event append). Anything else in the group goes at once.
+        if syncer.is_some() {
+            let deadline = Instant::now() + MAX_GATHER;
+            while shared.syncing.load(Ordering::Acquire)
+                && weight < MAX_GROUP_WEIGHT
+                && group.len() < MAX_GROUP_REQUESTS
+                && group.iter().all(|w| w.reply() == Reply::Durable)
+            {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
                 }
-                Err(_) => break,
+                // Woken by the syncer when its fsync ends.
+                std::thread::park_timeout(deadline - now);
+                weight = take_waiting(&mut requests, &mut group);
             }
         }
         if shared.broken.load(Ordering::Acquire) {
@@ -284,6 +303,25 @@ pub(super) fn run(
     tracing::debug!("store writer stopping: no handle left");
 }
 
+/// Moves the requests waiting in the channel into `group`, up to the group limits;
+/// returns the group's weight.
+fn take_waiting(
+    requests: &mut mpsc::Receiver<Box<dyn Work>>,
+    group: &mut Vec<Box<dyn Work>>,
+) -> usize {
+    let mut weight: usize = group.iter().map(|w| w.weight()).sum();
+    while group.len() < MAX_GROUP_REQUESTS && weight < MAX_GROUP_WEIGHT {
+        match requests.try_recv() {
+            Ok(next) => {
+                weight += next.weight();
+                group.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    weight
+}
+
 /// The answer to every request once an fsync has failed.
 const BROKEN: &str = "an fsync of the store's write-ahead log failed, so what it holds is \
                       uncertain: check the disk and restart stipple";
@@ -299,6 +337,7 @@ pub(super) fn sync(
 ) {
     let mut pending = Vec::new();
     while let Ok(first) = committed.recv() {
+        shared.syncing.store(true, Ordering::Release);
         #[cfg(test)]
         wait_while_held(&shared);
         pending.push(first);
@@ -321,6 +360,10 @@ pub(super) fn sync(
         };
         for answers in pending.drain(..) {
             answers.send(error);
+        }
+        shared.syncing.store(false, Ordering::Release);
+        if let Some(writer) = shared.writer.get() {
+            writer.unpark();
         }
     }
 }
