@@ -63,6 +63,16 @@ fn merge(item: &mut Option<JsonMap>, batch: &Option<JsonMap>) {
     }
 }
 
+/// Reads `json` as a `T`. Text checked as UTF-8 once, as a whole, is read as `&str`:
+/// serde_json then skips checking each string it reads (about a tenth of reading a
+/// message). Other bytes are read as bytes, for the same error serde_json gives them.
+pub fn from_json<'a, T: Deserialize<'a>>(json: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(json) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(json),
+    }
+}
+
 /// What a line of input (or a request body) holds: one message, or a batch.
 #[derive(Debug)]
 #[allow(
@@ -81,7 +91,7 @@ impl Input {
     /// is a good message (a batch envelope read as a message shows its `batch` key among
     /// the unknown ones, and is read again as a batch).
     pub fn parse(json: &[u8]) -> Result<Self, ValidationError> {
-        match serde_json::from_slice::<Message>(json) {
+        match from_json::<Message>(json) {
             Ok(message) if !message.other.contains_key("batch") => {
                 Ok(Input::Message(Box::new(message)))
             }
@@ -95,7 +105,7 @@ impl Input {
     /// Reads JSON text expected to be a batch envelope, in one pass when it is one; else
     /// as [`Input::parse`] would.
     pub fn parse_batch(json: &[u8]) -> Result<Self, ValidationError> {
-        match serde_json::from_slice::<Batch>(json) {
+        match from_json::<Batch>(json) {
             Ok(batch) => Ok(Input::Batch(batch)),
             Err(e) if !matches!(e.classify(), serde_json::error::Category::Data) => {
                 Err(ValidationError::from_json(&e))
@@ -172,7 +182,9 @@ mod tests {
     /// The one-pass readings answer exactly as reading the keys first does.
     #[test]
     fn one_pass_and_probed_readings_agree() {
-        let inputs: [&[u8]; 12] = [
+        let inputs: [&[u8]; 14] = [
+            b"{\"type\":\"track\",\"userId\":\"\xff\"}",
+            b"{\"batch\":[],\"sentAt\":\"\xc3\"}",
             br#"{"type":"track","event":"A","userId":"u"}"#,
             br#"{"batch":[{"type":"track"}],"sentAt":"2026-01-01T00:00:00Z"}"#,
             br#"{"batch":[],"context":{"ip":"1.1.1.1"}}"#,

@@ -29,7 +29,7 @@ mod message;
 mod time;
 mod validate;
 
-pub use batch::{Batch, Input};
+pub use batch::{Batch, Input, from_json};
 pub use error::{ErrorCode, ValidationError};
 pub use event::{EventTime, PointillistEvent};
 pub use map::{MapConfig, Mapper, POINTILLIST};

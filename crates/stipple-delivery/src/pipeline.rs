@@ -353,7 +353,7 @@ impl Inner {
     /// The request body for a stored message; `None` when its `integrations` route it
     /// away from Pointillist.
     fn prepare(&self, event: &Leased) -> Result<Option<bytes::Bytes>, String> {
-        let message: Message = serde_json::from_slice(&event.payload)
+        let message: Message = stipple_core::from_json(&event.payload)
             .map_err(|e| format!("stored message is not readable: {e}"))?;
         let valid = message
             .validate()
