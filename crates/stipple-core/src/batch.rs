@@ -91,22 +91,29 @@ impl Input {
     /// is a good message (a batch envelope read as a message shows its `batch` key among
     /// the unknown ones, and is read again as a batch).
     pub fn parse(json: &[u8]) -> Result<Self, ValidationError> {
-        match from_json::<Message>(json) {
-            Ok(message) if !message.other.contains_key("batch") => {
-                Ok(Input::Message(Box::new(message)))
-            }
-            Err(e) if !matches!(e.classify(), serde_json::error::Category::Data) => {
-                Err(ValidationError::from_json(&e))
-            }
-            _ => Self::parse_probed(json),
-        }
+        Self::parse_as(json, |message: Message| {
+            (!message.other.contains_key("batch")).then(|| Input::Message(Box::new(message)))
+        })
     }
 
     /// Reads JSON text expected to be a batch envelope, in one pass when it is one; else
     /// as [`Input::parse`] would.
     pub fn parse_batch(json: &[u8]) -> Result<Self, ValidationError> {
-        match from_json::<Batch>(json) {
-            Ok(batch) => Ok(Input::Batch(batch)),
+        Self::parse_as(json, |batch: Batch| Some(Input::Batch(batch)))
+    }
+
+    /// One pass as a `T`, which `keep` turns into the answer; a syntax error is the
+    /// answer too. Anything else (a `T` that `keep` refuses, JSON that is not a `T`) is
+    /// read again by [`Input::parse_probed`], so that every reading answers alike.
+    fn parse_as<'a, T: Deserialize<'a>>(
+        json: &'a [u8],
+        keep: impl FnOnce(T) -> Option<Self>,
+    ) -> Result<Self, ValidationError> {
+        match from_json::<T>(json) {
+            Ok(value) => match keep(value) {
+                Some(input) => Ok(input),
+                None => Self::parse_probed(json),
+            },
             Err(e) if !matches!(e.classify(), serde_json::error::Category::Data) => {
                 Err(ValidationError::from_json(&e))
             }

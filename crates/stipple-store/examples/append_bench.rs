@@ -239,20 +239,18 @@ fn store_threads(prefix: &str) -> Vec<u64> {
 
 /// CPU seconds used so far by the whole process (Linux only).
 fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-        .unwrap_or(0.0);
-    ticks / 100.0
+    cpu_seconds("/proc/self/stat")
 }
 
 /// CPU seconds used so far by thread `tid` (from /proc, Linux only).
 fn thread_cpu_seconds(tid: Option<u64>) -> f64 {
     let Some(tid) = tid else { return 0.0 };
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    cpu_seconds(&format!("/proc/self/task/{tid}/stat"))
+}
+
+/// utime + stime of a `/proc/.../stat` file, in seconds (0 when unreadable).
+fn cpu_seconds(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
     // Fields after the parenthesised name: utime and stime are the 12th and 13th.
     let after = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();

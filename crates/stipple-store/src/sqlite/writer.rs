@@ -255,8 +255,9 @@ pub(super) fn run(
     let _ = shared.writer.set(std::thread::current());
     let mut group: Vec<Box<dyn Work>> = Vec::with_capacity(MAX_GROUP_REQUESTS);
     while let Some(first) = requests.blocking_recv() {
+        let mut weight = first.weight();
         group.push(first);
-        let mut weight = take_waiting(&mut requests, &mut group);
+        weight = take_waiting(&mut requests, &mut group, weight);
         // Appends that arrive while an fsync runs wait for the next fsync whenever they
         // commit: gathering them into one group until the fsync ends costs them no
         // time and spares a commit per small group (the writer's largest cost per
@@ -274,7 +275,7 @@ pub(super) fn run(
                 }
                 // Woken by the syncer when its fsync ends.
                 std::thread::park_timeout(deadline - now);
-                weight = take_waiting(&mut requests, &mut group);
+                weight = take_waiting(&mut requests, &mut group, weight);
             }
         }
         if shared.broken.load(Ordering::Acquire) {
@@ -303,13 +304,13 @@ pub(super) fn run(
     tracing::debug!("store writer stopping: no handle left");
 }
 
-/// Moves the requests waiting in the channel into `group`, up to the group limits;
-/// returns the group's weight.
+/// Moves the requests waiting in the channel into `group` (of weight `weight`), up to
+/// the group limits; returns the group's new weight.
 fn take_waiting(
     requests: &mut mpsc::Receiver<Box<dyn Work>>,
     group: &mut Vec<Box<dyn Work>>,
+    mut weight: usize,
 ) -> usize {
-    let mut weight: usize = group.iter().map(|w| w.weight()).sum();
     while group.len() < MAX_GROUP_REQUESTS && weight < MAX_GROUP_WEIGHT {
         match requests.try_recv() {
             Ok(next) => {
