@@ -27,12 +27,13 @@ mod event;
 mod map;
 mod message;
 mod time;
+mod transcode;
 mod validate;
 
 pub use batch::{Batch, Input, from_json};
 pub use error::{ErrorCode, ValidationError};
 pub use event::{EventTime, PointillistEvent};
-pub use map::{MapConfig, Mapper, POINTILLIST};
+pub use map::{MapConfig, MapError, Mapper, POINTILLIST};
 pub use message::{Context, Id, Message, MessageType, RawMap};
 pub use time::{format_timestamp, parse_timestamp};
 pub use validate::{MAX_MESSAGE_ID_LEN, ValidMessage};

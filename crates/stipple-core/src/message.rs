@@ -8,6 +8,40 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::JsonMap;
 
+/// A string read from JSON: borrowed from the input when it has no escapes, owned
+/// otherwise. (serde's own `Cow<str>` always allocates.)
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Text<'a>(pub(crate) std::borrow::Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(v.into()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(v.to_owned().into()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(v.into()))
+            }
+        }
+        d.deserialize_str(TextVisitor)
+    }
+}
+
 /// Fields kept verbatim as raw JSON: read without building a tree, written back as sent.
 pub type RawMap = std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>;
 
@@ -69,7 +103,7 @@ impl<'de> Deserialize<'de> for Context {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Context, A::Error> {
                 let mut c = Context::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                while let Some(Text(key)) = map.next_key()? {
                     match &*key {
                         "traits" => c.traits = map.next_value()?,
                         "device" => c.device = map.next_value()?,
@@ -322,7 +356,7 @@ impl<'de> Deserialize<'de> for Message {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
                 let mut m = Message::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                while let Some(Text(key)) = map.next_key()? {
                     match &*key {
                         "type" => m.kind = map.next_value()?,
                         "messageId" => m.message_id = map.next_value()?,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use stipple_core::{Mapper, Message, POINTILLIST};
+use stipple_core::Mapper;
 use stipple_pointillist::{Client, Outcome};
 use stipple_store::{DeadLetterReason, EventId, Leased, Store};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -353,19 +353,10 @@ impl Inner {
     /// The request body for a stored message; `None` when its `integrations` route it
     /// away from Pointillist.
     fn prepare(&self, event: &Leased) -> Result<Option<bytes::Bytes>, String> {
-        let message: Message = stipple_core::from_json(&event.payload)
-            .map_err(|e| format!("stored message is not readable: {e}"))?;
-        let valid = message
-            .validate()
-            .map_err(|e| format!("stored message is not valid: {e}"))?;
-        if !valid.message().is_enabled_for(POINTILLIST) {
-            return Ok(None);
+        match self.mapper.map_json(&event.payload) {
+            Ok(body) => Ok(body.map(Into::into)),
+            Err(error) => Err(error.to_string()),
         }
-        let mapped = self
-            .mapper
-            .map(valid)
-            .map_err(|e| format!("cannot map: {e}"))?;
-        Ok(Some(mapped.to_json().into()))
     }
 
     async fn dead_letter(
