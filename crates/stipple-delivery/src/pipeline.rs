@@ -1,5 +1,6 @@
-//! The delivery pipeline: a dispatcher leases due events as worker slots free up, one
-//! task per event maps and sends it, and an acknowledger batches the acks.
+//! The delivery pipeline: a leaser keeps a buffer of leased events full, `concurrency`
+//! workers take them one at a time to map and send, and an acknowledger batches the
+//! acks.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use chrono::Utc;
 use stipple_core::Mapper;
 use stipple_pointillist::{Client, Outcome};
 use stipple_store::{DeadLetterReason, EventId, Leased, Store};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info};
 
@@ -36,7 +37,7 @@ struct Inner {
     delivered: DeliveredHandles,
 }
 
-/// What became of one event, for the dispatcher's bookkeeping.
+/// What became of one event, for the credential prober.
 #[derive(Debug, PartialEq, Eq)]
 enum Fate {
     Done,
@@ -186,57 +187,76 @@ impl Delivery {
         }
     }
 
-    /// Starts one send per leased event as worker slots free up; events that arrive
-    /// while paused or stopping are handed back to the store unsent.
+    /// Runs `concurrency` workers, each taking the next leased event and sending it,
+    /// until asked to stop; then hands back to the store what was leased and never
+    /// started, and gives the requests in flight the configured grace to finish.
     async fn dispatch(
         &self,
         stop: watch::Receiver<bool>,
-        mut events: mpsc::Receiver<Leased>,
+        events: mpsc::Receiver<Leased>,
         acks: mpsc::Sender<EventId>,
     ) {
         let inner = &self.inner;
-        let slots = Arc::new(Semaphore::new(inner.config.concurrency.max(1)));
-        let mut tasks: JoinSet<Fate> = JoinSet::new();
+        let events = Arc::new(Mutex::new(events));
+        let mut workers = JoinSet::new();
+        for _ in 0..inner.config.concurrency.max(1) {
+            workers.spawn(
+                self.clone()
+                    .work(stop.clone(), events.clone(), acks.clone()),
+            );
+        }
         let mut stop_seen = stop.clone();
-        loop {
-            let event = tokio::select! {
-                event = events.recv() => event,
-                _ = stop_seen.changed() => None,
-            };
-            let Some(event) = event else { break };
-            while tasks.try_join_next().is_some() {}
-            if inner.health.is_paused() || *stop.borrow() {
-                inner.hand_back(&[event.id]).await;
-                continue;
-            }
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            let delivery = self.clone();
-            let acks = acks.clone();
-            tasks.spawn(async move {
-                let fate = delivery.inner.process(event, &acks).await;
-                drop(permit);
-                fate
-            });
+        tokio::select! {
+            _ = stop_seen.wait_for(|stop| *stop) => {}
+            // Workers end by themselves only when the leaser is gone.
+            _ = async { while workers.join_next().await.is_some() {} } => {}
         }
         // Stopping: what is still buffered was never started.
-        events.close();
-        let mut unstarted = Vec::new();
-        while let Some(event) = events.recv().await {
-            unstarted.push(event.id);
-        }
+        let unstarted = {
+            let mut events = events.lock().await;
+            events.close();
+            let mut unstarted = Vec::new();
+            while let Some(event) = events.recv().await {
+                unstarted.push(event.id);
+            }
+            unstarted
+        };
         inner.hand_back(&unstarted).await;
         let grace = inner.config.shutdown_grace;
-        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
+        if tokio::time::timeout(grace, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
         {
             info!(
                 ?grace,
                 "requests still in flight at shutdown are left leased and will be delivered again"
             );
-            tasks.abort_all();
+            workers.abort_all();
+        }
+    }
+
+    /// One worker: takes leased events one at a time and sends them; an event taken
+    /// while delivery is paused or stopping goes back to the store unsent.
+    async fn work(
+        self,
+        mut stop: watch::Receiver<bool>,
+        events: Arc<Mutex<mpsc::Receiver<Leased>>>,
+        acks: mpsc::Sender<EventId>,
+    ) {
+        let inner = &self.inner;
+        loop {
+            let event = tokio::select! {
+                event = async { events.lock().await.recv().await } => event,
+                _ = stop.wait_for(|stop| *stop) => None,
+            };
+            let Some(event) = event else { break };
+            if inner.health.is_paused() || *stop.borrow() {
+                inner.hand_back(&[event.id]).await;
+                continue;
+            }
+            inner.process(event, &acks).await;
         }
     }
 }
