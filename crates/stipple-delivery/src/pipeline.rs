@@ -291,7 +291,6 @@ impl Inner {
         fields(message_id = %event.message_id, source = %event.source, attempts = event.attempts)
     )]
     async fn process(&self, event: Leased, acks: &mpsc::Sender<EventId>) -> Fate {
-        let message_id = event.message_id.clone();
         let body = match self.prepare(&event) {
             Ok(Some(body)) => body,
             Ok(None) => {
@@ -332,7 +331,7 @@ impl Inner {
                 }
                 let delay = self.config.backoff.delay(event.attempts, retry_after);
                 Retried {
-                    message_id: &message_id,
+                    message_id: &event.message_id,
                     attempts: event.attempts + 1,
                     delay,
                     reason: &reason,
