@@ -9,7 +9,7 @@ use crate::JsonMap;
 use crate::error::ValidationError;
 use crate::event::{EventTime, PointillistEvent};
 use crate::message::{Id, Message, MessageType};
-use crate::transcode::{Fast, map_text};
+use crate::transcode::map_text;
 use crate::validate::ValidMessage;
 
 /// The destination name used in a message's `integrations` object.
@@ -151,12 +151,11 @@ impl Mapper {
     /// in a fraction of the time for a message the ingress stored (see the
     /// `transcode` module); anything else takes that path itself.
     pub fn map_json(&self, json: &[u8]) -> Result<Option<Vec<u8>>, MapError> {
-        if let Ok(text) = std::str::from_utf8(json) {
-            match map_text(self, text) {
-                Fast::Event(body) => return Ok(Some(body)),
-                Fast::NotRouted => return Ok(None),
-                Fast::Declined => {}
-            }
+        if let Some(mapped) = std::str::from_utf8(json)
+            .ok()
+            .and_then(|text| self.map_json_fast(text))
+        {
+            return Ok(mapped);
         }
         self.map_json_reference(json)
     }
@@ -164,11 +163,7 @@ impl Mapper {
     /// The fast path of [`Mapper::map_json`] alone, for tests and benchmarks: `None`
     /// when it declines the message, else what `map_json` gives.
     pub fn map_json_fast(&self, text: &str) -> Option<Option<Vec<u8>>> {
-        match map_text(self, text) {
-            Fast::Event(body) => Some(Some(body)),
-            Fast::NotRouted => Some(None),
-            Fast::Declined => None,
-        }
+        map_text(self, text)
     }
 
     /// [`Mapper::map_json`] through [`Message`] and [`PointillistEvent`]: the reference

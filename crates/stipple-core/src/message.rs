@@ -229,27 +229,60 @@ impl Serialize for Id {
 
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        IdText::deserialize(d).map(IdText::into_id)
+    }
+}
+
+/// An identifier as read: text borrowed from the input where possible, or a number.
+pub(crate) enum IdText<'a> {
+    Text(std::borrow::Cow<'a, str>),
+    Number(serde_json::Number),
+}
+
+impl<'a> IdText<'a> {
+    /// [`Id::to_text`] without copying borrowed text.
+    pub(crate) fn text(&self) -> Option<std::borrow::Cow<'a, str>> {
+        match self {
+            IdText::Text(s) if s.is_empty() => None,
+            IdText::Text(s) => Some(s.clone()),
+            IdText::Number(n) => Some(n.to_string().into()),
+        }
+    }
+
+    fn into_id(self) -> Id {
+        match self {
+            IdText::Text(s) => Id::String(s.into_owned()),
+            IdText::Number(n) => Id::Number(n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for IdText<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct IdVisitor;
-        impl Visitor<'_> for IdVisitor {
-            type Value = Id;
+        impl<'de> Visitor<'de> for IdVisitor {
+            type Value = IdText<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string or a number")
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
-                Ok(Id::String(v.to_owned()))
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(IdText::Text(v.into()))
             }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Id, E> {
-                Ok(Id::String(v))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(IdText::Text(v.to_owned().into()))
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id, E> {
-                Ok(Id::Number(v.into()))
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(IdText::Text(v.into()))
             }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Id, E> {
-                Ok(Id::Number(v.into()))
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(IdText::Number(v.into()))
             }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Id, E> {
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(IdText::Number(v.into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
                 serde_json::Number::from_f64(v)
-                    .map(Id::Number)
+                    .map(IdText::Number)
                     .ok_or_else(|| E::custom("identifier is not a finite number"))
             }
         }

@@ -22,7 +22,7 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
 
-use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::value::SeqAccessDeserializer;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -30,77 +30,19 @@ use serde_json::Number;
 
 use crate::event::EventTime;
 use crate::map::{ACCOUNT, Mapper, POINTILLIST};
-use crate::message::{MessageType, Text};
+use crate::message::{IdText, MessageType, Text};
 use crate::time::parse_timestamp;
 use crate::validate::MAX_MESSAGE_ID_LEN;
 
-/// What the fast path made of a message.
-pub(crate) enum Fast {
-    /// The body of its Pointillist request.
-    Event(Vec<u8>),
-    /// Valid, and its `integrations` turn Pointillist off.
-    NotRouted,
-    /// Outside the fast case: take the reference path.
-    Declined,
-}
-
-/// Maps `text` on the fast path.
-pub(crate) fn map_text(mapper: &Mapper, text: &str) -> Fast {
-    match serde_json::from_str::<View<'_>>(text) {
-        Ok(view) => view.map(mapper).unwrap_or(Fast::Declined),
-        Err(_) => Fast::Declined,
-    }
+/// Maps `text` on the fast path: `None` when it declines the message (the caller takes
+/// the reference path), `Some(None)` when the message is valid and its `integrations`
+/// turn Pointillist off, else the body of its Pointillist request.
+pub(crate) fn map_text(mapper: &Mapper, text: &str) -> Option<Option<Vec<u8>>> {
+    serde_json::from_str::<View<'_>>(text).ok()?.map(mapper)
 }
 
 /// The error that makes the fast path decline a block (its message is never shown).
 const OUT_OF_ORDER: &str = "keys not strictly ascending";
-
-/// An identifier as read: text borrowed where possible, or a number.
-enum IdText<'a> {
-    Text(Cow<'a, str>),
-    Number(Number),
-}
-
-impl<'a> IdText<'a> {
-    /// `Id::to_text`: `None` for an empty string.
-    fn text(&self) -> Option<Cow<'a, str>> {
-        match self {
-            IdText::Text(s) if s.is_empty() => None,
-            IdText::Text(s) => Some(s.clone()),
-            IdText::Number(n) => Some(Cow::Owned(n.to_string())),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for IdText<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct IdVisitor;
-        impl<'de> Visitor<'de> for IdVisitor {
-            type Value = IdText<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or a number")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(IdText::Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(IdText::Text(Cow::Owned(v.to_owned())))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(IdText::Number(v.into()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(IdText::Number(v.into()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Number::from_f64(v)
-                    .map(IdText::Number)
-                    .ok_or_else(|| E::custom("identifier is not a finite number"))
-            }
-        }
-        d.deserialize_any(IdVisitor)
-    }
-}
 
 fn present(id: Option<&IdText<'_>>) -> bool {
     id.is_some_and(|id| !matches!(id, IdText::Text(s) if s.is_empty()))
@@ -424,48 +366,6 @@ impl<'de> Deserialize<'de> for ContextView<'de> {
     }
 }
 
-/// Whether a value is `false`, read through.
-struct IsFalse(bool);
-
-impl<'de> Deserialize<'de> for IsFalse {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct IsFalseVisitor;
-        impl<'de> Visitor<'de> for IsFalseVisitor {
-            type Value = IsFalse;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<IsFalse, E> {
-                Ok(IsFalse(!v))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<IsFalse, E> {
-                Ok(IsFalse(false))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<IsFalse, E> {
-                Ok(IsFalse(false))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<IsFalse, E> {
-                Ok(IsFalse(false))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<IsFalse, E> {
-                Ok(IsFalse(false))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<IsFalse, E> {
-                Ok(IsFalse(false))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<IsFalse, A::Error> {
-                serde_json::Value::deserialize(SeqAccessDeserializer::new(seq))?;
-                Ok(IsFalse(false))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<IsFalse, A::Error> {
-                serde_json::Value::deserialize(MapAccessDeserializer::new(map))?;
-                Ok(IsFalse(false))
-            }
-        }
-        d.deserialize_any(IsFalseVisitor)
-    }
-}
-
 /// The `integrations` object, as far as routing reads it.
 #[derive(Default)]
 struct Routing {
@@ -497,8 +397,8 @@ impl<'de> Deserialize<'de> for Routing {
                 let mut r = Routing::default();
                 while let Some(key) = map.next_key::<Text<'de>>()? {
                     match &*key {
-                        POINTILLIST => r.pointillist = Some(map.next_value::<IsFalse>()?.0),
-                        "All" => r.all_off = map.next_value::<IsFalse>()?.0,
+                        POINTILLIST => r.pointillist = Some(is_false(map.next_value()?)),
+                        "All" => r.all_off = is_false(map.next_value()?),
                         _ => {
                             map.next_value::<serde_json::Value>()?;
                         }
@@ -509,6 +409,10 @@ impl<'de> Deserialize<'de> for Routing {
         }
         d.deserialize_map(RoutingVisitor)
     }
+}
+
+fn is_false(value: serde_json::Value) -> bool {
+    matches!(value, serde_json::Value::Bool(false))
 }
 
 /// The fields of a message the mapping reads, borrowed from its text.
@@ -591,7 +495,7 @@ fn prefixed<'a>(prefix: &'static str, block: Block<'a>) -> Option<(&'static str,
 
 impl<'a> View<'a> {
     /// `Message::validate`, `is_enabled_for` and `Mapper::map`; `None` to decline.
-    fn map(self, mapper: &Mapper) -> Option<Fast> {
+    fn map(self, mapper: &Mapper) -> Option<Option<Vec<u8>>> {
         let kind = MessageType::parse(self.kind.as_deref()?)?;
         if !present(self.user_id.as_ref()) && !present(self.anonymous_id.as_ref()) {
             return None;
@@ -617,7 +521,7 @@ impl<'a> View<'a> {
         time(&self.sent_at)?;
         let received_at = time(&self.received_at)?;
         if !self.routing.as_ref().is_none_or(Routing::enabled) {
-            return Some(Fast::NotRouted);
+            return Some(None);
         }
         let event_time = EventTime(timestamp.or(received_at).or(original)?);
 
@@ -689,7 +593,7 @@ impl<'a> View<'a> {
         };
         let mut body = Vec::with_capacity(256);
         serde_json::to_writer(&mut body, &wire).ok()?;
-        Some(Fast::Event(body))
+        Some(Some(body))
     }
 }
 
