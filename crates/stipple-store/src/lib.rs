@@ -177,8 +177,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// keeps the rejected inputs, and returns once all of it is committed durably.
     async fn append(&self, append: Append, dedup_window: Duration) -> Result<Appended, StoreError>;
 
-    /// Leases up to `max` events that are due (`not_before` passed, no live lease), oldest
-    /// first, for `lease_for`.
+    /// Leases up to `max` events that are due (`not_before` passed, no live lease), for
+    /// `lease_for`: oldest first, where an implementation may take failed events whose
+    /// retry is due before those never tried.
     async fn lease(&self, max: usize, lease_for: Duration) -> Result<Vec<Leased>, StoreError>;
 
     /// Delivered: removes the events from the queue.

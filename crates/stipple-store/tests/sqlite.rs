@@ -251,6 +251,43 @@ async fn retry_times_and_attempts_survive_a_restart() {
     assert_eq!((leased[0].id, leased[0].attempts), (id, 1));
 }
 
+/// New events queued behind more failed ones than one lease steps over (they wait in
+/// the retry index, not in the way) are still leased, after a restart too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_events_behind_many_failed_ones_are_leased_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.db");
+    let failed = 20_000;
+    {
+        let store = open_sqlite(&path, clock());
+        store
+            .append(numbered("web", "old", failed), DAY)
+            .await
+            .expect("append");
+        let leased = store.lease(failed, HOUR).await.expect("lease");
+        assert_eq!(leased.len(), failed);
+        let later = start() + Duration::from_secs(600);
+        for event in &leased {
+            store.retry(event.id, later).await.expect("retry");
+        }
+        store
+            .append(numbered("web", "new", 3), DAY)
+            .await
+            .expect("append");
+    }
+    let clock = clock();
+    let store = open_sqlite(&path, clock.clone());
+    let mut new = Vec::new();
+    for _ in 0..4 {
+        new.extend(leased_ids(&store).await);
+    }
+    assert_eq!(new, names("new", 0..3));
+    clock.advance(Duration::from_secs(600));
+    let again = store.lease(2 * failed, HOUR).await.expect("lease");
+    assert_eq!(again.len(), failed);
+    assert!(again.iter().all(|e| e.attempts == 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_ids_are_never_reused() {
     let dir = tempfile::tempdir().expect("temp dir");

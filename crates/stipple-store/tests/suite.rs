@@ -45,6 +45,8 @@ suite!(
     lease_expiry_gives_the_event_again,
     retry_waits_for_not_before_and_counts_attempts,
     release_makes_events_due_at_once_without_an_attempt,
+    failed_events_waiting_do_not_hold_back_new_ones,
+    due_retries_come_before_new_events,
     dead_letter_list_and_requeue,
     requeue_all_moves_more_than_one_chunk,
     rejected_inputs_are_kept_and_listed,
@@ -363,6 +365,33 @@ mod cases {
             .collect();
         // Back in their place at the front of the queue.
         assert_eq!(got, vec![("a", 0), ("b", 0)]);
+    }
+
+    pub(crate) async fn failed_events_waiting_do_not_hold_back_new_ones(h: &Harness) {
+        let store = &*h.store;
+        append_ok(store, numbered("web", "old", 300), DAY).await;
+        let leased = store.lease(300, HOUR).await.expect("lease");
+        assert_eq!(leased.len(), 300);
+        let later = h.clock_now() + Duration::from_secs(600);
+        for event in &leased {
+            store.retry(event.id, later).await.expect("retry");
+        }
+        append_ok(store, events("web", &["new"]), DAY).await;
+        assert_eq!(lease_ids(store, 10).await, vec!["new"]);
+        assert!(lease_ids(store, 10).await.is_empty());
+        h.clock.advance(Duration::from_secs(600));
+        let again = store.lease(1000, HOUR).await.expect("lease");
+        assert_eq!(again.len(), 300);
+        assert!(again.iter().all(|e| e.attempts == 1));
+    }
+
+    pub(crate) async fn due_retries_come_before_new_events(h: &Harness) {
+        let store = &*h.store;
+        append_ok(store, events("web", &["a", "b"]), DAY).await;
+        let a = store.lease(1, HOUR).await.expect("lease")[0].id;
+        store.retry(a, h.clock_now()).await.expect("retry");
+        append_ok(store, events("web", &["c"]), DAY).await;
+        assert_eq!(lease_ids(store, 10).await, vec!["a", "b", "c"]);
     }
 
     pub(crate) async fn dead_letter_list_and_requeue(h: &Harness) {

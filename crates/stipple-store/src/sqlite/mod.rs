@@ -9,6 +9,7 @@
 //! ([`Role::Admin`]); the row counts live in the database so both see the same.
 
 mod dedup;
+mod leases;
 mod ops;
 mod schema;
 mod writer;
@@ -233,7 +234,7 @@ impl SqliteStore {
                 let db = Db {
                     conn,
                     dedup,
-                    leases: ops::Leases::new(),
+                    leases: leases::Leases::new(),
                     _service_lock: service_lock,
                 };
                 writer::run(db, clock, receiver, thread_shared, syncer);
@@ -407,11 +408,14 @@ impl Store for SqliteStore {
         let lease_for = duration_micros(lease_for);
         // Leases are kept in memory by the writer: nothing to commit, nothing to lose.
         let mut taken: Vec<EventId> = Vec::new();
+        let mut mark = None;
         self.call(max, Reply::Committed, move |db, now| {
             // Run again after a rollback: hand out afresh what the first run leased.
-            for id in taken.drain(..) {
-                db.leases.remove(&id);
+            match mark {
+                Some(mark) => db.leases.undo(mark, &taken),
+                None => mark = Some(db.leases.mark()),
             }
+            taken.clear();
             let until = now.saturating_add(lease_for);
             let leased = ops::lease(&db.conn, &mut db.leases, now, max, until)?;
             taken.extend(leased.iter().map(|e| e.id));
@@ -443,7 +447,7 @@ impl Store for SqliteStore {
         // Only the in-memory leases change.
         self.call(ids.len(), Reply::Committed, move |db, _| {
             for id in &ids {
-                db.leases.remove(id);
+                db.leases.release(*id);
             }
             Ok(no_delta(()))
         })
@@ -566,9 +570,19 @@ mod tests {
     }
 
     #[test]
-    fn lease_reads_the_due_index_without_sorting() {
-        let plan = plan(&ops::SELECT_DUE.replace("?1", "0"));
-        assert!(plan.contains("USING INDEX queue_due"), "{plan}");
+    fn lease_reads_due_retries_off_the_partial_index_without_sorting() {
+        let plan = plan(&ops::SELECT_RETRY_DUE.replace("?1", "0"));
+        assert!(plan.contains("USING INDEX queue_retry"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
+
+    #[test]
+    fn lease_reads_new_events_straight_off_the_table() {
+        let plan = plan(&ops::SELECT_NEW.replace("?1", "0"));
+        assert!(
+            plan.contains("USING INTEGER PRIMARY KEY (rowid>?)"),
+            "{plan}"
+        );
         assert!(!plan.contains("TEMP B-TREE"), "{plan}");
     }
 

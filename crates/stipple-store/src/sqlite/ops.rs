@@ -11,10 +11,9 @@
 //! it. Measured with `append_bench --deliver`, that copying cost as much as the
 //! per-statement overhead it saved; a single-row statement needs no statement journal.
 
-use std::collections::HashMap;
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use rusqlite::{Connection, Row, params};
-
+use super::leases::Leases;
 use super::writer::{Db, Delta};
 use crate::time::{Micros, from_micros};
 use crate::{
@@ -32,13 +31,31 @@ const INSERT_REJECTED: &str = "
 INSERT INTO rejected (source, item_index, code, message, received_at, payload)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
-/// Uses `queue_due` (`not_before, id`). Only `id` comes from the index: SQLite seeks a
-/// row's table entry only when another column is read, so rows skipped for a live
-/// lease cost an index step each.
-pub(super) const SELECT_DUE: &str = "
-SELECT id, source, message_id, payload, attempts, enqueued_at FROM queue
-WHERE not_before <= ?1
-ORDER BY not_before, id";
+/// The columns of a [`Leased`], as [`leased`] reads them.
+macro_rules! leased_columns {
+    () => {
+        "SELECT id, source, message_id, payload, attempts, enqueued_at FROM queue"
+    };
+}
+
+/// Failed events whose retry is due, through the partial index `queue_retry` (only
+/// events with an attempt are in it). Only `id` comes from the index: SQLite seeks a
+/// row's table entry only when another column is read, so rows skipped for a live lease
+/// cost an index step each.
+pub(super) const SELECT_RETRY_DUE: &str = concat!(
+    leased_columns!(),
+    " WHERE attempts > 0 AND not_before <= ?1 ORDER BY not_before, id"
+);
+
+/// One event due again without an attempt (handed back, or its lease ran out).
+const SELECT_AGAIN: &str = concat!(leased_columns!(), " WHERE id = ?1 AND attempts = 0");
+
+/// New events after the lease cursor, in the table's own order (no index).
+pub(super) const SELECT_NEW: &str = concat!(leased_columns!(), " WHERE id > ?1 ORDER BY id");
+
+/// Most rows one lease steps over beyond those it takes, looking for new events among
+/// failed ones (those wait in `queue_retry`): bounds the time a lease holds the writer.
+const SCAN_SLACK: usize = 16_384;
 
 const DELETE_EVENT: &str = "DELETE FROM queue WHERE id = ?1";
 
@@ -108,11 +125,9 @@ pub(super) fn append(
     Ok((Appended { duplicate }, delta))
 }
 
-/// The leases the service holds: event id → end of its lease. An event with no entry,
-/// or an ended one, is not leased.
-pub(super) type Leases = HashMap<EventId, Micros>;
-
-/// Leases up to `max` due events until `lease_until`.
+/// Leases up to `max` due events until `lease_until`: failed events whose retry is
+/// due first, then events handed back or whose lease ran out, then new events in the
+/// order they were queued (see [`Leases`]).
 pub(super) fn lease(
     conn: &Connection,
     leases: &mut Leases,
@@ -124,29 +139,64 @@ pub(super) fn lease(
     if max == 0 {
         return Ok(leased);
     }
-    let mut select = conn.prepare_cached(SELECT_DUE)?;
-    let mut rows = select.query([now])?;
+    leases.expire(now);
+    // Leases `event`; true once `max` are leased.
+    let take = |leases: &mut Leases, leased: &mut Vec<Leased>, event: Leased| {
+        leases.hold(event.id, lease_until);
+        leased.push(event);
+        leased.len() == max
+    };
+    {
+        let mut select = conn.prepare_cached(SELECT_RETRY_DUE)?;
+        let mut rows = select.query([now])?;
+        while let Some(row) = rows.next()? {
+            if !leases.is_live(row.get(0)?, now) && take(leases, &mut leased, read_leased(row)?) {
+                return Ok(leased);
+            }
+        }
+    }
+    let mut select = conn.prepare_cached(SELECT_AGAIN)?;
+    for id in leases.again() {
+        match select.query_row([id], read_leased).optional()? {
+            Some(event) => {
+                if take(leases, &mut leased, event) {
+                    return Ok(leased);
+                }
+            }
+            // Gone, or failed since and waiting for its retry.
+            None => leases.forget_again(id),
+        }
+    }
+    let mut select = conn.prepare_cached(SELECT_NEW)?;
+    let mut rows = select.query([leases.cursor()])?;
+    let mut scanned = 0;
     while let Some(row) = rows.next()? {
         let id: EventId = row.get(0)?;
-        if leases.get(&id).is_some_and(|until| *until > now) {
-            continue;
+        leases.advance(id);
+        // Failed events are found through `queue_retry`; the payload is not read here.
+        if attempts(row, 4)? == 0
+            && !leases.is_live(id, now)
+            && take(leases, &mut leased, read_leased(row)?)
+        {
+            break;
         }
-        leased.push(Leased {
-            id,
-            source: row.get(1)?,
-            message_id: row.get(2)?,
-            payload: row.get(3)?,
-            attempts: attempts(row, 4)?,
-            enqueued_at: from_micros(row.get(5)?),
-        });
-        if leased.len() == max {
+        scanned += 1;
+        if scanned >= max + SCAN_SLACK {
             break;
         }
     }
-    for event in &leased {
-        leases.insert(event.id, lease_until);
-    }
     Ok(leased)
+}
+
+fn read_leased(row: &Row<'_>) -> rusqlite::Result<Leased> {
+    Ok(Leased {
+        id: row.get(0)?,
+        source: row.get(1)?,
+        message_id: row.get(2)?,
+        payload: row.get(3)?,
+        attempts: attempts(row, 4)?,
+        enqueued_at: from_micros(row.get(5)?),
+    })
 }
 
 /// Deletes delivered events; returns how many were still queued.
@@ -159,7 +209,7 @@ pub(super) fn ack(
     let mut delete = conn.prepare_cached(DELETE_EVENT)?;
     let mut delta = Delta::default();
     for id in ids {
-        leases.remove(id);
+        leases.end(*id);
         // Counts only what was still queued: unknown and repeated ids delete nothing.
         delta.queued -= i64::try_from(delete.execute([id])?).unwrap_or(0);
     }
@@ -173,7 +223,7 @@ pub(super) fn retry(
     id: EventId,
     not_before: Micros,
 ) -> rusqlite::Result<()> {
-    leases.remove(&id);
+    leases.end(id);
     conn.prepare_cached(RETRY)?
         .execute(params![id, not_before])
         .map(|_| ())
@@ -187,7 +237,7 @@ pub(super) fn dead_letter(
     id: EventId,
     reason: &DeadLetterReason,
 ) -> rusqlite::Result<Delta> {
-    leases.remove(&id);
+    leases.end(id);
     let copied = conn.prepare_cached(COPY_TO_DEAD)?.execute(params![
         id,
         reason.status,

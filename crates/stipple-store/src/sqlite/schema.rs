@@ -1,22 +1,26 @@
 //! The SQLite schema and its version (`PRAGMA user_version`), created on first start.
 //!
 //! Times are microseconds since the Unix epoch. The dedup keys are an append-only table
-//! indexed in memory (see `dedup`). A queued event is due when `not_before <= now` and
-//! the service holds no live lease on it; leases are not stored (see `leases`): only one
-//! service holds a store, and its leases end with it. The `queue_due` index is
-//! `(not_before, id)`, so `lease` reads the oldest due rows off its front whatever the
-//! queue length.
+//! indexed in memory (see `dedup`). Leases are not stored (see `leases`): only one
+//! service holds a store, and its leases end with it.
+//!
+//! A new event is due at once and is read in id order straight off the table, after the
+//! service's lease cursor: it costs no index entry to queue, lease or delete. Only an
+//! event that failed (`attempts > 0`) waits for its `not_before`, and only those are in
+//! the partial index `queue_retry` (`not_before, id`), so a lease reads the due ones off
+//! its front whatever the queue length.
 //!
 //! Versions: 1 stored leases in a `lease_until` column, indexed with `not_before` as
 //! `max(not_before, lease_until)`; 2 keeps leases in memory (a lease no longer rewrites
-//! the row and its index entry, about a third of the writer's time per delivered event).
+//! the row and its index entry, about a third of the writer's time per delivered event)
+//! and indexed every event as `queue_due (not_before, id)`; 3 indexes only failed events.
 
 use rusqlite::Connection;
 
 use crate::StoreError;
 
 /// The schema version this code writes and understands.
-pub(super) const VERSION: i64 = 2;
+pub(super) const VERSION: i64 = 3;
 
 const CREATE: &str = "
 CREATE TABLE queue (
@@ -28,7 +32,7 @@ CREATE TABLE queue (
     not_before  INTEGER NOT NULL,
     payload     BLOB    NOT NULL
 );
-CREATE INDEX queue_due ON queue (not_before, id);
+CREATE INDEX queue_retry ON queue (not_before, id) WHERE attempts > 0;
 
 -- Append-only, in time order; indexed in memory (see dedup.rs for why).
 CREATE TABLE dedup (
@@ -82,20 +86,31 @@ ALTER TABLE queue DROP COLUMN lease_until;
 CREATE INDEX queue_due ON queue (not_before, id);
 ";
 
+/// Version 2 to 3: only failed events stay indexed by time.
+const V2_TO_V3: &str = "
+DROP INDEX queue_due;
+CREATE INDEX queue_retry ON queue (not_before, id) WHERE attempts > 0;
+";
+
 /// Creates the schema in an empty database, brings an older one up to date (each step
 /// in its own transaction) and refuses a newer one.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(open_error)?;
-    match version {
-        0 => step(conn, CREATE, VERSION),
-        1 => step(conn, V1_TO_V2, 2),
-        VERSION => Ok(()),
-        newer => Err(StoreError::Open(format!(
-            "the store's schema version {newer} is newer than this stipple understands ({VERSION}); \
-             upgrade stipple or point it at another file"
-        ))),
+    loop {
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(open_error)?;
+        match version {
+            0 => step(conn, CREATE, VERSION)?,
+            1 => step(conn, V1_TO_V2, 2)?,
+            2 => step(conn, V2_TO_V3, 3)?,
+            VERSION => return Ok(()),
+            newer => {
+                return Err(StoreError::Open(format!(
+                    "the store's schema version {newer} is newer than this stipple understands ({VERSION}); \
+                     upgrade stipple or point it at another file"
+                )));
+            }
+        }
     }
 }
 
@@ -159,5 +174,33 @@ PRAGMA user_version = 1;
             .collect::<rusqlite::Result<_>>()
             .expect("columns");
         assert!(!columns.iter().any(|c| c == "lease_until"), "{columns:?}");
+        assert_eq!(queue_indexes(&conn), queue_indexes(&fresh()));
+    }
+
+    fn fresh() -> Connection {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate(&mut conn).expect("create");
+        conn
+    }
+
+    /// The queue's indexes as SQL, by name.
+    fn queue_indexes(conn: &Connection) -> Vec<(String, String)> {
+        conn.prepare(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'queue' \
+             AND sql IS NOT NULL ORDER BY name",
+        )
+        .expect("prepare")
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("indexes")
+    }
+
+    #[test]
+    fn only_failed_events_are_indexed_by_time() {
+        let indexes = queue_indexes(&fresh());
+        assert_eq!(indexes.len(), 1, "{indexes:?}");
+        assert_eq!(indexes[0].0, "queue_retry");
+        assert!(indexes[0].1.contains("WHERE attempts > 0"), "{indexes:?}");
     }
 }

@@ -124,7 +124,7 @@ impl Shared {
 pub(super) struct Db {
     pub(super) conn: Connection,
     pub(super) dedup: DedupIndex,
-    pub(super) leases: super::ops::Leases,
+    pub(super) leases: super::leases::Leases,
     /// A service's hold on the store's lock file, kept for as long as the writer runs;
     /// let go last, once `conn` has closed.
     pub(super) _service_lock: Option<Connection>,
