@@ -3,11 +3,14 @@
 //! One writer thread owns the connection and runs every operation; appends waiting at
 //! the same time commit in one transaction (group commit, see `writer`), and a second
 //! thread fsyncs the log before appends are answered (every other request is answered
-//! at commit, see `writer` for why that is safe). One service at a time holds a store,
+//! at commit, see `writer` for why that is safe), and a third copies the log back into
+//! the database on its own connection (see `checkpoint`), so that no request waits for
+//! a checkpoint's fsyncs. One service at a time holds a store,
 //! through a lock file: that is what lets it keep its leases and the dedup index in
 //! memory (a crashed service's leases die with it). Admin commands open it beside the service
 //! ([`Role::Admin`]); the row counts live in the database so both see the same.
 
+mod checkpoint;
 mod dedup;
 mod leases;
 mod ops;
@@ -38,7 +41,8 @@ use crate::{
 const CHANNEL_CAPACITY: usize = 4096;
 /// Committed groups that may wait for an fsync before the writer waits too.
 const SYNC_BACKLOG: usize = 64;
-/// WAL pages written before SQLite copies them back into the database file.
+/// WAL pages written before SQLite copies them back into the database file, on an admin
+/// connection (a service leaves that to its checkpointer thread, see `checkpoint`).
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 4000;
 
 /// When an answer waits for the disk (in the spirit of SQLite's `PRAGMA synchronous`).
@@ -225,6 +229,14 @@ impl SqliteStore {
                 Some(syncer)
             }
         };
+        let checkpoints = match options.role {
+            Role::Service => Some(
+                checkpoint::Trigger::start(path, options.busy_timeout).map_err(|e| {
+                    StoreError::Open(format!("cannot start the store checkpoint thread: {e}"))
+                })?,
+            ),
+            Role::Admin => None,
+        };
         let (requests, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         let clock = options.clock;
         let thread_shared = Arc::clone(&shared);
@@ -235,6 +247,7 @@ impl SqliteStore {
                     conn,
                     dedup,
                     leases: leases::Leases::new(),
+                    checkpoints,
                     _service_lock: service_lock,
                 };
                 writer::run(db, clock, receiver, thread_shared, syncer);
@@ -369,7 +382,11 @@ fn configure(path: &Path, conn: &Connection, options: &SqliteOptions) -> Result<
     // Statement journals (of statements that may write several rows) stay in memory.
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(error)?;
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+    let autocheckpoint = match options.role {
+        Role::Service => 0,
+        Role::Admin => WAL_AUTOCHECKPOINT_PAGES,
+    };
+    conn.pragma_update(None, "wal_autocheckpoint", autocheckpoint)
         .map_err(error)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())

@@ -125,6 +125,8 @@ pub(super) struct Db {
     pub(super) conn: Connection,
     pub(super) dedup: DedupIndex,
     pub(super) leases: super::leases::Leases,
+    /// Pokes the checkpointer thread (a service's store only).
+    pub(super) checkpoints: Option<super::checkpoint::Trigger>,
     /// A service's hold on the store's lock file, kept for as long as the writer runs;
     /// let go last, once `conn` has closed.
     pub(super) _service_lock: Option<Connection>,
@@ -285,6 +287,9 @@ pub(super) fn run(
             continue;
         }
         let mut answers = commit_group(&mut db, &*clock, &mut group, &shared);
+        if let (None, Some(checkpoints)) = (&answers.commit_error, &mut db.checkpoints) {
+            checkpoints.wrote(weight);
+        }
         match &syncer {
             Some(syncer) if answers.commit_error.is_none() => {
                 // Committed: leases, acks and the like go out now, before any fsync.
@@ -514,6 +519,7 @@ mod tests {
             conn,
             dedup: DedupIndex::empty(),
             leases: Default::default(),
+            checkpoints: None,
             _service_lock: None,
         }
     }
