@@ -11,15 +11,19 @@
 //!
 //! The log restarts from its beginning only when a checkpoint has copied all of it
 //! before the next write begins, which a passive pass under steady writes rarely
-//! manages. So once the log holds [`RESTART_FRAMES`] the thread asks for a `RESTART`
-//! checkpoint: that one holds the writer off (it waits in SQLite's busy handler) while
-//! it copies what the passive passes left, little by then, and resets the log. The log
-//! file thus stays under about `RESTART_FRAMES` pages (64 MiB).
+//! manages. So once a pass finds the log holding [`RESTART_FRAMES`] it asks the writer
+//! for a `RESTART` checkpoint, which the writer runs itself between two groups: it
+//! copies what the passive passes left (little by then) and resets the log. (Not from
+//! this thread: a `RESTART` needs the write lock, and a writer that begins its next
+//! transaction at once keeps winning it: measured, the log then grew without bound.)
+//! The log file thus stays near `RESTART_FRAMES` pages (64 MiB).
 //!
 //! Durability is SQLite's own: a checkpoint fsyncs the log before copying and the
 //! database before the log may be reused, whichever connection runs it.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::Duration;
 
@@ -27,7 +31,7 @@ use rusqlite::{Connection, OpenFlags};
 
 /// Rows (request weights) written between two passes under load.
 pub(super) const PASS_WEIGHT: usize = 8_192;
-/// Log pages that make a pass a `RESTART` checkpoint.
+/// Log pages that make a pass ask the writer for a `RESTART` checkpoint.
 const RESTART_FRAMES: i64 = 16_384;
 /// How long something written may wait for a pass when little is written.
 const IDLE_PASS: Duration = Duration::from_secs(5);
@@ -37,17 +41,37 @@ const IDLE_PASS: Duration = Duration::from_secs(5);
 pub(super) struct Trigger {
     written: usize,
     poke: SyncSender<()>,
+    /// Set by the checkpointer when the log should restart.
+    restart: Arc<AtomicBool>,
 }
 
 impl Trigger {
     /// Starts the checkpointer thread for the store at `path`.
     pub(super) fn start(path: &Path, busy_timeout: Duration) -> std::io::Result<Self> {
         let (poke, pokes) = std::sync::mpsc::sync_channel(1);
+        let restart = Arc::new(AtomicBool::new(false));
         let path = path.to_owned();
+        let asks = Arc::clone(&restart);
         std::thread::Builder::new()
             .name("stipple-store-checkpoint".into())
-            .spawn(move || run(&path, busy_timeout, &pokes))?;
-        Ok(Self { written: 0, poke })
+            .spawn(move || run(&path, busy_timeout, &pokes, &asks))?;
+        Ok(Self {
+            written: 0,
+            poke,
+            restart,
+        })
+    }
+
+    /// Restarts the log if the checkpointer asked for it; run by the writer between
+    /// groups, with no transaction open.
+    pub(super) fn restart_if_asked(&self, conn: &Connection) {
+        if !self.restart.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        match checkpoint(conn, "RESTART") {
+            Ok(outcome) => tracing::debug!(?outcome, "store write-ahead log restarted"),
+            Err(error) => tracing::warn!(%error, "store log restart failed; asked again later"),
+        }
     }
 
     /// A group of `weight` has committed.
@@ -64,7 +88,7 @@ impl Trigger {
 }
 
 /// The thread: a pass when poked, or after [`IDLE_PASS`]; ends with the writer.
-fn run(path: &Path, busy_timeout: Duration, pokes: &Receiver<()>) {
+fn run(path: &Path, busy_timeout: Duration, pokes: &Receiver<()>, restart: &AtomicBool) {
     let conn = match open(path, busy_timeout) {
         Ok(conn) => conn,
         Err(error) => {
@@ -75,7 +99,7 @@ fn run(path: &Path, busy_timeout: Duration, pokes: &Receiver<()>) {
         }
     };
     while let Ok(()) | Err(RecvTimeoutError::Timeout) = pokes.recv_timeout(IDLE_PASS) {
-        if let Err(error) = pass(&conn) {
+        if let Err(error) = pass(&conn, restart) {
             tracing::warn!(%error, "store checkpoint failed; the next one will try again");
         }
     }
@@ -93,23 +117,17 @@ fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// A passive checkpoint; asks for a restart when the log has grown long.
+fn pass(conn: &Connection, restart: &AtomicBool) -> rusqlite::Result<Outcome> {
+    let outcome = checkpoint(conn, "PASSIVE")?;
+    if outcome.1 >= RESTART_FRAMES {
+        restart.store(true, Ordering::Release);
+    }
+    Ok(outcome)
+}
+
 /// What `PRAGMA wal_checkpoint` answers: (blocked, frames in the log, frames copied).
 type Outcome = (i64, i64, i64);
-
-/// One passive checkpoint, and a restarting one when the log has grown long.
-fn pass(conn: &Connection) -> rusqlite::Result<Outcome> {
-    let outcome = checkpoint(conn, "PASSIVE")?;
-    if outcome.1 < RESTART_FRAMES {
-        return Ok(outcome);
-    }
-    let restarted = checkpoint(conn, "RESTART")?;
-    tracing::debug!(
-        frames = outcome.1,
-        ?restarted,
-        "store write-ahead log restarted"
-    );
-    Ok(restarted)
-}
 
 fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<Outcome> {
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
@@ -150,7 +168,7 @@ mod tests {
         let checkpointer = open(&path, Duration::from_secs(5)).expect("open");
         // The writer is inside a write transaction: a passive pass still runs.
         writer.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        let (blocked, frames, copied) = pass(&checkpointer).expect("pass");
+        let (blocked, frames, copied) = checkpoint(&checkpointer, "PASSIVE").expect("pass");
         assert_eq!(blocked, 0);
         assert!(frames >= 100, "{frames}");
         assert_eq!(copied, frames);
@@ -158,18 +176,35 @@ mod tests {
     }
 
     #[test]
-    fn a_long_log_is_restarted() {
+    fn a_long_log_is_restarted_by_the_writer_when_asked() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("c.db");
         let writer = writer(&path);
-        write_pages(&writer, usize::try_from(RESTART_FRAMES).expect("frames"));
         let checkpointer = open(&path, Duration::from_secs(5)).expect("open");
+        let (poke, _pokes) = std::sync::mpsc::sync_channel(1);
+        let trigger = Trigger {
+            written: 0,
+            poke,
+            restart: Arc::default(),
+        };
+        write_pages(&writer, 100);
+        pass(&checkpointer, &trigger.restart).expect("pass");
+        assert!(
+            !trigger.restart.load(Ordering::Acquire),
+            "a short log stays"
+        );
+        write_pages(&writer, usize::try_from(RESTART_FRAMES).expect("frames"));
+        pass(&checkpointer, &trigger.restart).expect("pass");
+        assert!(
+            trigger.restart.load(Ordering::Acquire),
+            "a long log is restarted"
+        );
         let size = std::fs::metadata(wal(&path)).expect("wal").len();
-        let (_, frames, copied) = pass(&checkpointer).expect("pass");
-        assert_eq!(frames, copied);
+        trigger.restart_if_asked(&writer);
+        assert!(!trigger.restart.load(Ordering::Acquire));
         // The next write starts the log again from its beginning: it does not grow.
         write_pages(&writer, 10);
-        let (_, frames, _) = checkpoint(&checkpointer, "PASSIVE").expect("passive");
+        let (_, frames, _) = checkpoint(&writer, "PASSIVE").expect("passive");
         assert!(frames < 100, "the log restarted: {frames} frames");
         assert_eq!(std::fs::metadata(wal(&path)).expect("wal").len(), size);
     }
@@ -177,7 +212,11 @@ mod tests {
     #[test]
     fn the_trigger_pokes_once_per_pass_weight() {
         let (poke, pokes) = std::sync::mpsc::sync_channel(1);
-        let mut trigger = Trigger { written: 0, poke };
+        let mut trigger = Trigger {
+            written: 0,
+            poke,
+            restart: Arc::default(),
+        };
         trigger.wrote(PASS_WEIGHT - 1);
         assert!(pokes.try_recv().is_err());
         trigger.wrote(1);

@@ -305,6 +305,9 @@ pub(super) fn run(
             }
             _ => answers.send(None),
         }
+        if let Some(checkpoints) = &db.checkpoints {
+            checkpoints.restart_if_asked(&db.conn);
+        }
     }
     tracing::debug!("store writer stopping: no handle left");
 }
