@@ -47,6 +47,8 @@ impl Bench<'_> {
             .await?;
             serve.check_alive()?;
             serve.stop().await?;
+            // The drain measures delivery, not the writeback of the fill.
+            procs::settle_disk().await?;
             let queued = fill.ok_events;
             if fill.capped || fill.failed() > 0 {
                 notes.push(format!(

@@ -287,6 +287,7 @@ struct Measured {
 }
 
 async fn measure(server: &Server, target: &Target, plan: &LoadPlan) -> anyhow::Result<Measured> {
+    procs::settle_disk().await?;
     let (server_before, own_before) = (Cpu::of(server.pid()), Cpu::own());
     let result = load::run(target, plan).await?;
     let (server_after, own_after) = (Cpu::of(server.pid()), Cpu::own());

@@ -14,6 +14,10 @@
 //! 3. Memory: peak RSS (`VmHWM`) of serve after one million events were queued, and the
 //!    store's size on disk; then a restart with that queue.
 //!
+//! Each measured run (and each delivery drain) starts after `sync`: what earlier runs
+//! wrote would otherwise be written back during it, and the store's fsyncs wait behind
+//! that while the baselines, which write nothing, do not.
+//!
 //! Rounds alternate stipple and baseline so that both see the same noise; each figure is
 //! the median over the rounds and the ratio the median of the per-round ratios. Nothing
 //! is asserted: goals are reported as met or not. The load generator runs in this process

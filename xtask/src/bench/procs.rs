@@ -266,6 +266,20 @@ pub(crate) async fn start_serve(
     .await
 }
 
+/// Writes every dirty page of the machine to disk (`sync`), so that a measurement does
+/// not pay for the writeback of what earlier parts wrote: the fsyncs of the store wait
+/// for the disk's queue, and the bare baselines write nothing.
+pub(crate) async fn settle_disk() -> anyhow::Result<()> {
+    let status = Command::new("sync")
+        .status()
+        .await
+        .context("cannot run sync")?;
+    if !status.success() {
+        bail!("sync failed ({status})");
+    }
+    Ok(())
+}
+
 /// Bytes of every file in the store's directory (database, WAL, shared memory).
 pub(crate) fn store_size(dir: &Path) -> anyhow::Result<u64> {
     let mut total = 0;
