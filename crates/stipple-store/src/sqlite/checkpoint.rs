@@ -46,15 +46,17 @@ pub(super) struct Trigger {
 }
 
 impl Trigger {
-    /// Starts the checkpointer thread for the store at `path`.
-    pub(super) fn start(path: &Path, busy_timeout: Duration) -> std::io::Result<Self> {
+    /// Opens the checkpointer's connection to the store at `path` and starts its thread.
+    pub(super) fn start(path: &Path, busy_timeout: Duration) -> Result<Self, String> {
+        let conn = open(path, busy_timeout)
+            .map_err(|e| format!("cannot open the store for its checkpoints: {e}"))?;
         let (poke, pokes) = std::sync::mpsc::sync_channel(1);
         let restart = Arc::new(AtomicBool::new(false));
-        let path = path.to_owned();
         let asks = Arc::clone(&restart);
         std::thread::Builder::new()
             .name("stipple-store-checkpoint".into())
-            .spawn(move || run(&path, busy_timeout, &pokes, &asks))?;
+            .spawn(move || run(&conn, &pokes, &asks))
+            .map_err(|e| format!("cannot start the store checkpoint thread: {e}"))?;
         Ok(Self {
             written: 0,
             poke,
@@ -98,18 +100,9 @@ impl Trigger {
 }
 
 /// The thread: a pass when poked, or after [`IDLE_PASS`]; ends with the writer.
-fn run(path: &Path, busy_timeout: Duration, pokes: &Receiver<()>, restart: &AtomicBool) {
-    let conn = match open(path, busy_timeout) {
-        Ok(conn) => conn,
-        Err(error) => {
-            // SQLite's own auto-checkpoint on the writer is off; without this thread
-            // the log would only grow, so say so loudly.
-            tracing::error!(%error, path = %path.display(), "store checkpointer cannot open the database; the write-ahead log will grow until restart");
-            return;
-        }
-    };
+fn run(conn: &Connection, pokes: &Receiver<()>, restart: &AtomicBool) {
     while let Ok(()) | Err(RecvTimeoutError::Timeout) = pokes.recv_timeout(IDLE_PASS) {
-        if let Err(error) = pass(&conn, restart) {
+        if let Err(error) = pass(conn, restart) {
             tracing::warn!(%error, "store checkpoint failed; the next one will try again");
         }
     }

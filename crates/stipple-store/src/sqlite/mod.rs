@@ -231,9 +231,8 @@ impl SqliteStore {
         };
         let checkpoints = match options.role {
             Role::Service => Some(
-                checkpoint::Trigger::start(path, options.busy_timeout).map_err(|e| {
-                    StoreError::Open(format!("cannot start the store checkpoint thread: {e}"))
-                })?,
+                checkpoint::Trigger::start(path, options.busy_timeout)
+                    .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?,
             ),
             Role::Admin => None,
         };
