@@ -55,6 +55,7 @@ suite!(
     expire_dedup_removes_more_than_one_chunk,
     operations_on_unknown_ids_do_nothing,
     ack_counts_each_event_once,
+    ack_of_runs_and_gaps_deletes_exactly_those,
     check_writable_answers,
 );
 
@@ -649,6 +650,24 @@ mod cases {
         assert_eq!(stats(store).await.queued, 1);
         h.clock.advance(HOUR);
         assert_eq!(lease_ids(store, 10).await, vec!["c"]);
+    }
+
+    pub(crate) async fn ack_of_runs_and_gaps_deletes_exactly_those(h: &Harness) {
+        let store = &*h.store;
+        append_ok(store, numbered("web", "m", 10), DAY).await;
+        let leased = store.lease(10, HOUR).await.expect("lease");
+        let id = |i: usize| leased[i].id;
+        // Out of order, runs of consecutive ids with gaps between, one run acked before.
+        store.ack(&[id(8)]).await.expect("ack");
+        store
+            .ack(&[id(7), id(2), id(0), id(1), id(5), id(8)])
+            .await
+            .expect("ack");
+        assert_eq!(stats(store).await.queued, 4);
+        h.clock.advance(HOUR);
+        let mut left = lease_ids(store, 10).await;
+        left.sort();
+        assert_eq!(left, vec!["m-3", "m-4", "m-6", "m-9"]);
     }
 
     pub(crate) async fn check_writable_answers(h: &Harness) {

@@ -4,12 +4,11 @@
 //! Leases live in memory ([`Leases`]): the one service holding the store is the only
 //! one that leases, and its leases end with it, so a lease need not be written at all.
 //!
-//! Operations on several events (ack) run one single-row statement per event, prepared
-//! once and reused inside the transaction, and not one statement over the id list
-//! (`… WHERE id IN (…)`): a statement that may write several rows of `queue` and may
-//! abort runs with a statement journal, which copies each page before it first changes
-//! it. Measured with `append_bench --deliver`, that copying cost as much as the
-//! per-statement overhead it saved; a single-row statement needs no statement journal.
+//! An ack deletes each run of consecutive ids with one range statement (`… BETWEEN …`)
+//! and any other id with a single-row statement (measured with `append_bench --deliver`:
+//! writer CPU per delivered event ~2.2 → ~1.7 µs; delivery acknowledges mostly in id
+//! order). Not one statement over an id list (`… WHERE id IN (…)`): in an earlier
+//! version that measured no faster than a statement per id.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -58,6 +57,9 @@ pub(super) const SELECT_NEW: &str = concat!(leased_columns!(), " WHERE id > ?1 O
 const SCAN_SLACK: usize = 16_384;
 
 const DELETE_EVENT: &str = "DELETE FROM queue WHERE id = ?1";
+
+/// Every row of a run of consecutive ids.
+const DELETE_RUN: &str = "DELETE FROM queue WHERE id BETWEEN ?1 AND ?2";
 
 const RETRY: &str = "
 UPDATE queue SET attempts = attempts + 1, not_before = ?2 WHERE id = ?1";
@@ -205,13 +207,32 @@ pub(super) fn ack(
     leases: &mut Leases,
     ids: &[EventId],
 ) -> rusqlite::Result<Delta> {
-    // One single-row statement per event (see the module docs for why not one in all).
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
     let mut delete = conn.prepare_cached(DELETE_EVENT)?;
+    let mut delete_run = conn.prepare_cached(DELETE_RUN)?;
     let mut delta = Delta::default();
-    for id in ids {
-        leases.end(*id);
-        // Counts only what was still queued: unknown and repeated ids delete nothing.
-        delta.queued -= i64::try_from(delete.execute([id])?).unwrap_or(0);
+    let mut rest = &sorted[..];
+    while let Some(&first) = rest.first() {
+        // A run of consecutive ids, all acknowledged: one statement deletes it.
+        let len = rest
+            .iter()
+            .enumerate()
+            .take_while(|(i, id)| **id == first + *i as EventId)
+            .count();
+        let last = rest[len - 1];
+        for id in &rest[..len] {
+            leases.end(*id);
+        }
+        let deleted = if len == 1 {
+            delete.execute([first])?
+        } else {
+            delete_run.execute([first, last])?
+        };
+        // Counts only what was still queued: unknown ids delete nothing.
+        delta.queued -= i64::try_from(deleted).unwrap_or(0);
+        rest = &rest[len..];
     }
     Ok(delta)
 }
