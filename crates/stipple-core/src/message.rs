@@ -8,6 +8,31 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::JsonMap;
 
+/// Reads the value of `$key` into the like-named field of `$m` when it is one of the
+/// top-level keys that [`Message`] and the fast mapping's view both read as they are
+/// (the type, ids, names and times); true when it was one. Both readers use this one
+/// list, so that neither can take a key the other leaves.
+macro_rules! read_plain_field {
+    ($key:expr, $m:ident, $map:ident) => {
+        read_plain_field!(@ $key, $m, $map;
+            "type" => kind, "messageId" => message_id, "userId" => user_id,
+            "anonymousId" => anonymous_id, "previousId" => previous_id, "groupId" => group_id,
+            "event" => event, "name" => name, "category" => category, "timestamp" => timestamp,
+            "originalTimestamp" => original_timestamp, "sentAt" => sent_at,
+            "receivedAt" => received_at)
+    };
+    (@ $key:expr, $m:ident, $map:ident; $($name:literal => $field:ident),*) => {
+        match $key {
+            $($name => {
+                $m.$field = $map.next_value()?;
+                true
+            })*
+            _ => false,
+        }
+    };
+}
+pub(crate) use read_plain_field;
+
 /// A string read from JSON: borrowed from the input when it has no escapes, owned
 /// otherwise. (serde's own `Cow<str>` always allocates.)
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -390,20 +415,10 @@ impl<'de> Deserialize<'de> for Message {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
                 let mut m = Message::default();
                 while let Some(Text(key)) = map.next_key()? {
+                    if read_plain_field!(&*key, m, map) {
+                        continue;
+                    }
                     match &*key {
-                        "type" => m.kind = map.next_value()?,
-                        "messageId" => m.message_id = map.next_value()?,
-                        "userId" => m.user_id = map.next_value()?,
-                        "anonymousId" => m.anonymous_id = map.next_value()?,
-                        "previousId" => m.previous_id = map.next_value()?,
-                        "groupId" => m.group_id = map.next_value()?,
-                        "event" => m.event = map.next_value()?,
-                        "name" => m.name = map.next_value()?,
-                        "category" => m.category = map.next_value()?,
-                        "timestamp" => m.timestamp = map.next_value()?,
-                        "originalTimestamp" => m.original_timestamp = map.next_value()?,
-                        "sentAt" => m.sent_at = map.next_value()?,
-                        "receivedAt" => m.received_at = map.next_value()?,
                         "properties" => m.properties = map.next_value()?,
                         "traits" => m.traits = map.next_value()?,
                         "context" => m.context = map.next_value()?,

@@ -30,7 +30,7 @@ use serde_json::Number;
 
 use crate::event::EventTime;
 use crate::map::{ACCOUNT, Mapper, POINTILLIST};
-use crate::message::{IdText, MessageType, Text};
+use crate::message::{IdText, MessageType, Text, read_plain_field};
 use crate::time::parse_timestamp;
 use crate::validate::MAX_MESSAGE_ID_LEN;
 
@@ -448,20 +448,10 @@ impl<'de> Deserialize<'de> for View<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<View<'de>, A::Error> {
                 let mut m = View::default();
                 while let Some(key) = map.next_key::<Text<'de>>()? {
+                    if read_plain_field!(&*key, m, map) {
+                        continue;
+                    }
                     match &*key {
-                        "type" => m.kind = map.next_value()?,
-                        "messageId" => m.message_id = map.next_value()?,
-                        "userId" => m.user_id = map.next_value()?,
-                        "anonymousId" => m.anonymous_id = map.next_value()?,
-                        "previousId" => m.previous_id = map.next_value()?,
-                        "groupId" => m.group_id = map.next_value()?,
-                        "event" => m.event = map.next_value()?,
-                        "name" => m.name = map.next_value()?,
-                        "category" => m.category = map.next_value()?,
-                        "timestamp" => m.timestamp = map.next_value()?,
-                        "originalTimestamp" => m.original_timestamp = map.next_value()?,
-                        "sentAt" => m.sent_at = map.next_value()?,
-                        "receivedAt" => m.received_at = map.next_value()?,
                         "properties" => m.properties = map.next_value_seed(TopBlock)?,
                         "traits" => m.traits = map.next_value_seed(TopBlock)?,
                         "context" => m.context = map.next_value()?,
