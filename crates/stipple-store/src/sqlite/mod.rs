@@ -441,7 +441,10 @@ impl Store for SqliteStore {
     }
 
     async fn ack(&self, ids: &[EventId]) -> Result<(), StoreError> {
-        let ids = ids.to_vec();
+        // Sorted here, off the writer thread, for `ops::ack`'s runs.
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
         // A lost ack only means a redelivery (at-least-once).
         self.call(ids.len(), Reply::Committed, move |db, _| {
             Ok(((), ops::ack(&db.conn, &mut db.leases, &ids)?))

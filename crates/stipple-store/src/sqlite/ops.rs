@@ -201,19 +201,21 @@ fn read_leased(row: &Row<'_>) -> rusqlite::Result<Leased> {
     })
 }
 
-/// Deletes delivered events; returns how many were still queued.
+/// Deletes delivered events, `ids` sorted and without repeats; returns how many were
+/// still queued.
 pub(super) fn ack(
     conn: &Connection,
     leases: &mut Leases,
     ids: &[EventId],
 ) -> rusqlite::Result<Delta> {
-    let mut sorted = ids.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
+    debug_assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids sorted, no repeats"
+    );
     let mut delete = conn.prepare_cached(DELETE_EVENT)?;
     let mut delete_run = conn.prepare_cached(DELETE_RUN)?;
     let mut delta = Delta::default();
-    let mut rest = &sorted[..];
+    let mut rest = ids;
     while let Some(&first) = rest.first() {
         // A run of consecutive ids, all acknowledged: one statement deletes it.
         let len = rest
