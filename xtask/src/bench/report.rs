@@ -36,6 +36,8 @@ pub(crate) struct Row {
     /// Median of the per-round ratios (each round's value over the baseline measured
     /// right next to it).
     pub(crate) ratio: Option<f64>,
+    /// The per-round ratios, in round order.
+    pub(crate) ratios: Vec<f64>,
     pub(crate) goal: Goal,
     pub(crate) note: String,
 }
@@ -66,6 +68,7 @@ impl Row {
             baseline: (!baseline_rounds.is_empty()).then(|| median(&baseline_rounds)),
             baseline_rounds,
             ratio: (!ratios.is_empty()).then(|| median(&ratios)),
+            ratios,
             goal,
             note: String::new(),
         }
@@ -106,6 +109,24 @@ impl Row {
             Goal::Under(max) => Some(self.value < max),
             Goal::RatioAtLeast(min) => self.ratio.map(|r| r >= min),
         }
+    }
+
+    /// The median ratio, with the range of the per-round ratios when there are several:
+    /// on a shared machine the spread says how far one run can be trusted.
+    fn ratio_text(&self) -> String {
+        let Some(ratio) = self.ratio else {
+            return "-".to_owned();
+        };
+        if self.ratios.len() < 2 {
+            return format!("{ratio:.2}");
+        }
+        let low = self.ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = self
+            .ratios
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        format!("{ratio:.2} ({low:.2}-{high:.2})")
     }
 
     fn goal_text(&self) -> String {
@@ -156,7 +177,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
         "figure",
         "median",
         "baseline (median)",
-        "ratio",
+        "ratio (range)",
         "goal",
         "met",
     ];
@@ -170,7 +191,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
                 r.baseline.map_or("-".to_owned(), |b| {
                     format!("{} ({})", number(b, r.unit), r.baseline_name)
                 }),
-                r.ratio.map_or("-".to_owned(), |x| format!("{x:.2}")),
+                r.ratio_text(),
                 r.goal_text(),
                 match r.met() {
                     None => "-".to_owned(),
@@ -233,6 +254,7 @@ pub(crate) fn write_json(
                 "baseline_median": r.baseline,
                 "baseline_rounds": r.baseline_rounds,
                 "ratio_median": r.ratio,
+                "ratios": r.ratios,
                 "goal": r.goal_text(),
                 "met": r.met(),
                 "note": r.note,
@@ -245,4 +267,38 @@ pub(crate) fn write_json(
     }
     std::fs::write(path, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(rounds: Vec<f64>, baseline: Vec<f64>) -> Row {
+        Row::paired(
+            "p",
+            "f",
+            "requests/s",
+            rounds,
+            "bare",
+            baseline,
+            Goal::RatioAtLeast(0.5),
+        )
+    }
+
+    #[test]
+    fn the_ratio_is_the_median_of_per_round_ratios_shown_with_their_range() {
+        let r = row(vec![40.0, 30.0, 45.0], vec![100.0, 50.0, 90.0]);
+        assert_eq!(r.ratios, [0.4, 0.6, 0.5]);
+        assert_eq!(r.ratio, Some(0.5));
+        assert_eq!(r.ratio_text(), "0.50 (0.40-0.60)");
+        assert_eq!(r.met(), Some(true));
+    }
+
+    #[test]
+    fn one_round_shows_no_range_and_no_baseline_no_ratio() {
+        assert_eq!(row(vec![40.0], vec![100.0]).ratio_text(), "0.40");
+        let alone = row(vec![40.0], vec![]);
+        assert_eq!(alone.ratio_text(), "-");
+        assert_eq!(alone.met(), None);
+    }
 }
