@@ -179,8 +179,14 @@ impl Delivery {
                 continue;
             }
             debug!(count = leased.len(), "leased events");
-            for event in leased {
-                if events.send(event).await.is_err() {
+            let mut leased = leased.into_iter();
+            while let Some(event) = leased.next() {
+                if let Err(unsent) = events.send(event).await {
+                    // Delivery stopped while this lease ran: none of these was started.
+                    let ids: Vec<EventId> = std::iter::once(unsent.0.id)
+                        .chain(leased.map(|e| e.id))
+                        .collect();
+                    inner.hand_back(&ids).await;
                     return;
                 }
             }

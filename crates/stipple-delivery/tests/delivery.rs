@@ -330,3 +330,37 @@ async fn messages_routed_away_from_pointillist_are_acknowledged_unsent() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["labels"]["messageId"], "m-2");
 }
+
+#[tokio::test]
+async fn events_leased_while_stopping_are_handed_back() {
+    let mock = mock_with(Faults::default());
+    let store = Arc::new(stipple_store::testing::TestStore {
+        lease_gate: Some(stipple_store::testing::Gate::default()),
+        ..Default::default()
+    });
+    let shared: Arc<dyn Store> = store.clone();
+    queue(&shared, (0..10).map(|i| message(i, "")).collect()).await;
+    let config = DeliveryConfig {
+        lease_for: Duration::from_secs(3600),
+        ..fast_config()
+    };
+    let running = start(shared.clone(), &mock.url(), config);
+    // The first lease has taken every event and is held before the leaser gets them.
+    let gate = store.lease_gate.as_ref().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), gate.entered.notified())
+        .await
+        .expect("the leaser leases");
+    let stopping = tokio::spawn(running.stop());
+    // Shutdown closes the workers' buffer meanwhile; then the lease returns.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.release.notify_one();
+    stopping.await.unwrap();
+    assert!(mock.events().is_empty(), "nothing was sent");
+    // Released, not left leased for an hour: all ten are due again at once.
+    let due = store
+        .inner
+        .lease(100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 10, "events left leased after shutdown");
+}

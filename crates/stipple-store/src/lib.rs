@@ -30,6 +30,8 @@ mod clock;
 mod memory;
 mod open;
 mod sqlite;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod time;
 
 use std::time::Duration;

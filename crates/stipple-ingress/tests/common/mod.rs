@@ -8,7 +8,6 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -20,11 +19,12 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::Value;
 use stipple_ingress::{IngressConfig, IngressState, ManualClock, Source, router};
-use stipple_store::{
-    Append, Appended, DeadLetter, DeadLetterReason, EventId, Leased, MemoryStore, Stats, Store,
-    StoreError, StoredRejection,
-};
-use tokio::sync::Notify;
+#[allow(
+    unused_imports,
+    reason = "some test binaries hold appends at a gate, others do not"
+)]
+pub use stipple_store::testing::{Gate, TestStore};
+use stipple_store::{Store, StoredRejection};
 use tower::ServiceExt as _;
 
 /// The ingress clock in every test: 2026-11-28T12:00:00Z.
@@ -39,73 +39,6 @@ pub fn config() -> IngressConfig {
     IngressConfig {
         sources: vec![Source::new("web", "wk_web"), Source::new("app", "wk_app")],
         ..IngressConfig::default()
-    }
-}
-
-/// Blocks `append` until released, telling when it got there.
-#[derive(Debug, Default)]
-pub struct Gate {
-    pub entered: Notify,
-    pub release: Notify,
-}
-
-/// A [`MemoryStore`] whose `append` and `check_writable` can be made to fail, and whose
-/// `append` can be held at a [`Gate`].
-#[derive(Debug, Default)]
-pub struct TestStore {
-    pub inner: MemoryStore,
-    pub fail_append: AtomicBool,
-    pub fail_writable: AtomicBool,
-    pub gate: Option<Gate>,
-}
-
-#[async_trait::async_trait]
-impl Store for TestStore {
-    async fn append(&self, append: Append, dedup_window: Duration) -> Result<Appended, StoreError> {
-        if let Some(gate) = &self.gate {
-            gate.entered.notify_one();
-            gate.release.notified().await;
-        }
-        if self.fail_append.load(Ordering::SeqCst) {
-            return Err(StoreError::Database("disk I/O error".into()));
-        }
-        self.inner.append(append, dedup_window).await
-    }
-    async fn lease(&self, max: usize, lease_for: Duration) -> Result<Vec<Leased>, StoreError> {
-        self.inner.lease(max, lease_for).await
-    }
-    async fn ack(&self, ids: &[EventId]) -> Result<(), StoreError> {
-        self.inner.ack(ids).await
-    }
-    async fn retry(&self, id: EventId, not_before: DateTime<Utc>) -> Result<(), StoreError> {
-        self.inner.retry(id, not_before).await
-    }
-    async fn release(&self, ids: &[EventId]) -> Result<(), StoreError> {
-        self.inner.release(ids).await
-    }
-    async fn dead_letter(&self, id: EventId, reason: DeadLetterReason) -> Result<(), StoreError> {
-        self.inner.dead_letter(id, reason).await
-    }
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        self.inner.dead_letters(limit).await
-    }
-    async fn requeue_dead_letters(&self, ids: Option<&[EventId]>) -> Result<u64, StoreError> {
-        self.inner.requeue_dead_letters(ids).await
-    }
-    async fn rejected(&self, limit: usize) -> Result<Vec<StoredRejection>, StoreError> {
-        self.inner.rejected(limit).await
-    }
-    async fn stats(&self) -> Result<Stats, StoreError> {
-        self.inner.stats().await
-    }
-    async fn expire_dedup(&self, dedup_window: Duration) -> Result<u64, StoreError> {
-        self.inner.expire_dedup(dedup_window).await
-    }
-    async fn check_writable(&self) -> Result<(), StoreError> {
-        if self.fail_writable.load(Ordering::SeqCst) {
-            return Err(StoreError::Database("database is read-only".into()));
-        }
-        self.inner.check_writable().await
     }
 }
 
