@@ -155,6 +155,17 @@ mod tests {
         conn
     }
 
+    /// A trigger with no thread behind it: its pokes wait in the returned receiver.
+    fn trigger(restart: bool) -> (Trigger, Receiver<()>) {
+        let (poke, pokes) = std::sync::mpsc::sync_channel(1);
+        let trigger = Trigger {
+            written: 0,
+            poke,
+            restart: Arc::new(AtomicBool::new(restart)),
+        };
+        (trigger, pokes)
+    }
+
     fn write_pages(conn: &Connection, rows: usize) {
         let mut insert = conn.prepare("INSERT INTO t VALUES (?1)").expect("prepare");
         for _ in 0..rows {
@@ -184,12 +195,7 @@ mod tests {
         let path = dir.path().join("c.db");
         let writer = writer(&path);
         let checkpointer = open(&path, Duration::from_secs(5)).expect("open");
-        let (poke, _pokes) = std::sync::mpsc::sync_channel(1);
-        let trigger = Trigger {
-            written: 0,
-            poke,
-            restart: Arc::default(),
-        };
+        let (trigger, _pokes) = trigger(false);
         write_pages(&writer, 100);
         pass(&checkpointer, &trigger.restart).expect("pass");
         assert!(
@@ -226,12 +232,7 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
             .expect("read");
         write_pages(&writer, 10);
-        let (poke, _pokes) = std::sync::mpsc::sync_channel(1);
-        let trigger = Trigger {
-            written: 0,
-            poke,
-            restart: Arc::new(AtomicBool::new(true)),
-        };
+        let (trigger, _pokes) = trigger(true);
         trigger.restart_if_asked(&writer);
         assert!(trigger.restart.load(Ordering::Acquire), "still asked for");
         reader.execute_batch("COMMIT").expect("end the read");
@@ -244,12 +245,7 @@ mod tests {
 
     #[test]
     fn the_trigger_pokes_once_per_pass_weight() {
-        let (poke, pokes) = std::sync::mpsc::sync_channel(1);
-        let mut trigger = Trigger {
-            written: 0,
-            poke,
-            restart: Arc::default(),
-        };
+        let (mut trigger, pokes) = trigger(false);
         trigger.wrote(PASS_WEIGHT - 1);
         assert!(pokes.try_recv().is_err());
         trigger.wrote(1);

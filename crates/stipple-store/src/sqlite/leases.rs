@@ -90,11 +90,6 @@ impl Leases {
         self.again.iter().copied().collect()
     }
 
-    /// Forgets that `id` is due again (it is gone or waits for a retry).
-    pub(super) fn forget_again(&mut self, id: EventId) {
-        self.again.remove(&id);
-    }
-
     /// New events are read after this id.
     pub(super) fn cursor(&self) -> EventId {
         self.cursor

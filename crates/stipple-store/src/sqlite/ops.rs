@@ -166,7 +166,7 @@ pub(super) fn lease(
                 }
             }
             // Gone, or failed since and waiting for its retry.
-            None => leases.forget_again(id),
+            None => leases.end(id),
         }
     }
     let mut select = conn.prepare_cached(SELECT_NEW)?;
