@@ -65,7 +65,7 @@ pub(crate) async fn handle(
 ) -> Result<Response, IngressError> {
     body::check_content_type(&headers)?;
     let encoding = body::encoding(&headers)?;
-    let config = &state.config;
+    let config = &state.shared.config;
     let limit = match endpoint {
         Endpoint::Single(_) => config.max_message_bytes,
         Endpoint::Batch => config.max_batch_bytes,
@@ -73,6 +73,7 @@ pub(crate) async fn handle(
     // The most this body can take, held until the answer: bounds the bodies in memory.
     let units = u32::try_from(limit.div_ceil(IN_FLIGHT_UNIT)).unwrap_or(u32::MAX);
     let _permit = state
+        .shared
         .in_flight
         .clone()
         .try_acquire_many_owned(units)
@@ -98,7 +99,7 @@ pub(crate) async fn handle(
         Some(source) => source,
         None => crate::auth::authenticate_body(&config.sources, &bytes)?,
     };
-    let received_at = state.clock.now();
+    let received_at = state.shared.clock.now();
     match endpoint {
         Endpoint::Single(kind) => single(&state, source, kind, &bytes, received_at).await,
         Endpoint::Batch => batch(&state, source, &bytes, received_at).await,
@@ -230,14 +231,15 @@ impl<'a> Collected<'a> {
             Appended::default()
         } else {
             match state
+                .shared
                 .store
-                .append(self.append, state.config.dedup_window)
+                .append(self.append, state.shared.config.dedup_window)
                 .await
             {
                 Ok(appended) => appended,
                 Err(e) => {
                     warn!(source = %name, error = %e, "could not store a request; answered 503");
-                    self.tally.emit(&state.counters, name, false);
+                    self.tally.emit(&state.shared.counters, name, false);
                     return Err(IngressError::Store(e));
                 }
             }
@@ -249,7 +251,7 @@ impl<'a> Collected<'a> {
                 self.tally.accepted(kind);
             }
         }
-        self.tally.emit(&state.counters, name, true);
+        self.tally.emit(&state.shared.counters, name, true);
         Ok(self.tally)
     }
 }
@@ -328,7 +330,7 @@ async fn batch(
     body: &[u8],
     received_at: DateTime<Utc>,
 ) -> Result<Response, IngressError> {
-    let config = &state.config;
+    let config = &state.shared.config;
     let batch = match Input::parse_batch(body) {
         Ok(Input::Batch(batch)) => batch,
         Ok(Input::Message(_)) => {

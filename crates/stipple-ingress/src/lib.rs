@@ -29,6 +29,8 @@
 //! - A batch whose items are all refused still answers 200, listing them.
 //! - `writeKey` is removed from stored messages and rejected inputs.
 //! - Limits answer 400 as Segment does (not 413), counted after decompression.
+//! - CORS applies to requests with an `Origin` header (browsers send it on every
+//!   cross-origin request and preflight); answers to others carry no CORS headers.
 //! - A request reserves its endpoint's body limit from
 //!   [`IngressConfig::max_in_flight_bytes`] before its body is read, so that budget
 //!   bounds the memory held by bodies; without room it is 503 with `Retry-After`.
@@ -40,6 +42,7 @@ mod auth;
 mod body;
 mod capture;
 mod config;
+mod cors;
 mod error;
 mod ops;
 mod state;
@@ -69,7 +72,7 @@ pub fn router(state: IngressState) -> Router {
     for (name, endpoint) in capture::ENDPOINTS {
         let handler = post(
             move |State(state): State<IngressState>, headers: HeaderMap, body: Body| async move {
-                let counters = Arc::clone(&state.counters);
+                let counters = Arc::clone(&state.shared.counters);
                 let response = capture::handle(state, endpoint, headers, body)
                     .await
                     .into_response();
@@ -78,7 +81,10 @@ pub fn router(state: IngressState) -> Router {
             },
         )
         .fallback(|State(state): State<IngressState>| async move {
-            state.counters.request(StatusCode::METHOD_NOT_ALLOWED);
+            state
+                .shared
+                .counters
+                .request(StatusCode::METHOD_NOT_ALLOWED);
             (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")])
         });
         api = api
@@ -86,7 +92,7 @@ pub fn router(state: IngressState) -> Router {
             .route(&format!("/v1/{name}/"), handler);
     }
     let cors = CorsLayer::new()
-        .allow_origin(state.cors_origin.clone())
+        .allow_origin(state.shared.cors_origin.clone())
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers([
             header::CONTENT_TYPE,
@@ -102,5 +108,5 @@ pub fn router(state: IngressState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { IngressError::NoSuchEndpoint })
         .with_state(state)
-        .layer(cors)
+        .layer(cors::BrowserCorsLayer::new(cors))
 }

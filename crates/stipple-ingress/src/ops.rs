@@ -19,8 +19,8 @@ pub(crate) async fn healthz() -> Response {
 /// 200 when the store can write and the destination is healthy, else 503; the body
 /// says which part is not.
 pub(crate) async fn readyz(State(state): State<IngressState>) -> Response {
-    let store = state.store.check_writable().await;
-    let destination = state.destination.status();
+    let store = state.shared.store.check_writable().await;
+    let destination = state.shared.destination.status();
     let ready = store.is_ok() && destination.healthy;
     let store = match store {
         Ok(()) => json!({ "ok": true, "detail": "writable" }),
@@ -41,14 +41,14 @@ pub(crate) async fn readyz(State(state): State<IngressState>) -> Response {
 
 /// The Prometheus text, after setting the store gauges; 404 when no handle was given.
 pub(crate) async fn metrics(State(state): State<IngressState>) -> Response {
-    let Some(handle) = &state.metrics else {
+    let Some(handle) = &state.shared.metrics else {
         return (
             StatusCode::NOT_FOUND,
             "metrics are not enabled: give the ingress a Prometheus handle\n",
         )
             .into_response();
     };
-    match state.store.stats().await {
+    match state.shared.store.stats().await {
         Ok(stats) => {
             gauge!(QUEUED).set(stats.queued as f64);
             gauge!(DEAD_LETTERS).set(stats.dead_letters as f64);

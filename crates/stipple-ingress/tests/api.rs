@@ -804,7 +804,7 @@ async fn overload_is_503_with_retry_after() {
 }
 
 #[tokio::test]
-async fn cors_preflight_and_headers_on_every_answer() {
+async fn cors_preflight_and_headers_on_every_answer_to_a_browser() {
     let h = Harness::new();
     let preflight = options("/v1/track")
         .header("origin", "https://shop.example")
@@ -858,6 +858,20 @@ async fn cors_preflight_and_headers_on_every_answer() {
         let (headers, _) = h.check(request.build(), status, Value::Null).await;
         assert_eq!(headers["access-control-allow-origin"], "*", "{status}");
     }
+    // No `Origin`, not a browser: no CORS headers (and no CORS work).
+    let (headers, _) = h
+        .check(
+            post("/v1/t").basic("wk_web:").json(track()).build(),
+            200,
+            Value::Null,
+        )
+        .await;
+    assert!(
+        !headers
+            .keys()
+            .any(|name| name.as_str().starts_with("access-control-")),
+        "{headers:?}"
+    );
 
     let listed = IngressConfig {
         cors_origins: vec!["https://shop.example".into()],

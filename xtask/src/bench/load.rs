@@ -16,6 +16,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 
 use super::procs::{TOKEN, WRITE_KEY};
@@ -39,7 +40,7 @@ pub(crate) struct Template {
 }
 
 impl Template {
-    fn new(value: &serde_json::Value) -> anyhow::Result<Template> {
+    fn new(value: &impl serde::Serialize) -> anyhow::Result<Template> {
         let bytes = serde_json::to_vec(value)?;
         let counters: Vec<usize> = bytes
             .windows(COUNTER_DIGITS)
@@ -56,14 +57,16 @@ impl Template {
     /// A `/v1/batch` body of `events` track messages.
     pub(crate) fn batch(events: usize) -> anyhow::Result<Template> {
         let batch: Vec<_> = (0..events).map(track_message).collect();
-        Template::new(&json!({ "batch": batch, "sentAt": "2026-11-28T12:00:00.200Z" }))
+        Template::new(
+            &InOrder::new()
+                .with("batch", batch)
+                .with("sentAt", "2026-11-28T12:00:00.200Z"),
+        )
     }
 
     /// A `/v1/track` body: one track message.
     pub(crate) fn track() -> anyhow::Result<Template> {
-        let mut message = track_message(0);
-        message["sentAt"] = json!("2026-11-28T12:00:00.200Z");
-        Template::new(&message)
+        Template::new(&track_message(0).with("sentAt", "2026-11-28T12:00:00.200Z"))
     }
 
     /// Messages per body.
@@ -95,8 +98,37 @@ impl Template {
     }
 }
 
-/// One track message as analytics-node sends it (about 500 bytes), varied by `i`.
-fn track_message(i: usize) -> serde_json::Value {
+/// A JSON object whose keys are written in the order given, as client libraries write
+/// them (a `serde_json` map would sort them, which the ingress stores as they are, so a
+/// load of sorted messages would skip the sorting real traffic costs).
+struct InOrder(Vec<(&'static str, Box<RawValue>)>);
+
+impl InOrder {
+    fn new() -> Self {
+        InOrder(Vec::new())
+    }
+
+    fn with(mut self, key: &'static str, value: impl serde::Serialize) -> Self {
+        let value = serde_json::value::to_raw_value(&value).expect("a JSON value");
+        self.0.push((key, value));
+        self
+    }
+}
+
+impl serde::Serialize for InOrder {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// One track message as analytics-node sends it (about 500 bytes, keys in its order,
+/// properties in the order a shop would write them), varied by `i`.
+fn track_message(i: usize) -> InOrder {
     let run = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -105,39 +137,63 @@ fn track_message(i: usize) -> serde_json::Value {
     let (event, properties) = match i % 4 {
         0 => (
             "Product Added",
-            json!({ "product_id": "507f1f77bcf86cd799439011", "sku": "G-32", "category": "Games",
-                    "name": "Monopoly: 3rd Edition", "brand": "Hasbro", "price": 18.99, "quantity": 1 }),
+            InOrder::new()
+                .with("product_id", "507f1f77bcf86cd799439011")
+                .with("sku", "G-32")
+                .with("category", "Games")
+                .with("name", "Monopoly: 3rd Edition")
+                .with("brand", "Hasbro")
+                .with("price", 18.99)
+                .with("quantity", 1),
         ),
         1 => (
             "Product Viewed",
-            json!({ "product_id": "505bd76785ebb509fc183733", "sku": "F-15", "category": "Books",
-                    "name": "Dune", "price": 9.5, "position": i % 12 }),
+            InOrder::new()
+                .with("product_id", "505bd76785ebb509fc183733")
+                .with("sku", "F-15")
+                .with("category", "Books")
+                .with("name", "Dune")
+                .with("price", 9.5)
+                .with("position", i % 12),
         ),
         2 => (
             "Checkout Started",
-            json!({ "order_id": format!("o-{i:06}"), "value": 30.0, "revenue": 25.0, "currency": "USD" }),
+            InOrder::new()
+                .with("order_id", format!("o-{i:06}"))
+                .with("value", 30.0)
+                .with("revenue", 25.0)
+                .with("currency", "USD"),
         ),
         _ => (
             "Order Completed",
-            json!({ "order_id": format!("o-{i:06}"), "total": 27.5, "coupon": "hasbros", "currency": "USD" }),
+            InOrder::new()
+                .with("order_id", format!("o-{i:06}"))
+                .with("total", 27.5)
+                .with("coupon", "hasbros")
+                .with("currency", "USD"),
         ),
     };
-    json!({
-        "type": "track",
-        "event": event,
-        "userId": format!("user-{:04}", i % 1000),
-        "anonymousId": "5f0e1c2a-aaaa-4bbb-8ccc-123456789abc",
-        "messageId": format!("bench-{run:08x}-{mark}"),
-        "timestamp": "2026-11-28T12:00:00.123Z",
-        "properties": properties,
-        "context": {
-            "library": { "name": "@segment/analytics-node", "version": "3.1.0" },
-            "ip": "203.0.113.7",
-            "locale": "en-US",
-            "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36"
-        },
-        "integrations": {}
-    })
+    let library = InOrder::new()
+        .with("name", "@segment/analytics-node")
+        .with("version", "3.1.0");
+    let context = InOrder::new()
+        .with("library", library)
+        .with("ip", "203.0.113.7")
+        .with("locale", "en-US")
+        .with(
+            "userAgent",
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36",
+        );
+    InOrder::new()
+        .with("type", "track")
+        .with("event", event)
+        .with("userId", format!("user-{:04}", i % 1000))
+        .with("anonymousId", "5f0e1c2a-aaaa-4bbb-8ccc-123456789abc")
+        .with("messageId", format!("bench-{run:08x}-{mark}"))
+        .with("timestamp", "2026-11-28T12:00:00.123Z")
+        .with("properties", properties)
+        .with("context", context)
+        .with("integrations", json!({}))
 }
 
 /// Where the load goes.
