@@ -156,6 +156,8 @@ pub(crate) struct DeliverySection {
     #[serde(with = "humantime_serde")]
     pub(crate) lease_for: Duration,
     pub(crate) lease_batch: usize,
+    /// Threads of delivery's own async runtime.
+    pub(crate) threads: usize,
 }
 
 impl Default for DeliverySection {
@@ -167,6 +169,7 @@ impl Default for DeliverySection {
             backoff_max: d.backoff.max,
             lease_for: d.lease_for,
             lease_batch: d.lease_batch,
+            threads: 1,
         }
     }
 }
@@ -314,6 +317,9 @@ impl Config {
         if d.lease_batch == 0 {
             bail!("delivery.lease_batch must be at least 1");
         }
+        if d.threads == 0 {
+            bail!("delivery.threads must be at least 1");
+        }
         if d.lease_for < Duration::from_secs(1) {
             bail!("delivery.lease_for must be at least 1s");
         }
@@ -430,6 +436,10 @@ mod tests {
         check(
             &format!("{MINIMAL}[ingress]\nbody_timeout = \"0s\"\n"),
             "ingress.body_timeout",
+        );
+        check(
+            &format!("{MINIMAL}[delivery]\nthreads = 0\n"),
+            "delivery.threads must be at least 1",
         );
     }
 

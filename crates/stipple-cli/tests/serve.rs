@@ -25,10 +25,6 @@ impl Drop for Service {
     }
 }
 
-fn start(dir: &Path) -> Service {
-    start_with(dir, "")
-}
-
 fn start_with(dir: &Path, extra: &str) -> Service {
     let config = dir.join("stipple.toml");
     std::fs::write(
@@ -109,8 +105,17 @@ fn admin(dir: &Path, args: &[&str]) -> String {
 
 #[test]
 fn serve_delivers_to_the_mock_stops_on_sigterm_and_keeps_rejected_input() {
+    delivers_stops_and_keeps_rejected_input("");
+}
+
+#[test]
+fn delivery_on_several_threads_works_alike() {
+    delivers_stops_and_keeps_rejected_input("[delivery]\nthreads = 3\n");
+}
+
+fn delivers_stops_and_keeps_rejected_input(extra: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut service = start(dir.path());
+    let mut service = start_with(dir.path(), extra);
     let (status, body) = post(
         &format!("{}/v1/track", service.ingress),
         r#"{"type":"track","event":"Order Completed","userId":"u-1","messageId":"m-1","properties":{"total":27.5}}"#,
