@@ -99,8 +99,9 @@ impl Template {
 }
 
 /// A JSON object whose keys are written in the order given, as client libraries write
-/// them (a `serde_json` map would sort them, which the ingress stores as they are, so a
-/// load of sorted messages would skip the sorting real traffic costs).
+/// them. (`json!` sorts them, and a load of sorted messages would flatter any reading
+/// whose cost depends on key order, as storing blocks verbatim did: see the session 6
+/// note in #3.)
 struct InOrder(Vec<(&'static str, Box<RawValue>)>);
 
 impl InOrder {

@@ -242,6 +242,9 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The name of delivery's threads (in `top -H`, and in the bench's CPU figures).
+const DELIVERY_THREAD: &str = "stipple-delivery";
+
 /// Runs delivery on threads of its own (`delivery.threads`, one by default), with its
 /// own async runtime, until `stop` turns true; the answer comes when it has stopped.
 ///
@@ -265,12 +268,12 @@ fn spawn_delivery(
     };
     let runtime = builder
         .enable_all()
-        .thread_name("stipple-delivery")
+        .thread_name(DELIVERY_THREAD)
         .build()
         .context("cannot start delivery's async runtime")?;
     let (done, stopped_delivering) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name("stipple-delivery".into())
+        .name(DELIVERY_THREAD.into())
         .spawn(move || {
             runtime.block_on(delivery.run(stopped(stop)));
             let _ = done.send(());
