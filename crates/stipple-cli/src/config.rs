@@ -156,7 +156,8 @@ pub(crate) struct DeliverySection {
     #[serde(with = "humantime_serde")]
     pub(crate) lease_for: Duration,
     pub(crate) lease_batch: usize,
-    /// Threads of delivery's own async runtime.
+    /// Delivery pipelines, each on a thread of its own, sharing the store and
+    /// `pointillist.concurrency` between them.
     pub(crate) threads: usize,
 }
 
@@ -320,6 +321,13 @@ impl Config {
         if d.threads == 0 {
             bail!("delivery.threads must be at least 1");
         }
+        if d.threads > self.pointillist.concurrency {
+            bail!(
+                "delivery.threads ({}) must be at most pointillist.concurrency ({}): each thread needs a request slot of its own",
+                d.threads,
+                self.pointillist.concurrency
+            );
+        }
         if d.lease_for < Duration::from_secs(1) {
             bail!("delivery.lease_for must be at least 1s");
         }
@@ -440,6 +448,13 @@ mod tests {
         check(
             &format!("{MINIMAL}[delivery]\nthreads = 0\n"),
             "delivery.threads must be at least 1",
+        );
+        check(
+            &format!(
+                "{}[delivery]\nthreads = 3\n",
+                MINIMAL.replace("[pointillist]\n", "[pointillist]\nconcurrency = 2\n")
+            ),
+            "delivery.threads (3) must be at most pointillist.concurrency (2)",
         );
     }
 

@@ -35,6 +35,9 @@ struct Inner {
     config: DeliveryConfig,
     health: Arc<DeliveryHealth>,
     delivered: DeliveredHandles,
+    /// Whether this pipeline probes the token while delivery is paused: one of a
+    /// service's shards does, the others wait for it.
+    prober: bool,
 }
 
 /// What became of one event, for the credential prober.
@@ -59,9 +62,33 @@ impl Delivery {
             config,
             health: Arc::default(),
             delivered: DeliveredHandles::default(),
+            prober: true,
         };
         Self {
             inner: Arc::new(inner),
+        }
+    }
+
+    /// Another pipeline over the same store, mapper, settings and health, sending with
+    /// `client` (and as many workers as it has requests in flight at once): run each shard on a thread of its own to deliver on several cores. The
+    /// store hands each event to one lease at a time, so shards never send the same
+    /// event at once. While delivery is paused for credentials only the first pipeline
+    /// probes; its shards wait for it to resume.
+    pub fn shard(&self, client: Client) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                store: inner.store.clone(),
+                config: DeliveryConfig {
+                    concurrency: client.concurrency(),
+                    ..inner.config.clone()
+                },
+                client,
+                mapper: inner.mapper.clone(),
+                health: inner.health.clone(),
+                delivered: DeliveredHandles::default(),
+                prober: false,
+            }),
         }
     }
 
@@ -116,6 +143,12 @@ impl Delivery {
         let inner = &self.inner;
         let mut probe_attempt = 0u32;
         while !*stop.borrow() {
+            if inner.health.is_paused() && !inner.prober {
+                if sleep_or_stop(PAUSED_POLL, &mut stop).await {
+                    break;
+                }
+                continue;
+            }
             if inner.health.is_paused() {
                 let delay = inner
                     .config
@@ -266,6 +299,9 @@ impl Delivery {
         }
     }
 }
+
+/// How often a shard that does not probe looks whether delivery has resumed.
+const PAUSED_POLL: Duration = Duration::from_millis(100);
 
 /// Sleeps for `delay`; true when asked to stop meanwhile.
 async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {

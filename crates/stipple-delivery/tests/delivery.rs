@@ -103,6 +103,28 @@ fn start(store: Arc<dyn Store>, endpoint: &str, config: DeliveryConfig) -> Runni
     }
 }
 
+/// `n` events queued for a mock that refuses the token for the first 600 ms.
+async fn queued_behind_a_refused_token(n: usize) -> (MockServer, Arc<dyn Store>) {
+    let mock = mock_with(Faults {
+        unauthorized_for: Some(Duration::from_millis(600)),
+        ..Faults::default()
+    });
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    queue(&store, (0..n).map(|i| message(i, "")).collect()).await;
+    (mock, store)
+}
+
+/// The distinct `messageId`s among the events the mock took.
+fn distinct_message_ids(events: &[serde_json::Value]) -> usize {
+    let mut ids: Vec<_> = events
+        .iter()
+        .map(|e| e["labels"]["messageId"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids.len()
+}
+
 /// Polls `condition` every 10 ms for up to 10 s.
 async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
     for _ in 0..1000 {
@@ -128,13 +150,7 @@ async fn delivers_every_event_mapped_and_empties_the_queue() {
     running.stop().await;
     let events = mock.events();
     assert_eq!(events.len(), 50, "no duplicates when nothing failed");
-    let mut ids: Vec<_> = events
-        .iter()
-        .map(|e| e["labels"]["messageId"].as_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 50);
+    assert_eq!(distinct_message_ids(&events), 50);
     let first = events
         .iter()
         .find(|e| e["labels"]["messageId"] == "m-7")
@@ -207,13 +223,7 @@ async fn throttling_with_retry_after_is_honoured_and_recovers() {
 
 #[tokio::test]
 async fn a_refused_token_pauses_delivery_keeps_events_and_resumes_by_itself() {
-    let faults = Faults {
-        unauthorized_for: Some(Duration::from_millis(600)),
-        ..Faults::default()
-    };
-    let mock = mock_with(faults);
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    queue(&store, (0..20).map(|i| message(i, "")).collect()).await;
+    let (mock, store) = queued_behind_a_refused_token(20).await;
     let running = start(store.clone(), &mock.url(), fast_config());
     let health = running.delivery.health();
     eventually("delivery pauses", async || !health.status().healthy).await;
@@ -363,4 +373,81 @@ async fn events_leased_while_stopping_are_handed_back() {
         .await
         .unwrap();
     assert_eq!(due.len(), 10, "events left leased after shutdown");
+}
+
+/// Runs `pipeline` on a thread of its own with a runtime of its own, as `stipple serve`
+/// runs each of `delivery.threads`, until `stop` fires.
+fn run_on_own_thread(
+    pipeline: Delivery,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(pipeline.run(async move {
+            let mut stop = stop;
+            let _ = stop.wait_for(|stop| *stop).await;
+        }));
+    })
+}
+
+#[tokio::test]
+async fn shards_on_their_own_threads_share_the_queue_and_the_pause() {
+    let (mock, store) = queued_behind_a_refused_token(300).await;
+    let client = |concurrency| {
+        Client::new(ClientConfig {
+            concurrency,
+            ..ClientConfig::new(
+                url::Url::parse(&mock.url()).unwrap(),
+                SecretString::from(TOKEN),
+            )
+        })
+        .unwrap()
+    };
+    let first = Delivery::new(
+        store.clone(),
+        client(4),
+        Mapper::new(MapConfig::default()),
+        DeliveryConfig {
+            concurrency: 4,
+            ..fast_config()
+        },
+    );
+    let shards = [
+        first.clone(),
+        first.shard(client(3)),
+        first.shard(client(1)),
+    ];
+    let health = first.health();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let threads: Vec<_> = shards
+        .into_iter()
+        .map(|shard| run_on_own_thread(shard, stopped.clone()))
+        .collect();
+
+    eventually("delivery pauses", async || !health.status().healthy).await;
+    assert_eq!(
+        store.stats().await.unwrap().queued,
+        300,
+        "nothing is dropped while paused"
+    );
+    eventually("all 300 delivered", async || {
+        store.stats().await.unwrap().queued == 0
+    })
+    .await;
+    assert!(health.status().healthy, "delivery resumed");
+    stop.send(true).unwrap();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let events = mock.events();
+    assert_eq!(distinct_message_ids(&events), 300, "every event arrives");
+    assert_eq!(
+        events.len(),
+        300,
+        "and only once: shards never share an event"
+    );
+    assert_eq!(store.stats().await.unwrap().dead_letters, 0);
 }

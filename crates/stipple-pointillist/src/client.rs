@@ -149,6 +149,11 @@ impl Client {
         &self.inner.event_url
     }
 
+    /// Most requests in flight at once.
+    pub fn concurrency(&self) -> usize {
+        self.inner.concurrency
+    }
+
     /// Sends one event.
     pub async fn send(&self, event: &PointillistEvent) -> Outcome {
         self.send_body(Bytes::from(event.to_json())).await

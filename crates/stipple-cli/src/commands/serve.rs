@@ -139,22 +139,28 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     };
 
     let store = open_store(&config)?;
-    let client = Client::new(ClientConfig {
-        timeout: config.pointillist.timeout,
-        concurrency: config.pointillist.concurrency,
-        ..ClientConfig::new(url::Url::parse(&endpoint)?, token)
-    })
-    .context("cannot build the Pointillist client")?;
+    // pointillist.concurrency is shared out between delivery's threads, each with a
+    // client (and connections) of its own.
+    let endpoint = url::Url::parse(&endpoint)?;
+    let client = |concurrency| {
+        Client::new(ClientConfig {
+            timeout: config.pointillist.timeout,
+            concurrency,
+            ..ClientConfig::new(endpoint.clone(), token.clone())
+        })
+        .context("cannot build the Pointillist client")
+    };
+    let shares = share(config.pointillist.concurrency, config.delivery.threads);
     let d = &config.delivery;
     let delivery = Delivery::new(
         store.clone(),
-        client,
+        client(shares[0])?,
         Mapper::new(MapConfig {
             event_source: config.pointillist.event_source.clone(),
             actor_type: config.pointillist.actor_type.clone(),
         }),
         DeliveryConfig {
-            concurrency: config.pointillist.concurrency,
+            concurrency: shares[0],
             lease_batch: d.lease_batch,
             lease_for: d.lease_for,
             retry_horizon: d.retry_horizon,
@@ -166,6 +172,10 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
             ..DeliveryConfig::default()
         },
     );
+    let mut pipelines = vec![delivery.clone()];
+    for &concurrency in &shares[1..] {
+        pipelines.push(delivery.shard(client(concurrency)?));
+    }
 
     let ingress_config = IngressConfig {
         sources: config
@@ -203,7 +213,7 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
         config.ingress.dedup_window,
         stop_rx.clone(),
     ));
-    let delivering = spawn_delivery(delivery, config.delivery.threads, stop_rx.clone())?;
+    let delivering = spawn_delivery(pipelines, &stop_rx)?;
     let (signal_tx, signal_rx) = watch::channel(false);
     let server = tokio::spawn(
         axum::serve(listener, app)
@@ -232,7 +242,9 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     let served = served.context("the HTTP server task failed")?;
     // Requests are all answered: now stop delivery and housekeeping.
     let _ = stop_tx.send(true);
-    let _ = delivering.await;
+    for pipeline in delivering {
+        let _ = pipeline.await;
+    }
     let _ = housekeeping.await;
     if let Some(mock) = mock_server {
         mock.shutdown().await.ok();
@@ -245,41 +257,48 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
 /// The name of delivery's threads (in `top -H`, and in the bench's CPU figures).
 const DELIVERY_THREAD: &str = "stipple-delivery";
 
-/// Runs delivery on threads of its own (`delivery.threads`, one by default), with its
-/// own async runtime, until `stop` turns true; the answer comes when it has stopped.
+/// Runs each delivery pipeline on a thread of its own (`delivery.threads`, one by
+/// default), with an async runtime of its own, until `stop` turns true; each answer
+/// comes when its pipeline has stopped.
 ///
-/// Delivery's tasks (its workers, the leaser, the acknowledger and the HTTP
-/// connections) wake each other for every event. On one thread such a wake-up is a
-/// push onto a local queue; spread over the ingress's runtime it is often a wake-up of
-/// another thread: on a 2-core machine that cost delivery about a fifth of its rate. Its
-/// own runtime also keeps a burst of ingress requests from taking delivery's workers,
-/// and the other way round.
+/// A pipeline's tasks (leaser, workers, acknowledger, the client's connections) wake
+/// each other for every event. On one thread such a wake-up is a push onto a local
+/// queue; spread over a multi-threaded runtime it is often a wake-up of another thread:
+/// on a 2-core machine that cost delivery about a fifth of its rate. So more threads
+/// means more pipelines, not a bigger runtime. Delivery's own threads also keep a burst
+/// of ingress requests from taking its workers, and the other way round.
 fn spawn_delivery(
-    delivery: Delivery,
-    threads: usize,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
-    let mut builder = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(threads);
-        builder
-    };
-    let runtime = builder
-        .enable_all()
-        .thread_name(DELIVERY_THREAD)
-        .build()
-        .context("cannot start delivery's async runtime")?;
-    let (done, stopped_delivering) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(DELIVERY_THREAD.into())
-        .spawn(move || {
-            runtime.block_on(delivery.run(stopped(stop)));
-            let _ = done.send(());
-        })
-        .context("cannot start the delivery thread")?;
+    pipelines: Vec<Delivery>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::sync::oneshot::Receiver<()>>> {
+    let mut stopped_delivering = Vec::with_capacity(pipelines.len());
+    for pipeline in pipelines {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(DELIVERY_THREAD)
+            .build()
+            .context("cannot start delivery's async runtime")?;
+        let (done, stopped_pipeline) = tokio::sync::oneshot::channel();
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name(DELIVERY_THREAD.into())
+            .spawn(move || {
+                runtime.block_on(pipeline.run(stopped(stop)));
+                let _ = done.send(());
+            })
+            .context("cannot start a delivery thread")?;
+        stopped_delivering.push(stopped_pipeline);
+    }
     Ok(stopped_delivering)
+}
+
+/// `total` shared out as evenly as can be into `parts` (at least one each when
+/// `total >= parts`).
+fn share(total: usize, parts: usize) -> Vec<usize> {
+    let parts = parts.max(1);
+    (0..parts)
+        .map(|i| total / parts + usize::from(i < total % parts))
+        .collect()
 }
 
 fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -334,6 +353,25 @@ impl DestinationHealth for Health {
         DestinationStatus {
             healthy: s.healthy,
             detail: s.detail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn concurrency_is_shared_out_evenly_and_whole() {
+        assert_eq!(share(32, 1), [32]);
+        assert_eq!(share(32, 2), [16, 16]);
+        assert_eq!(share(32, 3), [11, 11, 10]);
+        assert_eq!(share(3, 3), [1, 1, 1]);
+        for (total, parts) in [(7, 2), (100, 7), (5, 5)] {
+            let shares = share(total, parts);
+            assert_eq!(shares.len(), parts);
+            assert_eq!(shares.iter().sum::<usize>(), total);
+            assert!(shares.iter().all(|&s| s >= 1));
         }
     }
 }
