@@ -10,7 +10,7 @@ use chrono::Utc;
 use stipple_core::Mapper;
 use stipple_pointillist::{Client, Outcome};
 use stipple_store::{DeadLetterReason, EventId, Leased, Store};
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info};
 
@@ -70,10 +70,11 @@ impl Delivery {
     }
 
     /// Another pipeline over the same store, mapper, settings and health, sending with
-    /// `client` (and as many workers as it has requests in flight at once): run each shard on a thread of its own to deliver on several cores. The
-    /// store hands each event to one lease at a time, so shards never send the same
-    /// event at once. While delivery is paused for credentials only the first pipeline
-    /// probes; its shards wait for it to resume.
+    /// `client` (and as many workers as it has requests in flight at once): run each
+    /// shard on a thread of its own ([`Delivery::spawn`]) to deliver on several cores.
+    /// The store hands each event to one lease at a time, so shards never send the
+    /// same event at once. While delivery is paused for credentials only the first
+    /// pipeline probes; its shards wait for it to resume.
     pub fn shard(&self, client: Client) -> Self {
         let inner = &self.inner;
         Self {
@@ -95,6 +96,30 @@ impl Delivery {
     /// The destination health this service keeps up to date.
     pub fn health(&self) -> Arc<DeliveryHealth> {
         self.inner.health.clone()
+    }
+
+    /// [`Delivery::run`] on a new thread named `name`, with a single-threaded async
+    /// runtime of its own: a pipeline's tasks (leaser, workers, acknowledger, the
+    /// client's connections) wake each other for every event, and on one thread such a
+    /// wake-up is a push onto a local queue rather than a wake-up of another thread.
+    /// The answer comes when the pipeline has stopped.
+    pub fn spawn(
+        self,
+        name: &str,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<oneshot::Receiver<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(name)
+            .build()?;
+        let (done, stopped) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                runtime.block_on(self.run(shutdown));
+                let _ = done.send(());
+            })?;
+        Ok(stopped)
     }
 
     /// Delivers until `shutdown` resolves, then stops leasing, lets requests in flight
@@ -144,6 +169,7 @@ impl Delivery {
         let mut probe_attempt = 0u32;
         while !*stop.borrow() {
             if inner.health.is_paused() && !inner.prober {
+                // The first pipeline probes; this one waits for it to resume.
                 if sleep_or_stop(PAUSED_POLL, &mut stop).await {
                     break;
                 }

@@ -375,24 +375,6 @@ async fn events_leased_while_stopping_are_handed_back() {
     assert_eq!(due.len(), 10, "events left leased after shutdown");
 }
 
-/// Runs `pipeline` on a thread of its own with a runtime of its own, as `stipple serve`
-/// runs each of `delivery.threads`, until `stop` fires.
-fn run_on_own_thread(
-    pipeline: Delivery,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(pipeline.run(async move {
-            let mut stop = stop;
-            let _ = stop.wait_for(|stop| *stop).await;
-        }));
-    })
-}
-
 #[tokio::test]
 async fn shards_on_their_own_threads_share_the_queue_and_the_pause() {
     let (mock, store) = queued_behind_a_refused_token(300).await;
@@ -424,7 +406,14 @@ async fn shards_on_their_own_threads_share_the_queue_and_the_pause() {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let threads: Vec<_> = shards
         .into_iter()
-        .map(|shard| run_on_own_thread(shard, stopped.clone()))
+        .map(|shard| {
+            let mut stopped = stopped.clone();
+            shard
+                .spawn("shard", async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .unwrap()
+        })
         .collect();
 
     eventually("delivery pauses", async || !health.status().healthy).await;
@@ -440,7 +429,7 @@ async fn shards_on_their_own_threads_share_the_queue_and_the_pause() {
     assert!(health.status().healthy, "delivery resumed");
     stop.send(true).unwrap();
     for thread in threads {
-        thread.join().unwrap();
+        thread.await.unwrap();
     }
     let events = mock.events();
     assert_eq!(distinct_message_ids(&events), 300, "every event arrives");

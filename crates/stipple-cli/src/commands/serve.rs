@@ -258,38 +258,23 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
 const DELIVERY_THREAD: &str = "stipple-delivery";
 
 /// Runs each delivery pipeline on a thread of its own (`delivery.threads`, one by
-/// default), with an async runtime of its own, until `stop` turns true; each answer
-/// comes when its pipeline has stopped.
-///
-/// A pipeline's tasks (leaser, workers, acknowledger, the client's connections) wake
-/// each other for every event. On one thread such a wake-up is a push onto a local
-/// queue; spread over a multi-threaded runtime it is often a wake-up of another thread:
-/// on a 2-core machine that cost delivery about a fifth of its rate. So more threads
-/// means more pipelines, not a bigger runtime. Delivery's own threads also keep a burst
-/// of ingress requests from taking its workers, and the other way round.
+/// default), apart from the ingress's runtime, until `stop` turns true; each answer
+/// comes when its pipeline has stopped. More threads means more pipelines, not a bigger
+/// runtime: spread over a multi-threaded runtime, a pipeline's per-event wake-ups cost
+/// delivery about a fifth of its rate on a 2-core machine. Delivery's own threads also
+/// keep a burst of ingress requests from taking its workers, and the other way round.
 fn spawn_delivery(
     pipelines: Vec<Delivery>,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::sync::oneshot::Receiver<()>>> {
-    let mut stopped_delivering = Vec::with_capacity(pipelines.len());
-    for pipeline in pipelines {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name(DELIVERY_THREAD)
-            .build()
-            .context("cannot start delivery's async runtime")?;
-        let (done, stopped_pipeline) = tokio::sync::oneshot::channel();
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name(DELIVERY_THREAD.into())
-            .spawn(move || {
-                runtime.block_on(pipeline.run(stopped(stop)));
-                let _ = done.send(());
-            })
-            .context("cannot start a delivery thread")?;
-        stopped_delivering.push(stopped_pipeline);
-    }
-    Ok(stopped_delivering)
+    pipelines
+        .into_iter()
+        .map(|pipeline| {
+            pipeline
+                .spawn(DELIVERY_THREAD, stopped(stop.clone()))
+                .context("cannot start a delivery thread")
+        })
+        .collect()
 }
 
 /// `total` shared out as evenly as can be into `parts` (at least one each when
