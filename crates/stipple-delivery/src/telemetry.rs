@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
+use stipple_store::{STORE_WARNINGS_EVERY, Throttle};
 use tracing::{debug, info, warn};
 
 pub(crate) struct Delivered {
@@ -99,9 +100,20 @@ pub(crate) struct StoreTrouble<'a> {
     pub(crate) error: &'a stipple_store::StoreError,
 }
 
+/// Store errors in delivery: an outage (a full disk) fails a write for every event in
+/// flight, so one is logged per interval, with how many like it were held back.
+static STORE_TROUBLE: Throttle = Throttle::new(STORE_WARNINGS_EVERY);
+
 impl StoreTrouble<'_> {
     pub(crate) fn emit(self) {
         counter!("stipple_delivery_store_errors_total").increment(1);
-        warn!(during = self.during, error = %self.error, "store error in delivery; will try again");
+        if let Some(held_back) = STORE_TROUBLE.admit() {
+            warn!(
+                during = self.during,
+                error = %self.error,
+                held_back,
+                "store error in delivery; will try again"
+            );
+        }
     }
 }

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use stipple_core::{ErrorCode, Input, Message, MessageType, ValidationError};
-use stipple_store::{Append, Appended, NewEvent, RejectedInput};
+use stipple_store::{Append, Appended, NewEvent, RejectedInput, STORE_WARNINGS_EVERY, Throttle};
 use tracing::{debug, warn};
 
 use crate::body::{self, BodyError};
@@ -238,7 +238,9 @@ impl<'a> Collected<'a> {
             {
                 Ok(appended) => appended,
                 Err(e) => {
-                    warn!(source = %name, error = %e, "could not store a request; answered 503");
+                    if let Some(held_back) = STORE_FAILURES.admit() {
+                        warn!(source = %name, error = %e, held_back, "could not store a request; answered 503");
+                    }
                     self.tally.emit(&state.shared.counters, name, false);
                     return Err(IngressError::Store(e));
                 }
@@ -255,6 +257,10 @@ impl<'a> Collected<'a> {
         Ok(self.tally)
     }
 }
+
+/// Store failures answered 503: while the store is down every request fails alike, so
+/// one is logged per interval, with how many like it were held back.
+static STORE_FAILURES: Throttle = Throttle::new(STORE_WARNINGS_EVERY);
 
 /// A single-call endpoint: the path's type fills a missing `type`; a different `type`
 /// is refused as `type_mismatch` rather than guessed at.

@@ -32,6 +32,7 @@ mod open;
 mod sqlite;
 #[cfg(feature = "test-util")]
 pub mod testing;
+mod throttle;
 mod time;
 
 use std::time::Duration;
@@ -43,6 +44,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory::MemoryStore;
 pub use open::open;
 pub use sqlite::{Role, SqliteOptions, SqliteStore, Synchronous, UnknownSynchronous};
+pub use throttle::{STORE_WARNINGS_EVERY, Throttle};
 
 /// The store's row id of a queued event.
 pub type EventId = i64;

@@ -11,6 +11,13 @@
 //!   found through the `queue_retry` index instead.
 //!
 //! Ids only grow (`AUTOINCREMENT`), so an event queued later is always after the cursor.
+//!
+//! Changes follow the writer's transaction: between [`Leases::begin`] and
+//! [`Leases::commit`] each change is journaled, and [`Leases::rollback`] undoes them with
+//! the transaction's writes. Otherwise a retry whose commit failed (a full disk) would
+//! have ended its event's lease in memory while the event stayed queued as before:
+//! after a first attempt, found by neither the cursor nor the retry index, so stranded
+//! until a restart; after a later one, due again at once, retried without backoff.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -25,17 +32,81 @@ pub(super) struct Leases {
     next_end: Micros,
     cursor: EventId,
     again: BTreeSet<EventId>,
+    /// While a transaction is open: how to undo each change made in it, oldest first.
+    journal: Option<Vec<Undo>>,
 }
 
-/// Where a lease started, to undo it when its transaction is rolled back and run again.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Mark {
-    cursor: EventId,
+/// How to undo one change.
+#[derive(Debug)]
+enum Undo {
+    /// `id`'s lease end and whether it was due again, as they were before.
+    Event {
+        id: EventId,
+        live: Option<Micros>,
+        again: bool,
+    },
+    /// The cursor as it was before.
+    Cursor(EventId),
 }
 
 impl Leases {
     pub(super) fn new() -> Self {
         Self::default()
+    }
+
+    /// A transaction begins: journal the changes from here on.
+    pub(super) fn begin(&mut self) {
+        let mut journal = self.journal.take().unwrap_or_default();
+        journal.clear();
+        self.journal = Some(journal);
+    }
+
+    /// The transaction committed: keep its changes.
+    pub(super) fn commit(&mut self) {
+        self.journal = None;
+    }
+
+    /// The transaction was rolled back: undo its changes, newest first.
+    pub(super) fn rollback(&mut self) {
+        let Some(journal) = self.journal.take() else {
+            return;
+        };
+        for undo in journal.into_iter().rev() {
+            match undo {
+                Undo::Event { id, live, again } => {
+                    match live {
+                        Some(until) => self.set_live(id, until),
+                        None => {
+                            self.live.remove(&id);
+                        }
+                    }
+                    if again {
+                        self.again.insert(id);
+                    } else {
+                        self.again.remove(&id);
+                    }
+                }
+                Undo::Cursor(cursor) => self.cursor = cursor,
+            }
+        }
+    }
+
+    /// Journals `id`'s state before a change, in a transaction.
+    fn note(&mut self, id: EventId) {
+        if let Some(journal) = &mut self.journal {
+            journal.push(Undo::Event {
+                id,
+                live: self.live.get(&id).copied(),
+                again: self.again.contains(&id),
+            });
+        }
+    }
+
+    fn set_live(&mut self, id: EventId, until: Micros) {
+        if self.live.is_empty() || until < self.next_end {
+            self.next_end = until;
+        }
+        self.live.insert(id, until);
     }
 
     /// Whether `id` is leased at `now`.
@@ -45,21 +116,21 @@ impl Leases {
 
     /// Leases `id` until `until`.
     pub(super) fn hold(&mut self, id: EventId, until: Micros) {
-        if self.live.is_empty() || until < self.next_end {
-            self.next_end = until;
-        }
-        self.live.insert(id, until);
+        self.note(id);
+        self.set_live(id, until);
         self.again.remove(&id);
     }
 
     /// The event is gone from the queue or waits for a retry: forget its lease.
     pub(super) fn end(&mut self, id: EventId) {
+        self.note(id);
         self.live.remove(&id);
         self.again.remove(&id);
     }
 
     /// The event is handed back untouched: due again at once.
     pub(super) fn release(&mut self, id: EventId) {
+        self.note(id);
         if self.live.remove(&id).is_some() && id <= self.cursor {
             self.again.insert(id);
         }
@@ -77,6 +148,7 @@ impl Leases {
             .map(|(id, _)| *id)
             .collect();
         for id in ended {
+            self.note(id);
             self.live.remove(&id);
             if id <= self.cursor {
                 self.again.insert(id);
@@ -97,24 +169,12 @@ impl Leases {
 
     /// Every new event up to `id` has now been seen.
     pub(super) fn advance(&mut self, id: EventId) {
-        self.cursor = self.cursor.max(id);
-    }
-
-    pub(super) fn mark(&self) -> Mark {
-        Mark {
-            cursor: self.cursor,
-        }
-    }
-
-    /// Undoes the leases of `taken` made since `mark`.
-    pub(super) fn undo(&mut self, mark: Mark, taken: &[EventId]) {
-        for id in taken {
-            self.live.remove(id);
-            if *id <= mark.cursor {
-                self.again.insert(*id);
+        if id > self.cursor {
+            if let Some(journal) = &mut self.journal {
+                journal.push(Undo::Cursor(self.cursor));
             }
+            self.cursor = id;
         }
-        self.cursor = mark.cursor;
     }
 }
 
@@ -143,19 +203,47 @@ mod tests {
         assert_eq!(leases.again(), [4]);
     }
 
+    /// Everything observable about `leases` at `now`, for ids up to `max`.
+    fn state(leases: &Leases, now: Micros, max: EventId) -> (EventId, Vec<EventId>, Vec<EventId>) {
+        let live = (0..=max).filter(|id| leases.is_live(*id, now)).collect();
+        (leases.cursor(), leases.again(), live)
+    }
+
     #[test]
-    fn undo_restores_the_cursor_and_what_was_due_again() {
+    fn a_rollback_undoes_every_change_since_begin() {
         let mut leases = Leases::new();
         leases.advance(5);
+        leases.hold(1, 100);
         leases.hold(2, 10);
-        leases.release(2);
-        let mark = leases.mark();
-        leases.hold(2, 10);
-        leases.hold(7, 10);
-        leases.advance(7);
-        leases.undo(mark, &[2, 7]);
-        assert_eq!(leases.cursor(), 5);
-        assert_eq!(leases.again(), [2]);
-        assert!(!leases.is_live(7, 0));
+        leases.hold(3, 100);
+        leases.release(3);
+        let before = state(&leases, 0, 10);
+        leases.begin();
+        leases.expire(10); // 2 ends: due again
+        leases.hold(2, 100);
+        leases.end(1);
+        leases.hold(3, 50);
+        leases.release(3);
+        leases.hold(3, 60);
+        leases.advance(9);
+        leases.hold(8, 100);
+        leases.rollback();
+        assert_eq!(state(&leases, 0, 10), before);
+        // The lease end comes back with its lease: 2 still ends at 10.
+        leases.expire(10);
+        assert_eq!(leases.again(), [2, 3]);
+        assert!(leases.is_live(1, 99));
+    }
+
+    #[test]
+    fn a_commit_keeps_the_changes_and_ends_the_journal() {
+        let mut leases = Leases::new();
+        leases.begin();
+        leases.advance(4);
+        leases.hold(4, 100);
+        leases.commit();
+        leases.end(4);
+        leases.rollback(); // no transaction open: nothing to undo
+        assert_eq!(state(&leases, 0, 10), (4, vec![], vec![]));
     }
 }

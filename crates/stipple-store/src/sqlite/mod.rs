@@ -423,18 +423,10 @@ impl Store for SqliteStore {
         self.service_only("leases")?;
         let lease_for = duration_micros(lease_for);
         // Leases are kept in memory by the writer: nothing to commit, nothing to lose.
-        let mut taken: Vec<EventId> = Vec::new();
-        let mut mark = None;
+        // (They follow its transaction: a rollback undoes them, see `Leases`.)
         self.call(max, Reply::Committed, move |db, now| {
-            // Run again after a rollback: hand out afresh what the first run leased.
-            match mark {
-                Some(mark) => db.leases.undo(mark, &taken),
-                None => mark = Some(db.leases.mark()),
-            }
-            taken.clear();
             let until = now.saturating_add(lease_for);
             let leased = ops::lease(&db.conn, &mut db.leases, now, max, until)?;
-            taken.extend(leased.iter().map(|e| e.id));
             Ok((leased, Delta::default()))
         })
         .await

@@ -5,7 +5,8 @@
 //! [`Reply`]).
 //!
 //! A request that fails is undone alone: the group's transaction is rolled back and run
-//! again without it, so the others still commit. (Not a savepoint per request: those
+//! again without it, so the others still commit. What the requests changed in the
+//! in-memory leases is rolled back with it (see `Leases::begin`). (Not a savepoint per request: those
 //! cost a statement journal and two statements each, a third of the writer's time on
 //! single-event appends, to guard against failures that in practice come from the disk
 //! and fail every request alike. A second failure in one group therefore fails the rest
@@ -60,9 +61,9 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::dedup::DedupIndex;
-use crate::StoreError;
 use crate::clock::Clock;
 use crate::time::{Micros, to_micros};
+use crate::{STORE_WARNINGS_EVERY, StoreError, Throttle};
 
 /// At most this many requests share one transaction.
 const MAX_GROUP_REQUESTS: usize = 1024;
@@ -331,6 +332,10 @@ fn take_waiting(
     weight
 }
 
+/// The writer's failures to begin or commit: one logged per interval (a full disk fails
+/// every group), with how many like it were held back.
+static FAILURES: Throttle = Throttle::new(STORE_WARNINGS_EVERY);
+
 /// The answer to every request once an fsync has failed.
 const BROKEN: &str = "an fsync of the store's write-ahead log failed, so what it holds is \
                       uncertain: check the disk and restart stipple";
@@ -399,13 +404,16 @@ fn commit_group(
     let total = loop {
         if let Err(e) = execute(&db.conn, "BEGIN IMMEDIATE") {
             let error = e.to_string();
-            tracing::warn!(%error, "store transaction could not begin");
+            if let Some(held_back) = FAILURES.admit() {
+                tracing::warn!(%error, held_back, "store transaction could not begin");
+            }
             return fail_all(group, error);
         }
+        db.leases.begin();
         match run_all(db, clock, group) {
             Ok(total) => break total,
             Err((at, error)) => {
-                rollback(&db.conn);
+                rollback(db);
                 group.remove(at).fail(&error);
                 if retried {
                     return fail_all(group, error);
@@ -420,14 +428,17 @@ fn commit_group(
         update_counts(conn, total).and_then(|counts| execute(conn, "COMMIT").map(|()| counts));
     let commit_error = match ended {
         Ok(counts) => {
+            db.leases.commit();
             shared.commits.fetch_add(1, Ordering::Relaxed);
             shared.publish(counts);
             None
         }
         Err(e) => {
             let error = e.to_string();
-            tracing::warn!(%error, "store commit failed");
-            rollback(conn);
+            if let Some(held_back) = FAILURES.admit() {
+                tracing::warn!(%error, held_back, "store commit failed");
+            }
+            rollback(db);
             Some(error)
         }
     };
@@ -473,13 +484,16 @@ fn fail_all(group: &mut Vec<Box<dyn Work>>, error: String) -> Answers {
     }
 }
 
-/// Ends the open transaction, if SQLite has not already ended it after an error.
-fn rollback(conn: &Connection) {
+/// Ends the open transaction, if SQLite has not already ended it after an error, and
+/// undoes what it changed in the leases.
+fn rollback(db: &mut Db) {
+    let conn = &db.conn;
     if !conn.is_autocommit() {
         if let Err(e) = execute(conn, "ROLLBACK") {
             tracing::warn!(error = %e, "store rollback failed");
         }
     }
+    db.leases.rollback();
 }
 
 /// Adds `delta` to the `counts` row; returns the row.
@@ -527,11 +541,11 @@ mod tests {
         }
     }
 
+    /// A request for the writer, and where its answer comes.
+    type Request = (Box<dyn Work>, oneshot::Receiver<Result<(), StoreError>>);
+
     /// A request that writes `key` into `meta`, then fails when `fails` says so.
-    fn put(
-        key: &'static str,
-        fails: bool,
-    ) -> (Box<dyn Work>, oneshot::Receiver<Result<(), StoreError>>) {
+    fn put(key: &'static str, fails: bool) -> Request {
         let (reply, answer) = oneshot::channel();
         let f = move |db: &mut Db, _now: Micros| {
             db.conn
@@ -621,5 +635,111 @@ mod tests {
         let answers = run_group(&mut db, vec![("a", true)]);
         assert!(answers[0].is_err());
         assert!(keys(&db).is_empty());
+    }
+
+    /// A request that runs `f` (with the time at 0).
+    fn request(f: impl FnMut(&mut Db) -> rusqlite::Result<()> + Send + 'static) -> Request {
+        let mut f = f;
+        let (reply, answer) = oneshot::channel();
+        let work = Box::new(Call {
+            weight: 1,
+            reply_when: Reply::Committed,
+            f: move |db: &mut Db, _now: Micros| f(db).map(|()| ((), Delta::default())),
+            reply,
+            value: None,
+        });
+        (work, answer)
+    }
+
+    /// Runs `group` and returns whether each request succeeded.
+    fn run_requests(db: &mut Db, group: Vec<Request>) -> Vec<bool> {
+        let clock = ManualClock::new(Utc::now());
+        let (mut group, mut answers): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        commit_group(db, &clock, &mut group, &Shared::default()).send(None);
+        answers
+            .iter_mut()
+            .map(|answer| answer.try_recv().expect("answered").is_ok())
+            .collect()
+    }
+
+    /// Events 1 to 3 queued and leased until 100.
+    fn leased_three() -> Db {
+        let mut db = db();
+        db.leases.advance(3);
+        for id in 1..=3 {
+            db.leases.hold(id, 100);
+        }
+        db
+    }
+
+    #[test]
+    fn a_failing_request_leaves_the_leases_as_they_were() {
+        let mut db = leased_three();
+        let answers = run_requests(
+            &mut db,
+            vec![
+                request(|db| {
+                    db.leases.end(1);
+                    Ok(())
+                }),
+                request(|db| {
+                    db.leases.end(2);
+                    db.conn
+                        .execute("INSERT INTO no_such_table VALUES (1)", [])?;
+                    Ok(())
+                }),
+            ],
+        );
+        assert_eq!(answers, [true, false]);
+        assert!(!db.leases.is_live(1, 0), "the request that committed");
+        assert!(
+            db.leases.is_live(2, 0),
+            "the failed request's change is undone"
+        );
+        assert!(db.leases.is_live(3, 0));
+    }
+
+    #[test]
+    fn a_failed_commit_undoes_the_whole_group_s_leases() {
+        let mut db = leased_three();
+        // A deferred foreign key: the statement succeeds, the COMMIT fails, as a COMMIT
+        // on a full disk does.
+        db.conn
+            .execute_batch(
+                "PRAGMA foreign_keys = ON;
+                 CREATE TABLE parent (id INTEGER PRIMARY KEY);
+                 CREATE TABLE child (p INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);",
+            )
+            .expect("schema");
+        let answers = run_requests(
+            &mut db,
+            vec![
+                request(|db| {
+                    db.leases.end(1);
+                    db.leases.release(2);
+                    Ok(())
+                }),
+                request(|db| {
+                    db.conn.execute("INSERT INTO child (p) VALUES (99)", [])?;
+                    Ok(())
+                }),
+            ],
+        );
+        assert_eq!(answers, [false, false], "the commit failed");
+        assert!(db.conn.is_autocommit(), "the transaction ended");
+        for id in 1..=3 {
+            assert!(db.leases.is_live(id, 0), "event {id} is still leased");
+        }
+        assert!(db.leases.again().is_empty());
+        // The writer goes on: the next group's changes stay.
+        let answers = run_requests(
+            &mut db,
+            vec![request(|db| {
+                db.leases.end(3);
+                Ok(())
+            })],
+        );
+        assert_eq!(answers, [true]);
+        assert!(!db.leases.is_live(3, 0));
     }
 }
