@@ -1,6 +1,7 @@
 //! Pointillist misbehaving: 5xx, reset connections, 429 with `Retry-After`, and a revoked
 //! token (401). Events wait, nothing is dead-lettered, and everything is delivered once the
-//! fault ends; `/readyz` turns 503 only for the credentials problem.
+//! fault ends; `/readyz` stays 200 throughout (the ingress accepts) and reports the
+//! destination unhealthy only for the credentials problem.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -164,9 +165,9 @@ fn throttled(h: &mut Harness, checks: &mut Checks) -> anyhow::Result<()> {
     recovered(h, checks, "429", &ids, Duration::from_secs(30))
 }
 
-/// 401 for a while: delivery pauses, `/readyz` is 503 with the destination unhealthy,
-/// the ingress keeps accepting, and after the period everything is delivered and
-/// `/readyz` is 200 again.
+/// 401 for a while: delivery pauses, `/readyz` stays 200 (the ingress keeps accepting)
+/// and reports the destination unhealthy, and after the period everything is delivered
+/// and `/readyz` reports it healthy again.
 fn unauthorized(h: &mut Harness, checks: &mut Checks) -> anyhow::Result<()> {
     h.fresh()?;
     let period = Duration::from_secs(3);
@@ -180,7 +181,7 @@ fn unauthorized(h: &mut Harness, checks: &mut Checks) -> anyhow::Result<()> {
         || {
             let (status, body) = h.readyz()?;
             Ok(
-                if status == 503 && body["destination"]["healthy"] == false {
+                if status == 200 && body["destination"]["healthy"] == false {
                     Poll::Ready(body)
                 } else {
                     Poll::Pending(format!("{status} {body}"))
@@ -191,12 +192,12 @@ fn unauthorized(h: &mut Harness, checks: &mut Checks) -> anyhow::Result<()> {
     match paused {
         Ok(body) => {
             checks.pass(
-                "401: /readyz is 503 with the destination unhealthy",
+                "401: /readyz is 200 and reports the destination unhealthy",
                 body["destination"].to_string(),
             );
         }
         Err(e) => checks.fail(
-            "401: /readyz is 503 with the destination unhealthy",
+            "401: /readyz is 200 and reports the destination unhealthy",
             format!("{e:#}"),
         ),
     }
@@ -218,21 +219,25 @@ fn unauthorized(h: &mut Harness, checks: &mut Checks) -> anyhow::Result<()> {
     );
     // The pause probes with a backoff of 5 s and more: allow for a few probes.
     recovered(h, checks, "401", &ids, Duration::from_secs(60))?;
-    let ready = wait_for("/readyz to be 200 again", Duration::from_secs(15), || {
-        let (status, body) = h.readyz()?;
-        Ok(if status == 200 {
-            Poll::Ready(body)
-        } else {
-            Poll::Pending(format!("{status} {body}"))
-        })
-    });
+    let ready = wait_for(
+        "/readyz to report delivery again",
+        Duration::from_secs(15),
+        || {
+            let (status, body) = h.readyz()?;
+            Ok(if status == 200 && body["destination"]["healthy"] == true {
+                Poll::Ready(body)
+            } else {
+                Poll::Pending(format!("{status} {body}"))
+            })
+        },
+    );
     match ready {
         Ok(body) => checks.pass(
-            "401: /readyz is 200 again after the period",
+            "401: /readyz reports the destination healthy again after the period",
             body["destination"].to_string(),
         ),
         Err(e) => checks.fail(
-            "401: /readyz is 200 again after the period",
+            "401: /readyz reports the destination healthy again after the period",
             format!("{e:#}"),
         ),
     }
