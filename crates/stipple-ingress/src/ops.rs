@@ -11,9 +11,18 @@ use tracing::warn;
 use crate::state::IngressState;
 use crate::telemetry::{DEAD_LETTERS, QUEUED, REJECTED_STORED};
 
-/// 200 while the process can answer at all.
-pub(crate) async fn healthz() -> Response {
-    (StatusCode::OK, Json(json!({ "alive": true }))).into_response()
+/// 200 while the process can answer and its store works or may recover by itself (a full
+/// disk does); 503 once the store has failed in a way only a restart clears (a failed
+/// fsync), so that a liveness probe restarts the process.
+pub(crate) async fn healthz(State(state): State<IngressState>) -> Response {
+    match state.shared.store.fatal() {
+        None => (StatusCode::OK, Json(json!({ "alive": true }))).into_response(),
+        Some(detail) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "alive": false, "detail": detail })),
+        )
+            .into_response(),
+    }
 }
 
 /// 200 when the store can write, so events sent here are accepted; else 503. The body

@@ -959,6 +959,20 @@ async fn healthz_and_readyz() {
         json!({"ready": false, "store": {"ok": false}, "destination": {"healthy": true}}),
     )
     .await;
+    // Not writable for now (a full disk) is not a reason to restart...
+    h.check(get("/healthz").build(), 200, json!({"alive": true}))
+        .await;
+
+    // ...a store that only a restart can clear is.
+    let store = TestStore::default();
+    store.fatal.store(true, Ordering::SeqCst);
+    let h = Harness::with(config(), store, |s| s);
+    h.check(
+        get("/healthz").build(),
+        503,
+        json!({"alive": false, "detail": "an fsync of the store's write-ahead log failed"}),
+    )
+    .await;
 }
 
 #[tokio::test]

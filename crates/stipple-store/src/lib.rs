@@ -217,4 +217,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// A cheap check that the store can still write (for `/readyz`).
     async fn check_writable(&self) -> Result<(), StoreError>;
+
+    /// Why the store has failed in a way only a restart can clear (an fsync of its log
+    /// failed, so what the kernel holds of it is uncertain), if it has; free to call (for
+    /// `/healthz`, so that an orchestrator restarts the process).
+    fn fatal(&self) -> Option<String> {
+        None
+    }
 }

@@ -38,6 +38,8 @@ pub struct TestStore {
     pub fail_append: AtomicBool,
     /// While set, `check_writable` fails as a read-only database would.
     pub fail_writable: AtomicBool,
+    /// While set, `fatal` reports a failure only a restart clears (a failed fsync).
+    pub fatal: AtomicBool,
     /// Holds each `append` before it runs.
     pub gate: Option<Gate>,
     /// Holds each `lease` after it has run: the events are leased, the caller has not
@@ -95,5 +97,10 @@ impl Store for TestStore {
             return Err(StoreError::Database("database is read-only".into()));
         }
         self.inner.check_writable().await
+    }
+    fn fatal(&self) -> Option<String> {
+        self.fatal
+            .load(Ordering::SeqCst)
+            .then(|| "an fsync of the store's write-ahead log failed".to_owned())
     }
 }

@@ -560,6 +560,13 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    fn fatal(&self) -> Option<String> {
+        self.shared
+            .broken
+            .load(Ordering::Acquire)
+            .then(|| writer::BROKEN.to_owned())
+    }
 }
 
 #[cfg(test)]
@@ -603,6 +610,37 @@ mod tests {
             .await
             .ok()
             .map(|joined| joined.expect("task"))
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_fails_its_appends_and_every_later_request_for_good() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store =
+            SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).expect("open");
+        let one = |id: &str| Append {
+            events: vec![crate::NewEvent {
+                source: "web".into(),
+                message_id: id.into(),
+                payload: b"{}".to_vec(),
+            }],
+            rejected: Vec::new(),
+        };
+        let day = Duration::from_secs(86_400);
+        store.append(one("a"), day).await.expect("append");
+        assert_eq!(store.fatal(), None);
+
+        store.shared.fail_next_sync.store(true, Ordering::Release);
+        let failed = store.append(one("b"), day).await;
+        assert!(
+            failed.is_err_and(|e| e.to_string().contains("fsync")),
+            "the append its fsync covered is not answered as stored"
+        );
+        let fatal = store.fatal().expect("fatal after a failed fsync");
+        assert!(fatal.contains("restart stipple"), "{fatal}");
+        // Every later request fails too, though the next fsync would succeed.
+        assert!(store.append(one("c"), day).await.is_err());
+        assert!(store.check_writable().await.is_err());
+        assert!(store.lease(10, Duration::from_secs(60)).await.is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,9 @@ pub(super) struct Shared {
     /// While set, the syncer waits before its next fsync (to test who waits for it).
     #[cfg(test)]
     pub(super) hold_syncs: AtomicBool,
+    /// When set, the syncer's next fsync fails (to test what follows).
+    #[cfg(test)]
+    pub(super) fail_next_sync: AtomicBool,
 }
 
 impl Shared {
@@ -337,7 +340,7 @@ fn take_waiting(
 static FAILURES: Throttle = Throttle::new(STORE_WARNINGS_EVERY);
 
 /// The answer to every request once an fsync has failed.
-const BROKEN: &str = "an fsync of the store's write-ahead log failed, so what it holds is \
+pub(super) const BROKEN: &str = "an fsync of the store's write-ahead log failed, so what it holds is \
                       uncertain: check the disk and restart stipple";
 
 /// The syncer thread's loop: fsyncs the write-ahead log once for all the groups with
@@ -359,7 +362,15 @@ pub(super) fn sync(
             pending.push(next);
         }
         // SQLite keeps reusing this one file until the connection closes.
-        let error = match file.sync_data() {
+        #[cfg(test)]
+        let synced = if shared.fail_next_sync.swap(false, Ordering::AcqRel) {
+            Err(std::io::Error::other("injected fsync failure"))
+        } else {
+            file.sync_data()
+        };
+        #[cfg(not(test))]
+        let synced = file.sync_data();
+        let error = match synced {
             Ok(()) => {
                 shared.syncs.fetch_add(1, Ordering::Relaxed);
                 None
