@@ -26,6 +26,12 @@ impl Drop for Service {
 }
 
 fn start_with(dir: &Path, extra: &str) -> Service {
+    start(dir, extra, None)
+}
+
+/// Starts `stipple serve --mock` in `dir`, with `extra` appended to its configuration and,
+/// when given, its soft limit on open files lowered to `soft_open_files` first.
+fn start(dir: &Path, extra: &str, soft_open_files: Option<u64>) -> Service {
     let config = dir.join("stipple.toml");
     std::fs::write(
         &config,
@@ -36,7 +42,20 @@ fn start_with(dir: &Path, extra: &str) -> Service {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stipple"))
+    let bin = env!("CARGO_BIN_EXE_stipple");
+    let mut command = match soft_open_files {
+        None => Command::new(bin),
+        Some(limit) => {
+            let mut sh = Command::new("sh");
+            sh.args([
+                "-c",
+                &format!("ulimit -S -n {limit} && exec \"$0\" \"$@\""),
+                bin,
+            ]);
+            sh
+        }
+    };
+    let mut child = command
         .args(["serve", "--mock", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
@@ -106,6 +125,50 @@ fn admin(dir: &Path, args: &[&str]) -> String {
 #[test]
 fn serve_delivers_to_the_mock_stops_on_sigterm_and_keeps_rejected_input() {
     delivers_stops_and_keeps_rejected_input("");
+}
+
+/// Each client connection takes a file: with the soft limit at 64 (as low as a shell's
+/// 1024 is for a busy ingress), serve would stop accepting after about 50 connections.
+/// It raises the soft limit to the hard one at start.
+#[test]
+fn serve_raises_a_low_open_files_limit() {
+    const CONNECTIONS: usize = 300;
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    assert!(
+        hard >= 2 * CONNECTIONS as u64,
+        "this test needs a hard open-files limit of at least {} (it is {hard})",
+        2 * CONNECTIONS
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(dir.path(), "", Some(64));
+    let addr: std::net::SocketAddr = service
+        .ingress
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    // Past the limit, connections are queued by the kernel but never accepted, and soon
+    // not even queued: give up after a while rather than hang.
+    let idle: Vec<std::net::TcpStream> = (0..CONNECTIONS)
+        .map(|i| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connection {i} of {CONNECTIONS}: {e}"))
+        })
+        .collect();
+    let answer = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .post(format!("{}/v1/track", service.ingress))
+        .basic_auth("wk-web", None::<&str>)
+        .header("content-type", "application/json")
+        .body(r#"{"type":"track","event":"Past the limit","userId":"u-1"}"#)
+        .send();
+    let status = answer.map(|a| a.status().as_u16());
+    assert!(
+        matches!(status, Ok(200)),
+        "with {CONNECTIONS} connections open: {status:?}"
+    );
+    drop(idle);
 }
 
 #[test]

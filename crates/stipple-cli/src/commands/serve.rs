@@ -14,7 +14,7 @@ use stipple_ingress::{DestinationHealth, DestinationStatus, IngressConfig, Ingre
 use stipple_pointillist::{Backoff, Client, ClientConfig};
 use stipple_store::{SqliteOptions, Store};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cli::ServeArgs;
 use crate::config::{Config, LogFormat};
@@ -22,6 +22,7 @@ use crate::config::{Config, LogFormat};
 pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
     let traces = init_logging(&config)?;
+    raise_open_files_limit();
     let served = super::runtime()?.block_on(serve(config, args.mock));
     if let Some(provider) = traces {
         // Sends the spans still buffered.
@@ -31,6 +32,24 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Below this many open files a busy ingress runs out (each client connection is one).
+const LOW_OPEN_FILES: u64 = 4096;
+
+/// Raises the soft limit on open files to the hard limit, as servers do: every client
+/// connection takes a file descriptor, and a soft limit of 1024 (systemd's default, and
+/// many shells') refuses connections long before the machine runs out of anything.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < LOW_OPEN_FILES => warn!(
+            limit,
+            "the open files limit is low and each client connection takes one: raise it \
+             (LimitNOFILE= in a systemd unit, ulimit -n in a shell)"
+        ),
+        Ok(limit) => debug!(limit, "open files limit"),
+        Err(e) => warn!(error = %e, "could not raise the open files limit"),
+    }
 }
 
 /// Logs to stderr, and traces to an OTLP/HTTP collector when `telemetry.otlp_endpoint`
