@@ -18,8 +18,13 @@ pub struct DeliveryConfig {
     pub retry_horizon: Duration,
     /// Backoff between retries of one event.
     pub backoff: Backoff,
-    /// Backoff between credential probes while delivery is paused.
+    /// Backoff between probes while delivery is paused (for credentials or an outage).
     pub probe_backoff: Backoff,
+    /// Transient failures in a row, with no event delivered in between, after which
+    /// delivery pauses for an outage and probes with one event at a time instead of
+    /// trying every queued event on its own backoff. Counted across a service's
+    /// pipelines: set it from their total concurrency (twice it by default).
+    pub outage_after: usize,
     /// How long to wait before looking again when nothing is due.
     pub idle_poll: Duration,
     /// How long shutdown waits for requests in flight.
@@ -39,6 +44,7 @@ impl Default for DeliveryConfig {
                 max: Duration::from_secs(60),
                 multiplier: 2.0,
             },
+            outage_after: 64,
             idle_poll: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(10),
         }

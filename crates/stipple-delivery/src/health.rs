@@ -1,6 +1,8 @@
-//! The destination's health as delivery sees it: paused for credentials, or not.
+//! The destination's health as delivery sees it: delivering, or paused, for credentials
+//! (a 401/403) or for an outage (transient failures one after another, with no answer
+//! from Pointillist in between).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -11,19 +13,22 @@ use serde::Serialize;
 pub struct DeliveryHealth {
     paused: AtomicBool,
     detail: Mutex<String>,
+    /// Transient failures since Pointillist last answered.
+    failures: AtomicUsize,
 }
 
 /// A snapshot for `/readyz` and `stipple status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HealthStatus {
-    /// False while delivery is paused because Pointillist refuses the API token.
+    /// False while delivery is paused: Pointillist refuses the API token, or fails
+    /// every request.
     pub healthy: bool,
     /// What is wrong, or `"delivering"`.
     pub detail: String,
 }
 
 impl DeliveryHealth {
-    /// Whether delivery is paused for credentials.
+    /// Whether delivery is paused (for credentials or an outage).
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Acquire)
     }
@@ -51,8 +56,73 @@ impl DeliveryHealth {
         !self.paused.swap(true, Ordering::AcqRel)
     }
 
+    /// Counts a transient failure; returns how many there have been since Pointillist
+    /// last answered.
+    pub(crate) fn failed(&self) -> usize {
+        self.failures.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Pointillist answered (delivered or rejected an event): the failures in a row
+    /// start again from zero.
+    pub(crate) fn answered(&self) {
+        // Read first: every delivery writing the shared counter would bounce its cache
+        // line between the delivery threads.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Release);
+        }
+    }
+
+    /// Pauses delivery for an outage after `failures` transient failures in a row, the
+    /// last for `reason`; returns true when it was running until now.
+    pub(crate) fn pause_for_outage(&self, failures: usize, reason: &str) -> bool {
+        if self.is_paused() {
+            return false;
+        }
+        *self.detail.lock() = format!(
+            "paused: Pointillist failed {failures} requests in a row (the last: {reason}); events stay queued, probing until it answers"
+        );
+        !self.paused.swap(true, Ordering::AcqRel)
+    }
+
     /// Resumes delivery; returns true when it was paused until now.
     pub(crate) fn resume(&self) -> bool {
+        self.failures.store(0, Ordering::Release);
         self.paused.swap(false, Ordering::AcqRel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_count_in_a_row_until_pointillist_answers() {
+        let health = DeliveryHealth::default();
+        assert_eq!(health.failed(), 1);
+        assert_eq!(health.failed(), 2);
+        health.answered();
+        assert_eq!(health.failed(), 1, "an answer starts the count again");
+        assert!(health.pause_for_outage(1, "503"));
+        assert!(!health.pause_for_outage(2, "503"), "already paused");
+        let status = health.status();
+        assert!(!status.healthy);
+        assert!(
+            status
+                .detail
+                .contains("failed 1 requests in a row (the last: 503)"),
+            "{}",
+            status.detail
+        );
+        assert!(health.resume());
+        assert_eq!(health.failed(), 1, "resuming starts the count again");
+        assert!(health.status().healthy);
+    }
+
+    #[test]
+    fn an_outage_does_not_hide_a_credentials_pause() {
+        let health = DeliveryHealth::default();
+        assert!(health.pause(401));
+        assert!(!health.pause_for_outage(100, "503"));
+        assert!(health.status().detail.contains("401"));
     }
 }

@@ -17,7 +17,8 @@ use tracing::{debug, info};
 use crate::config::DeliveryConfig;
 use crate::health::DeliveryHealth;
 use crate::telemetry::{
-    DeadLettered, Delivered, DeliveredHandles, Paused, Resumed, Retried, Skipped, StoreTrouble,
+    DeadLettered, Delivered, DeliveredHandles, OutagePaused, Paused, Resumed, Retried, Skipped,
+    StoreTrouble,
 };
 
 /// The delivery service. Build it with [`Delivery::new`], keep [`Delivery::health`] for
@@ -40,10 +41,13 @@ struct Inner {
     prober: bool,
 }
 
-/// What became of one event, for the credential prober.
+/// What became of one event, for the prober: delivery resumes on `Done`.
 #[derive(Debug, PartialEq, Eq)]
 enum Fate {
+    /// Delivered, rejected, or never to be sent: nothing says Pointillist is down.
     Done,
+    /// A transient failure (retried, or dead-lettered past the horizon).
+    Transient,
     Credentials,
 }
 
@@ -189,7 +193,7 @@ impl Delivery {
                     Ok(leased) => {
                         for event in leased {
                             let fate = inner.process(event, &acks).await;
-                            if fate != Fate::Credentials && inner.health.resume() {
+                            if fate == Fate::Done && inner.health.resume() {
                                 Resumed.emit();
                             }
                         }
@@ -373,6 +377,7 @@ impl Inner {
         };
         match self.client.send_body(body).await {
             Outcome::Delivered { .. } => {
+                self.health.answered();
                 let latency = (Utc::now() - event.enqueued_at)
                     .to_std()
                     .unwrap_or_default();
@@ -385,6 +390,16 @@ impl Inner {
                 reason,
                 retry_after,
             } => {
+                let failures = self.health.failed();
+                if failures >= self.config.outage_after
+                    && self.health.pause_for_outage(failures, &reason)
+                {
+                    OutagePaused {
+                        failures,
+                        reason: &reason,
+                    }
+                    .emit();
+                }
                 let age = (Utc::now() - event.enqueued_at)
                     .to_std()
                     .unwrap_or_default();
@@ -395,7 +410,7 @@ impl Inner {
                     );
                     self.dead_letter(&event, "retry_horizon", status, detail)
                         .await;
-                    return Fate::Done;
+                    return Fate::Transient;
                 }
                 let delay = self.config.backoff.delay(event.attempts, retry_after);
                 Retried {
@@ -414,7 +429,7 @@ impl Inner {
                     }
                     .emit();
                 }
-                Fate::Done
+                Fate::Transient
             }
             Outcome::Credentials { status } => {
                 if self.health.pause(status) {
@@ -430,6 +445,7 @@ impl Inner {
                 Fate::Credentials
             }
             Outcome::Rejected { status, body } => {
+                self.health.answered();
                 self.dead_letter(&event, "rejected", Some(status), body)
                     .await;
                 Fate::Done

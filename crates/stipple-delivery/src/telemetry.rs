@@ -86,12 +86,28 @@ impl Paused {
     }
 }
 
+pub(crate) struct OutagePaused<'a> {
+    pub(crate) failures: usize,
+    pub(crate) reason: &'a str,
+}
+
+impl OutagePaused<'_> {
+    pub(crate) fn emit(self) {
+        gauge!("stipple_delivery_paused").set(1.0);
+        warn!(
+            failures = self.failures,
+            last = self.reason,
+            "Pointillist fails every request: delivery paused, events stay queued; probing with one event at a time until it answers"
+        );
+    }
+}
+
 pub(crate) struct Resumed;
 
 impl Resumed {
     pub(crate) fn emit(self) {
         gauge!("stipple_delivery_paused").set(0.0);
-        info!("Pointillist accepts the API token again: delivery resumed");
+        info!("Pointillist answers again: delivery resumed");
     }
 }
 

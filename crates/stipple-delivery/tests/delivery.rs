@@ -169,7 +169,12 @@ async fn transient_failures_are_retried_until_pointillist_recovers() {
     let mock = mock_with(faults);
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     queue(&store, (0..10).map(|i| message(i, "")).collect()).await;
-    let running = start(store.clone(), &mock.url(), fast_config());
+    // Each event on its own backoff: no pause for an outage here (see the next test).
+    let config = DeliveryConfig {
+        outage_after: usize::MAX,
+        ..fast_config()
+    };
+    let running = start(store.clone(), &mock.url(), config);
     eventually("every event failed at least twice", async || {
         mock.stats().errors >= 20
     })
@@ -179,7 +184,7 @@ async fn transient_failures_are_retried_until_pointillist_recovers() {
     assert_eq!((stats.queued, stats.dead_letters), (10, 0));
     assert!(
         running.delivery.health().status().healthy,
-        "5xx is no reason to report unhealthy"
+        "5xx below outage_after is no reason to report unhealthy"
     );
     mock.set_faults(Faults::default());
     eventually("all 10 delivered", async || {
@@ -188,6 +193,76 @@ async fn transient_failures_are_retried_until_pointillist_recovers() {
     .await;
     running.stop().await;
     assert_eq!(mock.events().len(), 10);
+}
+
+/// `events` queued for a mock failing `error_rate` of its requests with a 5xx, and
+/// delivery to it with 4 workers, pausing after `outage_after` failures in a row.
+async fn failing_share(
+    error_rate: f64,
+    events: usize,
+    outage_after: usize,
+) -> (MockServer, Arc<dyn Store>, Running) {
+    let mock = mock_with(Faults {
+        error_rate,
+        ..Faults::default()
+    });
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    queue(&store, (0..events).map(|i| message(i, "")).collect()).await;
+    let config = DeliveryConfig {
+        concurrency: 4,
+        outage_after,
+        ..fast_config()
+    };
+    let running = start(store.clone(), &mock.url(), config);
+    (mock, store, running)
+}
+
+#[tokio::test]
+async fn an_outage_pauses_delivery_to_probe_and_resumes_when_pointillist_answers() {
+    let (mock, store, running) = failing_share(1.0, 200, 8).await;
+    let health = running.delivery.health();
+    eventually("delivery to pause for the outage", async || {
+        !health.status().healthy
+    })
+    .await;
+    let detail = health.status().detail;
+    assert!(detail.contains("in a row"), "{detail}");
+    // Paused: one probe per 20-50 ms, where 200 events on 10-50 ms backoffs would be
+    // several thousand requests a second.
+    let before = mock.stats().requests;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = mock.stats().requests - before;
+    assert!(during <= 30, "{during} requests in 500 ms while paused");
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.queued, stats.dead_letters), (200, 0));
+
+    mock.set_faults(Faults::default());
+    eventually("all 200 delivered", async || {
+        store.stats().await.unwrap().queued == 0
+    })
+    .await;
+    assert!(health.status().healthy, "resumed");
+    running.stop().await;
+    assert_eq!(distinct_message_ids(&mock.events()), 200);
+}
+
+#[tokio::test]
+async fn failures_between_deliveries_do_not_pause() {
+    // One request in five fails: 20 failures in a row would take a 1 in 10^14 run.
+    let (mock, store, running) = failing_share(0.2, 300, 20).await;
+    let health = running.delivery.health();
+    let mut paused = false;
+    eventually("all 300 delivered", async || {
+        paused |= !health.status().healthy;
+        store.stats().await.unwrap().queued == 0
+    })
+    .await;
+    running.stop().await;
+    assert!(mock.stats().errors >= 20, "{:?}", mock.stats());
+    assert!(
+        !paused,
+        "delivery paused though events were delivered in between"
+    );
 }
 
 #[tokio::test]

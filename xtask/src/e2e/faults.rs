@@ -1,7 +1,8 @@
 //! Pointillist misbehaving: 5xx, reset connections, 429 with `Retry-After`, and a revoked
 //! token (401). Events wait, nothing is dead-lettered, and everything is delivered once the
-//! fault ends; `/readyz` stays 200 throughout (the ingress accepts) and reports the
-//! destination unhealthy only for the credentials problem.
+//! fault ends; `/readyz` stays 200 throughout (the ingress accepts). It reports the
+//! destination unhealthy for the credentials problem, and for 5xx or dropped connections
+//! once enough have failed in a row that delivery pauses for an outage.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

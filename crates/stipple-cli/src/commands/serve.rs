@@ -188,6 +188,8 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
                 max: d.backoff_max,
                 ..Backoff::default()
             },
+            // Counted across every pipeline: twice the requests in flight at once.
+            outage_after: 2 * config.pointillist.concurrency,
             ..DeliveryConfig::default()
         },
     );
