@@ -50,7 +50,10 @@ impl DeliveryHealth {
 
     /// Pauses delivery; returns true when it was running until now.
     pub(crate) fn pause(&self, status: u16) -> bool {
-        *self.detail.lock() = format!(
+        // Under the detail's lock, like an outage's pause: whichever comes second sees
+        // the first, and a refused token is never reported as an outage.
+        let mut detail = self.detail.lock();
+        *detail = format!(
             "paused: Pointillist answered {status} to the API token; events stay queued, probing until it is accepted"
         );
         !self.paused.swap(true, Ordering::AcqRel)
@@ -75,13 +78,15 @@ impl DeliveryHealth {
     /// Pauses delivery for an outage after `failures` transient failures in a row, the
     /// last for `reason`; returns true when it was running until now.
     pub(crate) fn pause_for_outage(&self, failures: usize, reason: &str) -> bool {
+        let mut detail = self.detail.lock();
         if self.is_paused() {
             return false;
         }
-        *self.detail.lock() = format!(
+        *detail = format!(
             "paused: Pointillist failed {failures} requests in a row (the last: {reason}); events stay queued, probing until it answers"
         );
-        !self.paused.swap(true, Ordering::AcqRel)
+        self.paused.store(true, Ordering::Release);
+        true
     }
 
     /// Resumes delivery; returns true when it was paused until now.
