@@ -44,8 +44,10 @@ struct Inner {
 /// What became of one event, for the prober: delivery resumes on `Done`.
 #[derive(Debug, PartialEq, Eq)]
 enum Fate {
-    /// Delivered, rejected, or never to be sent: nothing says Pointillist is down.
+    /// Delivered, or rejected: Pointillist answered.
     Done,
+    /// Not sent (routed away or unmappable): says nothing about Pointillist.
+    Unsent,
     /// A transient failure (retried, or dead-lettered past the horizon).
     Transient,
     Credentials,
@@ -368,11 +370,11 @@ impl Inner {
             Ok(None) => {
                 Skipped.emit();
                 let _ = acks.send(event.id).await;
-                return Fate::Done;
+                return Fate::Unsent;
             }
             Err(detail) => {
                 self.dead_letter(&event, "unmappable", None, detail).await;
-                return Fate::Done;
+                return Fate::Unsent;
             }
         };
         match self.client.send_body(body).await {
