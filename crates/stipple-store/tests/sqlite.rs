@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{DAY, HOUR, numbered, open_sqlite, start};
 use stipple_store::{
-    DeadLetterReason, EventId, ManualClock, Role, SqliteOptions, SqliteStore, Stats, Store,
+    Clock, DeadLetterReason, EventId, ManualClock, Role, SqliteOptions, SqliteStore, Stats, Store,
     Synchronous,
 };
 
@@ -179,6 +179,45 @@ async fn synchronous_normal_answers_without_fsync_and_keeps_data() {
     }
     let store = SqliteStore::open(&path, options()).expect("reopen");
     assert_eq!(leased_ids(&store).await, names("m", 0..20));
+}
+
+/// Real time runs on `time`; the wall clock shows it plus `step`.
+#[derive(Debug)]
+struct SteppedClock {
+    time: ManualClock,
+    step: std::sync::Mutex<chrono::Duration>,
+}
+
+impl Clock for SteppedClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.time.now() + *self.step.lock().expect("step")
+    }
+
+    fn monotonic_micros(&self) -> i64 {
+        self.time.now().timestamp_micros()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_of_the_wall_clock_neither_ends_leases_nor_holds_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(SteppedClock {
+        time: ManualClock::new(start()),
+        step: std::sync::Mutex::new(chrono::Duration::zero()),
+    });
+    let store = open_sqlite(&dir.path().join("s.db"), clock.clone());
+    store
+        .append(numbered("web", "m", 3), DAY)
+        .await
+        .expect("append");
+    assert_eq!(leased_ids(&store).await, names("m", 0..3));
+    // The wall clock jumps two hours ahead: the hour's leases still hold.
+    *clock.step.lock().expect("step") = chrono::Duration::hours(2);
+    assert!(leased_ids(&store).await.is_empty(), "leased twice");
+    // It jumps back three hours, and an hour passes: the leases ran out.
+    *clock.step.lock().expect("step") = chrono::Duration::hours(-1);
+    clock.time.advance(HOUR);
+    assert_eq!(leased_ids(&store).await, names("m", 0..3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

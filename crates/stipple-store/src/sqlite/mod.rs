@@ -246,6 +246,7 @@ impl SqliteStore {
                     conn,
                     dedup,
                     leases: leases::Leases::new(),
+                    clock: Arc::clone(&clock),
                     checkpoints,
                     _service_lock: service_lock,
                 };
@@ -425,8 +426,10 @@ impl Store for SqliteStore {
         // Leases are kept in memory by the writer: nothing to commit, nothing to lose.
         // (They follow its transaction: a rollback undoes them, see `Leases`.)
         self.call(max, Reply::Committed, move |db, now| {
-            let until = now.saturating_add(lease_for);
-            let leased = ops::lease(&db.conn, &mut db.leases, now, max, until)?;
+            // Leases are measured on the monotonic clock; retry times on the wall clock.
+            let lease_now = db.clock.monotonic_micros();
+            let until = lease_now.saturating_add(lease_for);
+            let leased = ops::lease(&db.conn, &mut db.leases, now, lease_now, max, until)?;
             Ok((leased, Delta::default()))
         })
         .await

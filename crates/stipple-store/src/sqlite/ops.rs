@@ -129,11 +129,14 @@ pub(super) fn append(
 
 /// Leases up to `max` due events until `lease_until`: failed events whose retry is
 /// due first, then events handed back or whose lease ran out, then new events in the
-/// order they were queued (see [`Leases`]).
+/// order they were queued (see [`Leases`]). Retry times are compared with `now` (the
+/// wall clock, as stored); leases with `lease_now` (the monotonic clock, see
+/// [`Clock::monotonic_micros`](crate::Clock::monotonic_micros)).
 pub(super) fn lease(
     conn: &Connection,
     leases: &mut Leases,
     now: Micros,
+    lease_now: Micros,
     max: usize,
     lease_until: Micros,
 ) -> rusqlite::Result<Vec<Leased>> {
@@ -141,7 +144,7 @@ pub(super) fn lease(
     if max == 0 {
         return Ok(leased);
     }
-    leases.expire(now);
+    leases.expire(lease_now);
     // Leases `event`; true once `max` are leased.
     let take = |leases: &mut Leases, leased: &mut Vec<Leased>, event: Leased| {
         leases.hold(event.id, lease_until);
@@ -152,7 +155,9 @@ pub(super) fn lease(
         let mut select = conn.prepare_cached(SELECT_RETRY_DUE)?;
         let mut rows = select.query([now])?;
         while let Some(row) = rows.next()? {
-            if !leases.is_live(row.get(0)?, now) && take(leases, &mut leased, read_leased(row)?) {
+            if !leases.is_live(row.get(0)?, lease_now)
+                && take(leases, &mut leased, read_leased(row)?)
+            {
                 return Ok(leased);
             }
         }
@@ -177,7 +182,7 @@ pub(super) fn lease(
         leases.advance(id);
         // Failed events are found through `queue_retry`; the payload is not read here.
         if attempts(row, 4)? == 0
-            && !leases.is_live(id, now)
+            && !leases.is_live(id, lease_now)
             && take(leases, &mut leased, read_leased(row)?)
         {
             break;

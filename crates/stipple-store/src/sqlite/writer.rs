@@ -129,6 +129,8 @@ pub(super) struct Db {
     pub(super) conn: Connection,
     pub(super) dedup: DedupIndex,
     pub(super) leases: super::leases::Leases,
+    /// The store's clock: leases are measured on its monotonic time.
+    pub(super) clock: Arc<dyn Clock>,
     /// Pokes the checkpointer thread (a service's store only).
     pub(super) checkpoints: Option<super::checkpoint::Trigger>,
     /// A service's hold on the store's lock file, kept for as long as the writer runs;
@@ -547,6 +549,7 @@ mod tests {
             conn,
             dedup: DedupIndex::empty(),
             leases: Default::default(),
+            clock: Arc::new(ManualClock::new(Utc::now())),
             checkpoints: None,
             _service_lock: None,
         }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use stipple_store::{
-    Append, ManualClock, MemoryStore, NewEvent, RejectedInput, SqliteOptions, SqliteStore, Store,
+    Append, Clock, ManualClock, MemoryStore, NewEvent, RejectedInput, SqliteOptions, SqliteStore,
+    Store,
 };
 use tempfile::TempDir;
 
@@ -50,7 +51,7 @@ pub fn sqlite() -> Harness {
     }
 }
 
-pub fn open_sqlite(path: &Path, clock: Arc<ManualClock>) -> SqliteStore {
+pub fn open_sqlite(path: &Path, clock: Arc<dyn Clock>) -> SqliteStore {
     SqliteStore::open(
         path,
         SqliteOptions {
