@@ -50,13 +50,12 @@ impl DeliveryHealth {
 
     /// Pauses delivery; returns true when it was running until now.
     pub(crate) fn pause(&self, status: u16) -> bool {
-        // Under the detail's lock, like an outage's pause: whichever comes second sees
-        // the first, and a refused token is never reported as an outage.
-        let mut detail = self.detail.lock();
-        *detail = format!(
-            "paused: Pointillist answered {status} to the API token; events stay queued, probing until it is accepted"
-        );
-        !self.paused.swap(true, Ordering::AcqRel)
+        self.pause_because(
+            format!(
+                "paused: Pointillist answered {status} to the API token; events stay queued, probing until it is accepted"
+            ),
+            true,
+        )
     }
 
     /// Counts a transient failure; returns how many there have been since Pointillist
@@ -78,15 +77,25 @@ impl DeliveryHealth {
     /// Pauses delivery for an outage after `failures` transient failures in a row, the
     /// last for `reason`; returns true when it was running until now.
     pub(crate) fn pause_for_outage(&self, failures: usize, reason: &str) -> bool {
+        self.pause_because(
+            format!(
+                "paused: Pointillist failed {failures} requests in a row (the last: {reason}); events stay queued, probing until it answers"
+            ),
+            false,
+        )
+    }
+
+    /// Pauses with `why`, replacing the reason of a pause already on only when
+    /// `over_a_pause`; returns true when delivery was running until now. Under the
+    /// reason's lock, so that of two pauses racing the second sees the first, and a
+    /// refused token is never reported as an outage.
+    fn pause_because(&self, why: String, over_a_pause: bool) -> bool {
         let mut detail = self.detail.lock();
-        if self.is_paused() {
+        if self.is_paused() && !over_a_pause {
             return false;
         }
-        *detail = format!(
-            "paused: Pointillist failed {failures} requests in a row (the last: {reason}); events stay queued, probing until it answers"
-        );
-        self.paused.store(true, Ordering::Release);
-        true
+        *detail = why;
+        !self.paused.swap(true, Ordering::AcqRel)
     }
 
     /// Resumes delivery; returns true when it was paused until now.

@@ -36,8 +36,8 @@ struct Inner {
     config: DeliveryConfig,
     health: Arc<DeliveryHealth>,
     delivered: DeliveredHandles,
-    /// Whether this pipeline probes the token while delivery is paused: one of a
-    /// service's shards does, the others wait for it.
+    /// Whether this pipeline probes while delivery is paused (for credentials or an
+    /// outage): one of a service's shards does, the others wait for it.
     prober: bool,
 }
 
@@ -79,8 +79,8 @@ impl Delivery {
     /// `client` (and as many workers as it has requests in flight at once): run each
     /// shard on a thread of its own ([`Delivery::spawn`]) to deliver on several cores.
     /// The store hands each event to one lease at a time, so shards never send the
-    /// same event at once. While delivery is paused for credentials only the first
-    /// pipeline probes; its shards wait for it to resume.
+    /// same event at once. While delivery is paused only the first pipeline probes; its
+    /// shards wait for it to resume.
     pub fn shard(&self, client: Client) -> Self {
         let inner = &self.inner;
         Self {

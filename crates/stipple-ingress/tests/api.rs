@@ -4,7 +4,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::time::Duration;
 
@@ -716,9 +716,7 @@ async fn the_wrong_shape_for_the_endpoint_is_400() {
 
 #[tokio::test]
 async fn a_store_failure_is_503_with_retry_after() {
-    let store = TestStore::default();
-    store.fail_append.store(true, Ordering::SeqCst);
-    let h = Harness::with(config(), store, |s| s);
+    let h = with_flag(|s| &s.fail_append);
     for request in [
         post("/v1/track").basic("wk_web:").json(track()),
         post("/v1/batch")
@@ -926,6 +924,13 @@ impl DestinationHealth for Down {
     }
 }
 
+/// A harness over a [`TestStore`] with `flag` set (a failure switched on).
+fn with_flag(flag: impl FnOnce(&TestStore) -> &AtomicBool) -> Harness {
+    let store = TestStore::default();
+    flag(&store).store(true, Ordering::SeqCst);
+    Harness::with(config(), store, |s| s)
+}
+
 #[tokio::test]
 async fn healthz_and_readyz() {
     let h = Harness::new();
@@ -950,9 +955,7 @@ async fn healthz_and_readyz() {
     )
     .await;
 
-    let store = TestStore::default();
-    store.fail_writable.store(true, Ordering::SeqCst);
-    let h = Harness::with(config(), store, |s| s);
+    let h = with_flag(|s| &s.fail_writable);
     h.check(
         get("/readyz").build(),
         503,
@@ -964,9 +967,7 @@ async fn healthz_and_readyz() {
         .await;
 
     // ...a store that only a restart can clear is.
-    let store = TestStore::default();
-    store.fatal.store(true, Ordering::SeqCst);
-    let h = Harness::with(config(), store, |s| s);
+    let h = with_flag(|s| &s.fatal);
     h.check(
         get("/healthz").build(),
         503,

@@ -32,8 +32,11 @@ pub(super) struct Leases {
     next_end: Micros,
     cursor: EventId,
     again: BTreeSet<EventId>,
-    /// While a transaction is open: how to undo each change made in it, oldest first.
-    journal: Option<Vec<Undo>>,
+    /// Whether a transaction is open, so that changes are journaled.
+    journaling: bool,
+    /// How to undo each change made in the open transaction, oldest first (kept empty,
+    /// with its allocation, between transactions).
+    journal: Vec<Undo>,
 }
 
 /// How to undo one change.
@@ -56,22 +59,21 @@ impl Leases {
 
     /// A transaction begins: journal the changes from here on.
     pub(super) fn begin(&mut self) {
-        let mut journal = self.journal.take().unwrap_or_default();
-        journal.clear();
-        self.journal = Some(journal);
+        self.journal.clear();
+        self.journaling = true;
     }
 
     /// The transaction committed: keep its changes.
     pub(super) fn commit(&mut self) {
-        self.journal = None;
+        self.journal.clear();
+        self.journaling = false;
     }
 
     /// The transaction was rolled back: undo its changes, newest first.
     pub(super) fn rollback(&mut self) {
-        let Some(journal) = self.journal.take() else {
-            return;
-        };
-        for undo in journal.into_iter().rev() {
+        self.journaling = false;
+        let mut journal = std::mem::take(&mut self.journal);
+        for undo in journal.drain(..).rev() {
             match undo {
                 Undo::Event { id, live, again } => {
                     match live {
@@ -89,12 +91,13 @@ impl Leases {
                 Undo::Cursor(cursor) => self.cursor = cursor,
             }
         }
+        self.journal = journal;
     }
 
     /// Journals `id`'s state before a change, in a transaction.
     fn note(&mut self, id: EventId) {
-        if let Some(journal) = &mut self.journal {
-            journal.push(Undo::Event {
+        if self.journaling {
+            self.journal.push(Undo::Event {
                 id,
                 live: self.live.get(&id).copied(),
                 again: self.again.contains(&id),
@@ -170,8 +173,8 @@ impl Leases {
     /// Every new event up to `id` has now been seen.
     pub(super) fn advance(&mut self, id: EventId) {
         if id > self.cursor {
-            if let Some(journal) = &mut self.journal {
-                journal.push(Undo::Cursor(self.cursor));
+            if self.journaling {
+                self.journal.push(Undo::Cursor(self.cursor));
             }
             self.cursor = id;
         }
