@@ -53,7 +53,7 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -103,8 +103,10 @@ pub(super) struct Shared {
     pub(super) syncs: AtomicU64,
     /// Set when an fsync failed: from then on every request fails.
     pub(super) broken: AtomicBool,
-    /// Set while the syncer is fsyncing (or about to).
-    pub(super) syncing: AtomicBool,
+    /// Groups handed to the syncer whose fsync has not ended yet: counted up by the
+    /// writer as it hands one over (not by the syncer once awake, which would leave a
+    /// window in which the writer commits small groups that wait for the same fsync).
+    pub(super) syncing: AtomicUsize,
     /// The writer thread, woken by the syncer when an fsync ends.
     pub(super) writer: OnceLock<std::thread::Thread>,
     /// While set, the syncer waits before its next fsync (to test who waits for it).
@@ -272,7 +274,7 @@ pub(super) fn run(
         // single-event append). Anything else in the group goes at once.
         if syncer.is_some() {
             let deadline = Instant::now() + MAX_GATHER;
-            while shared.syncing.load(Ordering::Acquire)
+            while shared.syncing.load(Ordering::Acquire) > 0
                 && weight < MAX_GROUP_WEIGHT
                 && group.len() < MAX_GROUP_REQUESTS
                 && group.iter().all(|w| w.reply() == Reply::Durable)
@@ -303,7 +305,9 @@ pub(super) fn run(
                 // Only a group with an append (or readiness check) needs the fsync; a
                 // later one covers this group's frames too (the WAL is written in order).
                 if !answers.durable.is_empty() {
+                    shared.syncing.fetch_add(1, Ordering::AcqRel);
                     if let Err(unsent) = syncer.send(answers) {
+                        shared.syncing.fetch_sub(1, Ordering::AcqRel);
                         // The syncer only stops when this thread does; answer anyway.
                         unsent.0.send(Some(BROKEN));
                     }
@@ -356,7 +360,6 @@ pub(super) fn sync(
 ) {
     let mut pending = Vec::new();
     while let Ok(first) = committed.recv() {
-        shared.syncing.store(true, Ordering::Release);
         #[cfg(test)]
         wait_while_held(&shared);
         pending.push(first);
@@ -385,10 +388,11 @@ pub(super) fn sync(
                 Some(BROKEN)
             }
         };
+        let ended = pending.len();
         for answers in pending.drain(..) {
             answers.send(error);
         }
-        shared.syncing.store(false, Ordering::Release);
+        shared.syncing.fetch_sub(ended, Ordering::AcqRel);
         if let Some(writer) = shared.writer.get() {
             writer.unpark();
         }
@@ -560,6 +564,11 @@ mod tests {
 
     /// A request that writes `key` into `meta`, then fails when `fails` says so.
     fn put(key: &'static str, fails: bool) -> Request {
+        put_answered(key, fails, Reply::Committed)
+    }
+
+    /// [`put`], answered when `reply_when` says.
+    fn put_answered(key: &'static str, fails: bool, reply_when: Reply) -> Request {
         let (reply, answer) = oneshot::channel();
         let f = move |db: &mut Db, _now: Micros| {
             db.conn
@@ -573,7 +582,7 @@ mod tests {
         };
         let work = Box::new(Call {
             weight: 1,
-            reply_when: Reply::Committed,
+            reply_when,
             f,
             reply,
             value: None,
@@ -755,5 +764,43 @@ mod tests {
         );
         assert_eq!(answers, [true]);
         assert!(!db.leases.is_live(3, 0));
+    }
+
+    #[test]
+    fn a_group_handed_to_the_syncer_counts_as_syncing_at_once() {
+        let shared = Arc::new(Shared::default());
+        let (requests, receiver) = mpsc::channel(16);
+        // The test plays the syncer: what the writer hands over waits here.
+        let (syncer, committed) = std::sync::mpsc::sync_channel(16);
+        let writer = {
+            let shared = Arc::clone(&shared);
+            let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Utc::now()));
+            std::thread::spawn(move || run(db(), clock, receiver, shared, Some(syncer)))
+        };
+        let wait = Duration::from_secs(10);
+        let (a, mut a_answer) = put_answered("a", false, Reply::Durable);
+        requests.blocking_send(a).expect("writer running");
+        let first = committed.recv_timeout(wait).expect("a handed over");
+        // Counted by the writer as it hands over, not once the syncer wakes: appends
+        // that come meanwhile are gathered for the next fsync, not committed alone.
+        assert_eq!(shared.syncing.load(Ordering::Acquire), 1);
+        assert!(
+            a_answer.try_recv().is_err(),
+            "answered only after the fsync"
+        );
+
+        let (b, b_answer) = put_answered("b", false, Reply::Durable);
+        requests.blocking_send(b).expect("writer running");
+        // The fsync ends, as the syncer ends one.
+        first.send(None);
+        shared.syncing.fetch_sub(1, Ordering::AcqRel);
+        shared.writer.get().expect("writer thread").unpark();
+        assert!(matches!(a_answer.try_recv(), Ok(Ok(()))));
+        let second = committed.recv_timeout(wait).expect("b handed over");
+        assert_eq!(shared.syncing.load(Ordering::Acquire), 1);
+        second.send(None);
+        assert!(matches!(b_answer.blocking_recv(), Ok(Ok(()))));
+        drop(requests);
+        writer.join().expect("writer ends with its last handle");
     }
 }
