@@ -160,7 +160,7 @@ impl Delivery {
         let _ = leaser.await;
         // Every ack sender is gone: the acknowledger drains and ends.
         let _ = acker.await;
-        info!("delivery stopped");
+        debug!("delivery pipeline stopped");
     }
 
     /// Keeps the buffer of leased events full; while delivery is paused for credentials,

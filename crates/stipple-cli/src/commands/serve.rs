@@ -266,6 +266,7 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     for pipeline in delivering {
         let _ = pipeline.await;
     }
+    info!("delivery stopped");
     let _ = housekeeping.await;
     if let Some(mock) = mock_server {
         mock.shutdown().await.ok();

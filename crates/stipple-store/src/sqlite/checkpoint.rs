@@ -29,6 +29,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use crate::{STORE_WARNINGS_EVERY, Throttle};
+
 /// Rows (request weights) written between two passes under load.
 pub(super) const PASS_WEIGHT: usize = 8_192;
 /// Log pages that make a pass ask the writer for a `RESTART` checkpoint.
@@ -81,7 +83,9 @@ impl Trigger {
             Err(error) => {
                 // Asked again by the next pass that finds the log long.
                 self.restart.store(false, Ordering::Release);
-                tracing::warn!(%error, "store log restart failed");
+                if let Some(held_back) = FAILURES.admit() {
+                    tracing::warn!(%error, held_back, "store log restart failed");
+                }
             }
         }
     }
@@ -103,10 +107,16 @@ impl Trigger {
 fn run(conn: &Connection, pokes: &Receiver<()>, restart: &AtomicBool) {
     while let Ok(()) | Err(RecvTimeoutError::Timeout) = pokes.recv_timeout(IDLE_PASS) {
         if let Err(error) = pass(conn, restart) {
-            tracing::warn!(%error, "store checkpoint failed; the next one will try again");
+            if let Some(held_back) = FAILURES.admit() {
+                tracing::warn!(%error, held_back, "store checkpoint failed; the next one will try again");
+            }
         }
     }
 }
+
+/// Failed checkpoints and log restarts: a full or failing disk fails every pass alike,
+/// so one is logged per interval, with how many like it were held back.
+static FAILURES: Throttle = Throttle::new(STORE_WARNINGS_EVERY);
 
 fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
