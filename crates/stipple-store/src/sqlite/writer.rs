@@ -16,8 +16,9 @@
 //! SQLite itself runs with `synchronous=NORMAL` (no fsync on commit). With
 //! [`Synchronous::Full`](super::Synchronous::Full) a second thread fsyncs the
 //! write-ahead log after each commit that holds an append and only then answers it,
-//! while the writer already runs the next group: fsync latency then costs answer time,
-//! not throughput. The WAL holds every committed frame in order and recovery keeps each
+//! while the writer gathers the appends that arrive meanwhile into the next group (one
+//! commit per fsync) and runs every other request at once: fsync latency then costs
+//! answer time, not throughput. The WAL holds every committed frame in order and recovery keeps each
 //! transaction whose frames are all on disk, so an fsync of the WAL after COMMIT makes
 //! that commit as durable as SQLite's own `synchronous=FULL` would.
 //!
