@@ -216,6 +216,19 @@ fn delivers_stops_and_keeps_rejected_input(extra: &str) {
         .unwrap();
     assert_eq!(identify["labels"]["plan"], "pro");
 
+    // The store's group commit shows in /metrics: both appends committed and fsynced.
+    let metrics = reqwest::blocking::get(format!("{}/metrics", service.ingress))
+        .unwrap()
+        .text()
+        .unwrap();
+    for name in ["stipple_store_commits_total", "stipple_store_fsyncs_total"] {
+        let value: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in\n{metrics}"));
+        assert!(value >= 1, "{name} {value}");
+    }
+
     // The admin commands work beside the running service (they take no lock).
     let live: serde_json::Value =
         serde_json::from_str(&admin(dir.path(), &["status", "--json"])).unwrap();

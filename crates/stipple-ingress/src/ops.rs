@@ -4,12 +4,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use metrics::gauge;
+use metrics::{counter, gauge};
 use serde_json::json;
 use tracing::warn;
 
 use crate::state::IngressState;
-use crate::telemetry::{DEAD_LETTERS, QUEUED, REJECTED_STORED};
+use crate::telemetry::{DEAD_LETTERS, QUEUED, REJECTED_STORED, STORE_COMMITS, STORE_SYNCS};
 
 /// 200 while the process can answer and its store works or may recover by itself (a full
 /// disk does); 503 once the store has failed in a way only a restart clears (a failed
@@ -68,6 +68,10 @@ pub(crate) async fn metrics(State(state): State<IngressState>) -> Response {
             gauge!(REJECTED_STORED).set(stats.rejected as f64);
         }
         Err(e) => warn!(error = %e, "could not read the store's counts for /metrics"),
+    }
+    if let Some(activity) = state.shared.store.activity() {
+        counter!(STORE_COMMITS).absolute(activity.commits);
+        counter!(STORE_SYNCS).absolute(activity.syncs);
     }
     handle.run_upkeep();
     (

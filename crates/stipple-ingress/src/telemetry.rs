@@ -29,6 +29,12 @@ pub const QUEUED: &str = "stipple_queued";
 pub const DEAD_LETTERS: &str = "stipple_dead_letters";
 /// Gauge, set on each scrape of `/metrics`: rejected inputs kept.
 pub const REJECTED_STORED: &str = "stipple_rejected_stored";
+/// Counter, set on each scrape of `/metrics` (stores that count it): transactions the
+/// store committed.
+pub const STORE_COMMITS: &str = "stipple_store_commits_total";
+/// Counter, set on each scrape of `/metrics` (stores that count it): fsyncs of the
+/// store's write-ahead log that answered appends.
+pub const STORE_SYNCS: &str = "stipple_store_fsyncs_total";
 
 /// Describes the ingress metrics to the installed recorder.
 pub fn describe_metrics() {
@@ -49,6 +55,14 @@ pub fn describe_metrics() {
     describe_gauge!(QUEUED, "Events waiting for delivery");
     describe_gauge!(DEAD_LETTERS, "Dead letters kept");
     describe_gauge!(REJECTED_STORED, "Rejected inputs kept");
+    describe_counter!(
+        STORE_COMMITS,
+        "Store transactions committed (concurrent requests share one)"
+    );
+    describe_counter!(
+        STORE_SYNCS,
+        "fsyncs of the store's write-ahead log that answered appends (concurrent appends share one)"
+    );
 }
 
 /// The `type` label: one of the six types or `unknown`, so labels stay bounded.

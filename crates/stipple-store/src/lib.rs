@@ -160,6 +160,16 @@ pub struct Stats {
     pub rejected: u64,
 }
 
+/// What a store has done since it opened: with [`Store::append`]s per second, how many
+/// appends share a commit and an fsync (group commit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Transactions committed.
+    pub commits: u64,
+    /// fsyncs of the write-ahead log that answered appends (`synchronous = "full"`).
+    pub syncs: u64,
+}
+
 /// Store failures. All of them are worth retrying later; the ingress answers 503.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -222,6 +232,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// failed, so what the kernel holds of it is uncertain), if it has; free to call (for
     /// `/healthz`, so that an orchestrator restarts the process).
     fn fatal(&self) -> Option<String> {
+        None
+    }
+
+    /// What the store has done since it opened, where it counts it (the SQLite store);
+    /// free to call (for `/metrics`).
+    fn activity(&self) -> Option<Activity> {
         None
     }
 }

@@ -103,4 +103,8 @@ impl Store for TestStore {
             .load(Ordering::SeqCst)
             .then(|| "an fsync of the store's write-ahead log failed".to_owned())
     }
+
+    fn activity(&self) -> Option<crate::Activity> {
+        self.inner.activity()
+    }
 }

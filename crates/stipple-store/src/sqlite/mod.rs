@@ -570,6 +570,13 @@ impl Store for SqliteStore {
             .load(Ordering::Acquire)
             .then(|| writer::BROKEN.to_owned())
     }
+
+    fn activity(&self) -> Option<crate::Activity> {
+        Some(crate::Activity {
+            commits: self.commit_count(),
+            syncs: self.sync_count(),
+        })
+    }
 }
 
 #[cfg(test)]
