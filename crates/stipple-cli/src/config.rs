@@ -201,6 +201,7 @@ pub(crate) enum LogFormat {
 impl Config {
     /// Reads `path` (when given) and the `STIPPLE_*` environment, then checks the values.
     pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        Self::anything_given(path, None)?;
         let config = Self::read(path, None)?;
         config.check()?;
         Ok(config)
@@ -221,9 +222,32 @@ impl Config {
         path: Option<&Path>,
         env: Option<config::Map<String, String>>,
     ) -> anyhow::Result<Config> {
+        Self::anything_given(path, env.as_ref())?;
         let config = Self::read(path, env)?;
         config.check()?;
         Ok(config)
+    }
+
+    /// Refuses to go on when neither a file nor a `STIPPLE_<SECTION>__<KEY>` variable
+    /// says anything: the service needs at least a source, and saying so beats naming
+    /// the first key missing.
+    fn anything_given(
+        path: Option<&Path>,
+        env: Option<&config::Map<String, String>>,
+    ) -> anyhow::Result<()> {
+        let setting = |key: &str| key.starts_with("STIPPLE_") && key.contains("__");
+        let given = path.is_some()
+            || match env {
+                Some(env) => env.keys().any(|key| setting(key)),
+                None => std::env::vars_os().any(|(key, _)| key.to_str().is_some_and(setting)),
+            };
+        if !given {
+            bail!(
+                "no configuration: pass --config FILE (the README's quick start has a minimal one; \
+                 every key is in docs/configuration.md), or set STIPPLE_<SECTION>__<KEY> variables"
+            );
+        }
+        Ok(())
     }
 
     fn read(
@@ -500,6 +524,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("delivery.lease_batch"), "{err}");
+    }
+
+    #[test]
+    fn nothing_given_says_how_to_configure() {
+        let none = config::Map::new();
+        let err = Config::load_with_env(None, Some(none))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("no configuration: pass --config FILE"),
+            "{err}"
+        );
+        // A variable counts as configuration: then the first missing key is named.
+        let token: config::Map<String, String> =
+            [("STIPPLE_POINTILLIST__API_TOKEN".to_owned(), "t".to_owned())]
+                .into_iter()
+                .collect();
+        let err = Config::load_with_env(None, Some(token))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no [[sources]]"), "{err}");
     }
 
     #[test]
