@@ -356,12 +356,15 @@ impl Config {
             bail!("delivery.lease_for must be at least 1s");
         }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
-            url::Url::parse(endpoint).ok().filter(|u| u.scheme() == "http").with_context(|| {
-                format!(
-                    "telemetry.otlp_endpoint {endpoint:?} must be an http:// URL of an OTLP/HTTP collector, \
-                     e.g. http://127.0.0.1:4318 (https is not supported yet: run a local collector)"
-                )
-            })?;
+            url::Url::parse(endpoint)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .with_context(|| {
+                    format!(
+                        "telemetry.otlp_endpoint {endpoint:?} must be the http(s) URL of an OTLP/HTTP collector, \
+                         e.g. http://127.0.0.1:4318"
+                    )
+                })?;
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level)
@@ -465,6 +468,10 @@ mod tests {
             "used twice",
         );
         check(&format!("{MINIMAL}[pointillist2]\n"), "pointillist2");
+        check(
+            &format!("{MINIMAL}[telemetry]\notlp_endpoint = \"grpc://127.0.0.1:4317\"\n"),
+            "telemetry.otlp_endpoint",
+        );
         check(
             &format!("{MINIMAL}[ingress]\nbody_timeout = \"0s\"\n"),
             "ingress.body_timeout",

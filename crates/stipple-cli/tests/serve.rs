@@ -10,12 +10,20 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Service {
     child: Child,
     ingress: String,
-    mock: String,
+    /// The in-process mock Pointillist's URL (`--mock` only).
+    mock: Option<String>,
+}
+
+impl Service {
+    fn mock(&self) -> &str {
+        self.mock.as_deref().expect("started with --mock")
+    }
 }
 
 impl Drop for Service {
@@ -32,6 +40,18 @@ fn start_with(dir: &Path, extra: &str) -> Service {
 /// Starts `stipple serve --mock` in `dir`, with `extra` appended to its configuration and,
 /// when given, its soft limit on open files lowered to `soft_open_files` first.
 fn start(dir: &Path, extra: &str, soft_open_files: Option<u64>) -> Service {
+    launch(dir, extra, soft_open_files, true, &[])
+}
+
+/// Starts `stipple serve` in `dir` as [`start`] does, with `--mock` when `mock` says so
+/// (else `extra` names the Pointillist endpoint and token), and `env` set.
+fn launch(
+    dir: &Path,
+    extra: &str,
+    soft_open_files: Option<u64>,
+    mock: bool,
+    env: &[(&str, &Path)],
+) -> Service {
     let config = dir.join("stipple.toml");
     std::fs::write(
         &config,
@@ -55,28 +75,33 @@ fn start(dir: &Path, extra: &str, soft_open_files: Option<u64>) -> Service {
             sh
         }
     };
+    command.arg("serve");
+    if mock {
+        command.arg("--mock");
+    }
     let mut child = command
-        .args(["serve", "--mock", "--config"])
+        .arg("--config")
         .arg(&config)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut ingress, mut mock) = (None, None);
-    while ingress.is_none() || mock.is_none() {
+    let (mut ingress, mut mock_url) = (None, None);
+    while ingress.is_none() || (mock && mock_url.is_none()) {
         let line = lines.next().expect("stipple prints its addresses").unwrap();
         if let Some(url) = line.strip_prefix("stipple listening on ") {
             ingress = Some(url.to_owned());
         } else if let Some(url) = line.strip_prefix("mock Pointillist listening on ") {
-            mock = Some(url.to_owned());
+            mock_url = Some(url.to_owned());
         }
     }
     Service {
         child,
         ingress: ingress.unwrap(),
-        mock: mock.unwrap(),
+        mock: mock_url,
     }
 }
 
@@ -194,7 +219,7 @@ fn delivers_stops_and_keeps_rejected_input(extra: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let events = loop {
         let events: Vec<serde_json::Value> =
-            reqwest::blocking::get(format!("{}/mock/events", service.mock))
+            reqwest::blocking::get(format!("{}/mock/events", service.mock()))
                 .unwrap()
                 .json()
                 .unwrap();
@@ -249,29 +274,85 @@ fn delivers_stops_and_keeps_rejected_input(extra: &str) {
     assert!(admin(dir.path(), &["dead-letters", "list"]).contains("no dead letters"));
 }
 
-/// A stand-in OTLP/HTTP collector: answers 200 to everything and keeps each request's
-/// path and body.
-fn otlp_receiver() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+/// A certificate authority made for one test: `ca.pem` for clients to trust (through
+/// `SSL_CERT_FILE`) and a server configuration with a certificate for `localhost` it
+/// signed.
+struct TestCa {
+    file: std::path::PathBuf,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    fn new(dir: &Path) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "stipple test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let file = dir.join("ca.pem");
+        std::fs::write(&file, ca.pem()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
+            .unwrap();
+        TestCa {
+            file,
+            server: Arc::new(server),
+        }
+    }
+}
+
+/// A stream a stand-in server reads requests from and writes answers to.
+trait Conn: std::io::Read + std::io::Write + Send {}
+impl<T: std::io::Read + std::io::Write + Send> Conn for T {}
+
+/// A stand-in HTTP server (an OTLP/HTTP collector, Pointillist): answers 200 to
+/// everything and keeps each request's path and body; over TLS with `tls`'s
+/// certificate, for `localhost`, when given.
+fn recorder(tls: Option<&TestCa>) -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let url = match tls {
+        None => format!("http://127.0.0.1:{port}"),
+        Some(_) => format!("https://localhost:{port}"),
+    };
+    let server = tls.map(|ca| Arc::clone(&ca.server));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
             let tx = tx.clone();
+            let server = server.clone();
             std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut writer = stream;
+                let stream: Box<dyn Conn> = match server {
+                    None => Box::new(stream),
+                    Some(config) => Box::new(rustls::StreamOwned::new(
+                        rustls::ServerConnection::new(config).unwrap(),
+                        stream,
+                    )),
+                };
+                let mut reader = BufReader::new(stream);
                 loop {
                     let mut request_line = String::new();
+                    // A client that hangs up, or refuses the certificate, ends here.
                     if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
                         return;
                     }
                     let mut length = 0usize;
                     loop {
                         let mut line = String::new();
-                        reader.read_line(&mut line).unwrap();
+                        if reader.read_line(&mut line).is_err() {
+                            return;
+                        }
                         if line.trim().is_empty() {
                             break;
                         }
@@ -282,16 +363,23 @@ fn otlp_receiver() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
                         }
                     }
                     let mut body = vec![0; length];
-                    reader.read_exact(&mut body).unwrap();
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
                     let path = request_line
                         .split_whitespace()
                         .nth(1)
                         .unwrap_or_default()
                         .to_owned();
                     let _ = tx.send((path, body));
-                    writer
+                    let writer = reader.get_mut();
+                    if writer
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                        .unwrap();
+                        .and_then(|()| writer.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
             });
         }
@@ -301,18 +389,32 @@ fn otlp_receiver() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
 
 #[test]
 fn traces_reach_an_otlp_collector_when_one_is_configured() {
-    let (collector, requests) = otlp_receiver();
+    traces_reach_the_collector(false);
+}
+
+#[test]
+fn traces_reach_an_otlp_collector_over_https() {
+    traces_reach_the_collector(true);
+}
+
+fn traces_reach_the_collector(https: bool) {
     let dir = tempfile::tempdir().unwrap();
+    let ca = https.then(|| TestCa::new(dir.path()));
+    let (collector, requests) = recorder(ca.as_ref());
     let extra =
         format!("[telemetry]\notlp_endpoint = \"{collector}\"\nservice_name = \"stipple-test\"\n");
-    let mut service = start_with(dir.path(), &extra);
+    let env: Vec<(&str, &Path)> = ca
+        .iter()
+        .map(|ca| ("SSL_CERT_FILE", ca.file.as_path()))
+        .collect();
+    let mut service = launch(dir.path(), &extra, None, true, &env);
     let (status, _) = post(
         &format!("{}/v1/track", service.ingress),
         r#"{"type":"track","event":"Traced","userId":"u-1","messageId":"m-traced"}"#,
     );
     assert_eq!(status, 200);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::blocking::get(format!("{}/mock/events", service.mock))
+    while reqwest::blocking::get(format!("{}/mock/events", service.mock()))
         .unwrap()
         .json::<Vec<serde_json::Value>>()
         .unwrap()
@@ -342,4 +444,57 @@ fn traces_reach_an_otlp_collector_when_one_is_configured() {
         contains("m-traced"),
         "the delivery span does not name the messageId"
     );
+}
+
+#[test]
+fn delivery_over_https_trusts_only_a_known_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let (pointillist, requests) = recorder(Some(&ca));
+    let extra = format!("[pointillist]\napi_token = \"tok\"\nendpoint = \"{pointillist}\"\n");
+    let track = |id: &str| {
+        format!(r#"{{"type":"track","event":"Over TLS","userId":"u-1","messageId":"{id}"}}"#)
+    };
+
+    // The test CA is not trusted: nothing reaches the stand-in.
+    let untrusted = dir.path().join("untrusted");
+    let other = TestCa::new(&{
+        std::fs::create_dir_all(&untrusted).unwrap();
+        untrusted.clone()
+    });
+    let mut service = launch(
+        &untrusted,
+        &extra,
+        None,
+        false,
+        &[("SSL_CERT_FILE", other.file.as_path())],
+    );
+    let (status, _) = post(
+        &format!("{}/v1/track", service.ingress),
+        &track("m-untrusted"),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        requests.recv_timeout(Duration::from_secs(3)).is_err(),
+        "an event was sent to a server whose certificate no trusted authority signed"
+    );
+    assert!(terminate(&mut service).success());
+
+    // Trusted (as a CA the system trusts would be): delivered over TLS.
+    let mut service = launch(
+        dir.path(),
+        &extra,
+        None,
+        false,
+        &[("SSL_CERT_FILE", ca.file.as_path())],
+    );
+    let (status, _) = post(&format!("{}/v1/track", service.ingress), &track("m-tls"));
+    assert_eq!(status, 200);
+    let (path, body) = requests
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the event was not delivered over TLS");
+    assert_eq!(path, "/event");
+    let body = String::from_utf8(body).unwrap();
+    assert!(body.contains("m-tls"), "{body}");
+    assert!(terminate(&mut service).success());
 }

@@ -100,6 +100,15 @@ impl fmt::Debug for Client {
     }
 }
 
+/// Mozilla's CA roots, bundled, trusted beside the system's: TLS to Pointillist works in
+/// an image without a CA store, and a CA the system trusts (a TLS-inspecting proxy's,
+/// or one named by `SSL_CERT_FILE`) is trusted too.
+fn bundled_roots() -> impl Iterator<Item = reqwest::Certificate> {
+    webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .filter_map(|der| reqwest::Certificate::from_der(der).ok())
+}
+
 impl Client {
     /// Checks the settings and builds the client (no request is made yet).
     pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
@@ -129,6 +138,7 @@ impl Client {
             .pool_max_idle_per_host(concurrency)
             // A redirected POST would lose its body or method; report it instead.
             .redirect(reqwest::redirect::Policy::none())
+            .tls_certs_merge(bundled_roots())
             .build()
             .map_err(ClientError::Http)?;
         Ok(Client {
