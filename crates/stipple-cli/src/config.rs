@@ -198,6 +198,20 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// Environment variables `STIPPLE_<SECTION>__<KEY>` set or override settings.
+const ENV_PREFIX: &str = "STIPPLE";
+const ENV_PREFIX_SEPARATOR: &str = "_";
+const ENV_SEPARATOR: &str = "__";
+
+/// Checks that `value`, the setting `key`, is an http or https URL; `hint` ends the error.
+fn http_url(key: &str, value: &str, hint: &str) -> anyhow::Result<()> {
+    url::Url::parse(value)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .map(drop)
+        .with_context(|| format!("{key} {value:?} must be an http(s) URL{hint}"))
+}
+
 impl Config {
     /// Reads `path` (when given) and the `STIPPLE_*` environment, then checks the values.
     pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -235,7 +249,11 @@ impl Config {
         path: Option<&Path>,
         env: Option<&config::Map<String, String>>,
     ) -> anyhow::Result<()> {
-        let setting = |key: &str| key.starts_with("STIPPLE_") && key.contains("__");
+        let setting = |key: &str| {
+            key.strip_prefix(ENV_PREFIX)
+                .and_then(|rest| rest.strip_prefix(ENV_PREFIX_SEPARATOR))
+                .is_some_and(|rest| rest.contains(ENV_SEPARATOR))
+        };
         let given = path.is_some()
             || match env {
                 Some(env) => env.keys().any(|key| setting(key)),
@@ -262,9 +280,9 @@ impl Config {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
         builder = builder.add_source(
-            config::Environment::with_prefix("STIPPLE")
-                .prefix_separator("_")
-                .separator("__")
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator(ENV_PREFIX_SEPARATOR)
+                .separator(ENV_SEPARATOR)
                 // Off: a token like "0123" must stay text, not become the number 123.
                 .try_parsing(false)
                 .source(env),
@@ -284,15 +302,11 @@ impl Config {
                 bail!("pointillist.api_token is empty: set the API token Pointillist gave you");
             }
         }
-        url::Url::parse(&p.endpoint)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"))
-            .with_context(|| {
-                format!(
-                    "pointillist.endpoint {:?} is not an http(s) URL",
-                    p.endpoint
-                )
-            })?;
+        http_url(
+            "pointillist.endpoint",
+            &p.endpoint,
+            ", e.g. https://stream.pointillist.com",
+        )?;
         if p.event_source.is_empty() {
             bail!("pointillist.event_source must not be empty");
         }
@@ -356,15 +370,11 @@ impl Config {
             bail!("delivery.lease_for must be at least 1s");
         }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
-            url::Url::parse(endpoint)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .with_context(|| {
-                    format!(
-                        "telemetry.otlp_endpoint {endpoint:?} must be the http(s) URL of an OTLP/HTTP collector, \
-                         e.g. http://127.0.0.1:4318"
-                    )
-                })?;
+            http_url(
+                "telemetry.otlp_endpoint",
+                endpoint,
+                " of an OTLP/HTTP collector, e.g. http://127.0.0.1:4318",
+            )?;
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level)

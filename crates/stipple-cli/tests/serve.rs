@@ -458,10 +458,8 @@ fn delivery_over_https_trusts_only_a_known_authority() {
 
     // The test CA is not trusted: nothing reaches the stand-in.
     let untrusted = dir.path().join("untrusted");
-    let other = TestCa::new(&{
-        std::fs::create_dir_all(&untrusted).unwrap();
-        untrusted.clone()
-    });
+    std::fs::create_dir_all(&untrusted).unwrap();
+    let other = TestCa::new(&untrusted);
     let mut service = launch(
         &untrusted,
         &extra,
