@@ -52,9 +52,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
+use axum::http::{HeaderName, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tower_http::cors::CorsLayer;
@@ -71,9 +71,12 @@ pub fn router(state: IngressState) -> Router {
     let mut api = Router::new();
     for (name, endpoint) in capture::ENDPOINTS {
         let handler = post(
-            move |State(state): State<IngressState>, headers: HeaderMap, body: Body| async move {
+            // The request whole, not `HeaderMap` and `Body` extractors: axum's `HeaderMap`
+            // extractor clones the map (two allocations and a copy per request).
+            move |State(state): State<IngressState>, request: Request| async move {
                 let counters = Arc::clone(&state.shared.counters);
-                let response = capture::handle(state, endpoint, headers, body)
+                let (parts, body) = request.into_parts();
+                let response = capture::handle(state, endpoint, parts.headers, body)
                     .await
                     .into_response();
                 counters.request(response.status());

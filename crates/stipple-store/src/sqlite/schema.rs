@@ -1,7 +1,7 @@
 //! The SQLite schema and its version (`PRAGMA user_version`), created on first start.
 //!
-//! Times are microseconds since the Unix epoch. The dedup keys are an append-only table
-//! indexed in memory (see `dedup`). Leases are not stored (see `leases`): only one
+//! Times are microseconds since the Unix epoch. The dedup keys are an append-only table,
+//! a row per transaction that claimed some, indexed in memory (see `dedup`). Leases are not stored (see `leases`): only one
 //! service holds a store, and its leases end with it.
 //!
 //! A new event is due at once and is read in id order straight off the table, after the
@@ -13,14 +13,16 @@
 //! Versions: 1 stored leases in a `lease_until` column, indexed with `not_before` as
 //! `max(not_before, lease_until)`; 2 keeps leases in memory (a lease no longer rewrites
 //! the row and its index entry, about a third of the writer's time per delivered event)
-//! and indexed every event as `queue_due (not_before, id)`; 3 indexes only failed events.
+//! and indexed every event as `queue_due (not_before, id)`; 3 indexes only failed events;
+//! 4 keeps the dedup keys a row per transaction (`dedup_keys`), not a row per key
+//! (`dedup`).
 
 use rusqlite::Connection;
 
 use crate::StoreError;
 
 /// The schema version this code writes and understands.
-pub(super) const VERSION: i64 = 3;
+pub(super) const VERSION: i64 = 4;
 
 const CREATE: &str = "
 CREATE TABLE queue (
@@ -33,14 +35,6 @@ CREATE TABLE queue (
     payload     BLOB    NOT NULL
 );
 CREATE INDEX queue_retry ON queue (not_before, id) WHERE attempts > 0;
-
--- Append-only, in time order; indexed in memory (see dedup.rs for why).
-CREATE TABLE dedup (
-    id         INTEGER PRIMARY KEY,
-    source     TEXT    NOT NULL,
-    message_id TEXT    NOT NULL,
-    first_seen INTEGER NOT NULL
-);
 
 CREATE TABLE dead_letters (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -79,6 +73,16 @@ CREATE TABLE meta (
 ) WITHOUT ROWID;
 ";
 
+/// Append-only, in time order; indexed in memory (see dedup.rs for why and for `keys`).
+const CREATE_DEDUP_KEYS: &str = "
+CREATE TABLE dedup_keys (
+    id         INTEGER PRIMARY KEY,
+    first_seen INTEGER NOT NULL, -- when the last of its keys was claimed
+    n          INTEGER NOT NULL, -- how many keys it holds
+    keys       BLOB    NOT NULL
+);
+";
+
 /// Version 1 to 2: leases leave the table (those a stopped service left end with it).
 const V1_TO_V2: &str = "
 DROP INDEX queue_due;
@@ -92,6 +96,33 @@ DROP INDEX queue_due;
 CREATE INDEX queue_retry ON queue (not_before, id) WHERE attempts > 0;
 ";
 
+/// Version 3 to 4: each key of `dedup` becomes a row of `dedup_keys`, in the same order.
+fn v3_to_v4(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(CREATE_DEDUP_KEYS)?;
+    {
+        let mut select =
+            tx.prepare("SELECT id, source, message_id, first_seen FROM dedup ORDER BY id")?;
+        let mut insert = tx.prepare(super::dedup::INSERT)?;
+        let mut rows = select.query([])?;
+        let mut keys = Vec::new();
+        while let Some(row) = rows.next()? {
+            keys.clear();
+            super::dedup::encode_key(
+                &mut keys,
+                row.get_ref(1)?.as_str()?,
+                row.get_ref(2)?.as_str()?,
+            );
+            insert.execute(rusqlite::params![
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(3)?,
+                1,
+                keys
+            ])?;
+        }
+    }
+    tx.execute_batch("DROP TABLE dedup")
+}
+
 /// Creates the schema in an empty database, brings an older one up to date (each step
 /// in its own transaction) and refuses a newer one.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -100,9 +131,17 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(open_error)?;
         match version {
-            0 => step(conn, CREATE, VERSION)?,
+            0 => step_with(
+                conn,
+                |tx| {
+                    tx.execute_batch(CREATE)?;
+                    tx.execute_batch(CREATE_DEDUP_KEYS)
+                },
+                VERSION,
+            )?,
             1 => step(conn, V1_TO_V2, 2)?,
             2 => step(conn, V2_TO_V3, 3)?,
+            3 => step_with(conn, v3_to_v4, 4)?,
             VERSION => return Ok(()),
             newer => {
                 return Err(StoreError::Open(format!(
@@ -116,8 +155,17 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 /// Runs `sql` and sets the version to `to`, in one transaction.
 fn step(conn: &mut Connection, sql: &str, to: i64) -> Result<(), StoreError> {
+    step_with(conn, |tx| tx.execute_batch(sql), to)
+}
+
+/// Runs `change` and sets the version to `to`, in one transaction.
+fn step_with(
+    conn: &mut Connection,
+    change: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+    to: i64,
+) -> Result<(), StoreError> {
     let tx = conn.transaction().map_err(open_error)?;
-    tx.execute_batch(sql).map_err(open_error)?;
+    change(&tx).map_err(open_error)?;
     tx.pragma_update(None, "user_version", to)
         .map_err(open_error)?;
     tx.commit().map_err(open_error)
@@ -131,8 +179,15 @@ fn open_error(e: rusqlite::Error) -> StoreError {
 mod tests {
     use super::*;
 
-    /// The queue of a version 1 store, as version 1 created it.
+    /// The queue and dedup keys of a version 1 store, as version 1 created them.
     const QUEUE_V1: &str = "
+CREATE TABLE dedup (
+    id         INTEGER PRIMARY KEY,
+    source     TEXT    NOT NULL,
+    message_id TEXT    NOT NULL,
+    first_seen INTEGER NOT NULL
+);
+INSERT INTO dedup (source, message_id, first_seen) VALUES ('web', 'a', 1), ('app', 'b', 2);
 CREATE TABLE queue (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     source      TEXT    NOT NULL,
@@ -175,6 +230,39 @@ PRAGMA user_version = 1;
             .expect("columns");
         assert!(!columns.iter().any(|c| c == "lease_until"), "{columns:?}");
         assert_eq!(queue_indexes(&conn), queue_indexes(&fresh()));
+    }
+
+    #[test]
+    fn version_3_dedup_keys_survive_in_order_as_rows_of_one_key() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(QUEUE_V1).expect("v1");
+        migrate(&mut conn).expect("migrate");
+        let rows: Vec<(i64, i64, i64, Vec<u8>)> = conn
+            .prepare("SELECT id, first_seen, n, keys FROM dedup_keys ORDER BY id")
+            .expect("prepare")
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        let key = |source: &str, id: &str| {
+            let mut keys = Vec::new();
+            super::super::dedup::encode_key(&mut keys, source, id);
+            keys
+        };
+        assert_eq!(
+            rows,
+            [(1, 1, 1, key("web", "a")), (2, 2, 1, key("app", "b"))]
+        );
+        let old: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'dedup'",
+                [],
+                |row| row.get(0),
+            )
+            .expect("count");
+        assert_eq!(old, 0, "the old table is gone");
     }
 
     fn fresh() -> Connection {

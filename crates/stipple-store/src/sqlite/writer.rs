@@ -6,7 +6,9 @@
 //!
 //! A request that fails is undone alone: the group's transaction is rolled back and run
 //! again without it, so the others still commit. What the requests changed in the
-//! in-memory leases is rolled back with it (see `Leases::begin`). (Not a savepoint per request: those
+//! in-memory leases and dedup keys is rolled back with it (see `Leases::begin`,
+//! `DedupIndex::rollback`); the dedup keys a group claimed are written as one row just
+//! before it commits (`DedupIndex::flush`). (Not a savepoint per request: those
 //! cost a statement journal and two statements each, a third of the writer's time on
 //! single-event appends, to guard against failures that in practice come from the disk
 //! and fail every request alike. A second failure in one group therefore fails the rest
@@ -428,6 +430,7 @@ fn commit_group(
             return fail_all(group, error);
         }
         db.leases.begin();
+        db.dedup.rollback();
         match run_all(db, clock, group) {
             Ok(total) => break total,
             Err((at, error)) => {
@@ -442,8 +445,11 @@ fn commit_group(
     };
     // The counts row also picks up what other processes (admin commands) changed.
     let conn = &db.conn;
-    let ended =
-        update_counts(conn, total).and_then(|counts| execute(conn, "COMMIT").map(|()| counts));
+    let ended = db
+        .dedup
+        .flush(conn)
+        .and_then(|()| update_counts(conn, total))
+        .and_then(|counts| execute(conn, "COMMIT").map(|()| counts));
     let commit_error = match ended {
         Ok(counts) => {
             db.leases.commit();
@@ -512,6 +518,7 @@ fn rollback(db: &mut Db) {
         }
     }
     db.leases.rollback();
+    db.dedup.rollback();
 }
 
 /// Adds `delta` to the `counts` row; returns the row.
@@ -723,11 +730,9 @@ mod tests {
         assert!(db.leases.is_live(3, 0));
     }
 
-    #[test]
-    fn a_failed_commit_undoes_the_whole_group_s_leases() {
-        let mut db = leased_three();
-        // A deferred foreign key: the statement succeeds, the COMMIT fails, as a COMMIT
-        // on a full disk does.
+    /// A request that succeeds but makes its group's COMMIT fail, as a COMMIT on a full
+    /// disk does: it breaks a deferred foreign key of a table it adds to `db`.
+    fn commit_failure(db: &Db) -> Request {
         db.conn
             .execute_batch(
                 "PRAGMA foreign_keys = ON;
@@ -735,6 +740,16 @@ mod tests {
                  CREATE TABLE child (p INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);",
             )
             .expect("schema");
+        request(|db| {
+            db.conn.execute("INSERT INTO child (p) VALUES (99)", [])?;
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn a_failed_commit_undoes_the_whole_group_s_leases() {
+        let mut db = leased_three();
+        let fails_the_commit = commit_failure(&db);
         let answers = run_requests(
             &mut db,
             vec![
@@ -743,10 +758,7 @@ mod tests {
                     db.leases.release(2);
                     Ok(())
                 }),
-                request(|db| {
-                    db.conn.execute("INSERT INTO child (p) VALUES (99)", [])?;
-                    Ok(())
-                }),
+                fails_the_commit,
             ],
         );
         assert_eq!(answers, [false, false], "the commit failed");
@@ -765,6 +777,64 @@ mod tests {
         );
         assert_eq!(answers, [true]);
         assert!(!db.leases.is_live(3, 0));
+    }
+
+    /// A request that claims the dedup key `key`, then fails when `fails` says so.
+    fn claim(key: &'static str, fails: bool) -> Request {
+        request(move |db| {
+            let Db { conn, dedup, .. } = db;
+            assert!(
+                dedup.claimer(conn)?.claim("web", key, 0, -1)?,
+                "{key} is new"
+            );
+            if fails {
+                conn.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether `key` is new to the dedup window (leaves it claimed, uncommitted).
+    fn is_new(db: &mut Db, key: &str) -> bool {
+        let Db { conn, dedup, .. } = db;
+        let new = dedup
+            .claimer(conn)
+            .and_then(|mut claimer| claimer.claim("web", key, 0, -1))
+            .expect("claim");
+        dedup.rollback();
+        new
+    }
+
+    #[test]
+    fn only_the_dedup_keys_of_requests_that_commit_are_kept() {
+        let mut db = db();
+        let answers = run_requests(
+            &mut db,
+            vec![claim("a", false), claim("b", true), claim("c", false)],
+        );
+        assert_eq!(answers, [true, false, true]);
+        let rows: i64 = db
+            .conn
+            .query_row("SELECT COUNT(*) FROM dedup_keys", [], |row| row.get(0))
+            .expect("count");
+        assert_eq!(rows, 1, "one row for the group");
+        assert!(!is_new(&mut db, "a"));
+        assert!(is_new(&mut db, "b"), "its request failed: a retry is new");
+        assert!(!is_new(&mut db, "c"));
+    }
+
+    #[test]
+    fn a_failed_commit_keeps_none_of_the_group_s_dedup_keys() {
+        let mut db = db();
+        let fails_the_commit = commit_failure(&db);
+        let answers = run_requests(&mut db, vec![claim("a", false), fails_the_commit]);
+        // After the keys' row was written, just before the COMMIT.
+        assert_eq!(answers, [false, false], "the commit failed");
+        assert!(is_new(&mut db, "a"), "never stored: a retry is new");
+        // The next group's keys stay.
+        assert_eq!(run_requests(&mut db, vec![claim("b", false)]), [true]);
+        assert!(!is_new(&mut db, "b"));
+        assert!(is_new(&mut db, "a"));
     }
 
     #[test]
