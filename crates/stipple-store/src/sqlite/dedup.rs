@@ -6,8 +6,9 @@
 //! checkpoint copy: measured at about 16 µs of writer time per event, a 6x slowdown of
 //! appends. Here the keys a transaction claims go into one row, appended in time order
 //! ([`DedupIndex::flush`], just before the commit): one insert per group commit rather
-//! than one per event (measured on `/v1/track` at 256 connections: writer CPU per request
-//! 8.5–8.9 → 7.7–8.2 µs; in a bare SQLite loop of 35-event groups, log bytes −13 %). Lookups go through a map from a 64-bit fingerprint of the key to the id of the
+//! than one per event (measured on `/v1/track` at 256 connections: writer CPU per
+//! request 8.5–8.9 → 7.7–8.2 µs; in a bare SQLite loop of 35-event groups, log bytes
+//! −13 %). Lookups go through a map from a 64-bit fingerprint of the key to the id of the
 //! latest row holding it. That row is read back to compare the real key, so a fingerprint
 //! collision can at worst let a duplicate through (at-least-once), never drop a new
 //! message. The map costs 17 bytes per slot, 20 to 40 bytes per key in the window; it is
@@ -25,7 +26,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
-use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::time::Micros;
 
@@ -204,6 +205,10 @@ impl DedupIndex {
     /// Forgets the keys claimed since the last flush: their transaction was rolled back
     /// (or a new one begins).
     pub(super) fn rollback(&mut self) {
+        self.clear_pending();
+    }
+
+    fn clear_pending(&mut self) {
         self.pending.clear();
         self.pending_keys = 0;
     }
@@ -224,18 +229,17 @@ impl DedupIndex {
         // Whatever becomes of the transaction, the next row takes the next id: map
         // entries naming a row that was rolled back find other keys in its successor.
         self.next_id = self.next_id.saturating_add(1);
-        self.rollback();
+        self.clear_pending();
         Ok(())
     }
 
-    /// Prepares to check and record the keys of one append.
-    pub(super) fn claimer<'a>(&'a mut self, conn: &'a Connection) -> rusqlite::Result<Claimer<'a>> {
-        Ok(Claimer {
-            select: conn.prepare_cached(SELECT_ONE)?,
+    /// Checks and records the keys of one append.
+    pub(super) fn claimer<'a>(&'a mut self, conn: &'a Connection) -> Claimer<'a> {
+        Claimer {
             conn,
             index: self,
             last_read: None,
-        })
+        }
     }
 
     /// Deletes the oldest rows whose keys were all claimed at or before `cutoff`, about
@@ -294,11 +298,10 @@ impl DedupIndex {
 /// A row's `first_seen` and `keys`.
 type StoredKeys = (Micros, Vec<u8>);
 
-/// Checks and records keys against one [`DedupIndex`], statements ready.
+/// Checks and records keys against one [`DedupIndex`].
 pub(super) struct Claimer<'a> {
     index: &'a mut DedupIndex,
     conn: &'a Connection,
-    select: CachedStatement<'a>,
     /// The row read back last: its id, and its `first_seen` and `keys` if it exists.
     last_read: Option<(i64, Option<StoredKeys>)>,
 }
@@ -341,11 +344,13 @@ impl Claimer<'_> {
     }
 
     /// Row `id`'s `first_seen` and `keys` (`None` without such a row), read back once
-    /// for a run of claims that name it (a batch sent again).
+    /// for a run of claims that name it (a batch sent again). The statement is looked up
+    /// only here: a new key (nearly every claim) reads nothing.
     fn read(&mut self, id: i64) -> rusqlite::Result<Option<(Micros, &[u8])>> {
         if !matches!(&self.last_read, Some((read, _)) if *read == id) {
             let row = self
-                .select
+                .conn
+                .prepare_cached(SELECT_ONE)?
                 .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             self.last_read = Some((id, row));
@@ -381,7 +386,6 @@ mod tests {
     fn claim_pending(index: &mut DedupIndex, conn: &Connection, key: &str, now: Micros) -> bool {
         index
             .claimer(conn)
-            .expect("claimer")
             .claim("web", key, now, now - 10 * MINUTE)
             .expect("claim")
     }
@@ -442,7 +446,7 @@ mod tests {
         assert_eq!(rows(&conn), 3);
         let mut reloaded = DedupIndex::load(&conn).expect("reload");
         assert_eq!(reloaded.len(), keys.len());
-        let mut claimer = reloaded.claimer(&conn).expect("claimer");
+        let mut claimer = reloaded.claimer(&conn);
         for key in &keys {
             assert!(!claimer.claim("web", key, 0, -1).expect("claim"), "{key}");
         }

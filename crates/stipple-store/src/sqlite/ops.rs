@@ -97,7 +97,7 @@ pub(super) fn append(
 ) -> rusqlite::Result<(Appended, Delta)> {
     let cutoff = now.saturating_sub(window);
     let Db { conn, dedup, .. } = db;
-    let mut claimer = dedup.claimer(conn)?;
+    let mut claimer = dedup.claimer(conn);
     let mut insert = conn.prepare_cached(INSERT_EVENT)?;
     let mut duplicate = Vec::with_capacity(append.events.len());
     let mut delta = Delta::default();

@@ -784,7 +784,7 @@ mod tests {
         request(move |db| {
             let Db { conn, dedup, .. } = db;
             assert!(
-                dedup.claimer(conn)?.claim("web", key, 0, -1)?,
+                dedup.claimer(conn).claim("web", key, 0, -1)?,
                 "{key} is new"
             );
             if fails {
@@ -797,10 +797,7 @@ mod tests {
     /// Whether `key` is new to the dedup window (leaves it claimed, uncommitted).
     fn is_new(db: &mut Db, key: &str) -> bool {
         let Db { conn, dedup, .. } = db;
-        let new = dedup
-            .claimer(conn)
-            .and_then(|mut claimer| claimer.claim("web", key, 0, -1))
-            .expect("claim");
+        let new = dedup.claimer(conn).claim("web", key, 0, -1).expect("claim");
         dedup.rollback();
         new
     }
