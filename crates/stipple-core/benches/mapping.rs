@@ -2,7 +2,9 @@
 //! bytes, against a baseline that only parses and re-serialises the same bytes with
 //! serde_json. Goal: the mapping keeps at least 0.8 of the baseline's throughput.
 //! `stipple_map` is `Mapper::map_json`, what delivery runs; `stipple_map_reference` the
-//! path it is held to (`Message`, `validate`, `map`, `to_json`).
+//! path it is held to (`Message`, `validate`, `map`, `to_json`). `store_1000_messages`
+//! times the ingress's reading for storage: `stipple_split` (`split`, `Rest::write`)
+//! against the reference path it is held to (`Input::parse`, `serde_json::to_vec`).
 //!
 //! `cargo bench -p stipple-core --bench mapping` (or `cargo xtask bench-core`, which
 //! prints the ratio).
@@ -15,7 +17,7 @@
 
 use criterion::{BatchSize, Criterion, Throughput, black_box, criterion_group, criterion_main};
 use serde_json::json;
-use stipple_core::{MapConfig, Mapper};
+use stipple_core::{Input, MapConfig, Mapper};
 
 const MESSAGES: usize = 1000;
 
@@ -98,6 +100,29 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for m in &corpus {
                 black_box(mapper.map_json_reference(m).unwrap());
+            }
+        })
+    });
+    group.finish();
+
+    // The ingress's reading for storage: the fast path against the reference path.
+    let mut group = c.benchmark_group("store_1000_messages");
+    group.throughput(Throughput::Elements(MESSAGES as u64));
+    group.bench_function("stipple_split", |b| {
+        b.iter(|| {
+            for m in &corpus {
+                let split = stipple_core::split(std::str::from_utf8(m).unwrap()).unwrap();
+                black_box(split.rest.write(&split.plain).unwrap());
+            }
+        })
+    });
+    group.bench_function("stipple_split_reference", |b| {
+        b.iter(|| {
+            for m in &corpus {
+                let Input::Message(message) = Input::parse(m).unwrap() else {
+                    unreachable!("the corpus holds messages")
+                };
+                black_box(serde_json::to_vec(&message).unwrap());
             }
         })
     });

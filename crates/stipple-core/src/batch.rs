@@ -6,6 +6,7 @@ use serde_json::value::RawValue;
 use crate::JsonMap;
 use crate::error::ValidationError;
 use crate::message::{Context, Message};
+use crate::stored::Split;
 
 /// The body of `/v1/batch`: items are kept raw so that one bad item is reported on its
 /// own and the rest still go through.
@@ -46,10 +47,27 @@ impl Batch {
                 .merge_defaults(defaults);
         }
         merge(&mut message.integrations, &self.integrations);
+        self.inherit(&mut message);
+        Ok(message)
+    }
+
+    /// Item `index` on the fast path ([`crate::split`]), as [`Batch::item`] reads it:
+    /// `None` when that path declines it, or when the batch has a `context` or
+    /// `integrations` to merge (which only [`Batch::item`] does).
+    pub fn split_item(&self, index: usize) -> Option<Split<'_>> {
+        if self.context.is_some() || self.integrations.is_some() {
+            return None;
+        }
+        let mut split = crate::split(self.batch.get(index)?.get())?;
+        self.inherit(&mut split.plain);
+        Some(split)
+    }
+
+    /// The batch's `sentAt` on an item that has none.
+    fn inherit(&self, message: &mut Message) {
         if message.sent_at.is_none() {
             message.sent_at.clone_from(&self.sent_at);
         }
-        Ok(message)
     }
 }
 

@@ -26,6 +26,7 @@ mod error;
 mod event;
 mod map;
 mod message;
+mod stored;
 mod time;
 mod transcode;
 mod validate;
@@ -35,6 +36,7 @@ pub use error::{ErrorCode, ValidationError};
 pub use event::{EventTime, PointillistEvent};
 pub use map::{MapConfig, MapError, Mapper, POINTILLIST};
 pub use message::{Context, Id, Message, MessageType, RawMap};
+pub use stored::{Rest, Split, split};
 pub use time::{format_timestamp, parse_timestamp};
 pub use validate::{MAX_MESSAGE_ID_LEN, ValidMessage};
 

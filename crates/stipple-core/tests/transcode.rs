@@ -6,108 +6,15 @@
 #![allow(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
 use proptest::prelude::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 use stipple_core::{MapConfig, Mapper, Message};
 
 mod support;
 
-use support::{json_value, leaf};
+use support::{json_value, rich_message, scrambled};
 
 fn mapper() -> Mapper {
     Mapper::new(MapConfig::default())
-}
-
-/// An attribute block: non-empty keys (an empty one sends the fast path to the
-/// reference), dots in some, nested objects and arrays.
-fn block() -> impl Strategy<Value = Value> {
-    let value = leaf().prop_recursive(3, 24, 4, |inner| {
-        prop_oneof![
-            3 => prop::collection::btree_map("[ab_.-]{1,4}", inner.clone(), 0..4)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-            1 => prop::collection::vec(inner, 0..3).prop_map(Value::Array),
-        ]
-    });
-    // Some top-level keys collide with a context block's prefixed ones.
-    prop::collection::btree_map("(trait\\.|device\\.)?[ab_.-]{1,3}", value, 0..6)
-        .prop_map(|m| Value::Object(m.into_iter().collect()))
-}
-
-/// An identifier: mostly present, sometimes a number, empty or null.
-fn id() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        4 => "[a-z0-9 ]{1,6}".prop_map(Value::String),
-        1 => any::<u32>().prop_map(Value::from),
-        1 => Just(json!("")),
-        1 => Just(Value::Null),
-    ]
-}
-
-/// Message-shaped values with every field the mapping reads, in all the forms that
-/// change its result: ids as text, numbers or empty, nested and dotted keys that
-/// collide once flattened, arrays, routing switches, each timestamp field.
-fn rich_message() -> impl Strategy<Value = Value> {
-    let time = prop::option::of(prop::sample::select(vec![
-        json!("2026-11-28T12:00:00.123Z"),
-        json!("2026-11-28T12:00:00.123Z"),
-        json!("2026-11-28T12:00:00.123Z"),
-        json!("2026-11-28T12:00:00+05:30"),
-        json!("1999-01-01T00:00:00"),
-        json!("not a time"),
-    ]));
-    let integrations = prop::option::of(prop::sample::select(vec![
-        json!({}),
-        json!({}),
-        json!({"All": false}),
-        json!({"All": false, "Pointillist": {"x": 1}}),
-        json!({"Pointillist": false, "Amplitude": [1]}),
-        json!(null),
-        json!("x"),
-    ]));
-    (
-        prop::sample::select(vec![
-            "identify", "track", "page", "screen", "group", "alias", "x",
-        ]),
-        (id(), id(), id(), id()),
-        (
-            prop::option::of(".{0,6}"),
-            prop::option::of(".{0,4}"),
-            prop::option::of(".{0,4}"),
-        ),
-        (block(), block(), block(), block(), block(), block()),
-        (time.clone(), time.clone(), time.clone(), time),
-        (
-            integrations,
-            prop::option::of("[a-z0-9-]{0,4}"),
-            json_value(),
-        ),
-    )
-        .prop_map(
-            |(
-                kind,
-                (user, anon, group, previous),
-                (event, name, category),
-                blocks,
-                times,
-                rest,
-            )| {
-                let (props, traits, ctx_traits, device, campaign, location) = blocks;
-                let (ts, original, sent, received) = times;
-                let (integrations, message_id, extra) = rest;
-                let mut m = json!({
-                    "type": kind, "userId": user, "anonymousId": anon, "groupId": group,
-                    "previousId": previous, "event": event, "name": name, "category": category,
-                    "properties": props, "traits": traits, "messageId": message_id,
-                    "timestamp": ts, "originalTimestamp": original, "sentAt": sent,
-                    "receivedAt": received, "integrations": integrations, "version": extra,
-                    "context": { "traits": ctx_traits, "device": device, "campaign": campaign,
-                                 "location": location, "library": {"name": "x"} }
-                });
-                // Absent rather than null for about half the optional fields.
-                let obj = m.as_object_mut().unwrap();
-                obj.retain(|_, v| !v.is_null());
-                m
-            },
-        )
 }
 
 /// What `map_json` answered, comparable: the body, or the error's text.
@@ -129,56 +36,6 @@ fn assert_same(mapper: &Mapper, text: &str) {
 fn stored(value: &Value) -> Option<String> {
     let message: Message = serde_json::from_value(value.clone()).ok()?;
     Some(serde_json::to_string(&message).unwrap())
-}
-
-/// Renders `value` as JSON text with object keys in a pseudo-random order, some keys
-/// repeated (with another value first), and some white space: text the fast path must
-/// decline wherever the order matters, and otherwise map the same.
-fn scrambled(value: &Value, seed: &mut u64, out: &mut String) {
-    fn next(seed: &mut u64) -> u64 {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 7;
-        *seed ^= *seed << 17;
-        *seed
-    }
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            for i in (1..entries.len()).rev() {
-                let j = usize::try_from(next(seed) % (i as u64 + 1)).unwrap();
-                entries.swap(i, j);
-            }
-            out.push('{');
-            let mut first = true;
-            for (key, item) in entries {
-                let dup = next(seed) % 8 == 0;
-                for value in [dup.then_some(&Value::Bool(true)), Some(item)]
-                    .into_iter()
-                    .flatten()
-                {
-                    if !first {
-                        out.push_str(if next(seed) % 4 == 0 { " , " } else { "," });
-                    }
-                    first = false;
-                    out.push_str(&serde_json::to_string(key).unwrap());
-                    out.push(':');
-                    scrambled(value, seed, out);
-                }
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                scrambled(item, seed, out);
-            }
-            out.push(']');
-        }
-        leaf => out.push_str(&leaf.to_string()),
-    }
 }
 
 proptest! {

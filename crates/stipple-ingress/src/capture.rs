@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use stipple_core::{ErrorCode, Input, Message, MessageType, ValidationError};
+use stipple_core::{ErrorCode, Input, Message, MessageType, Rest, Split, ValidationError};
 use stipple_store::{Append, Appended, NewEvent, RejectedInput, STORE_WARNINGS_EVERY, Throttle};
 use tracing::{debug, warn};
 
@@ -130,14 +130,55 @@ struct Accepted {
     payload: Vec<u8>,
 }
 
+/// A message as read: whole (the reference path), or split into its plain fields and
+/// the text of the rest (the fast path, [`stipple_core::split`]), which is stored the
+/// same, byte for byte.
+#[derive(Debug)]
+enum Read<'a> {
+    Whole(Message),
+    Split(Split<'a>),
+}
+
+impl<'a> Read<'a> {
+    /// A single-call body on the fast path, when it takes it.
+    fn split(body: &'a [u8]) -> Option<Self> {
+        let text = std::str::from_utf8(body).ok()?;
+        stipple_core::split(text).map(Read::Split)
+    }
+
+    /// Batch item `index`, on the fast path when it takes it.
+    fn item(batch: &'a stipple_core::Batch, index: usize) -> Result<Self, ValidationError> {
+        match batch.split_item(index) {
+            Some(split) => Ok(Read::Split(split)),
+            None => batch.item(index).map(Read::Whole),
+        }
+    }
+
+    /// The plain fields (all of the message when read whole).
+    fn message(&mut self) -> &mut Message {
+        match self {
+            Read::Whole(message) => message,
+            Read::Split(split) => &mut split.plain,
+        }
+    }
+}
+
 /// Validates and stamps one message. `writeKey` is removed: it is a secret and the
 /// source already says whose message it is.
 fn accept(
-    mut message: Message,
+    read: Read<'_>,
     batch_sent_at: Option<&str>,
     received_at: DateTime<Utc>,
 ) -> Result<Accepted, Rejection> {
+    let (mut message, rest): (Message, Option<Rest<'_>>) = match read {
+        Read::Whole(message) => (message, None),
+        Read::Split(split) => (split.plain, Some(split.rest)),
+    };
     message.other.remove("writeKey");
+    let rest = rest.map(|mut rest| {
+        rest.remove_other("writeKey");
+        rest
+    });
     let mut valid = message.validate()?;
     if let Some(sent_at) = batch_sent_at {
         valid.inherit_sent_at(sent_at)?;
@@ -148,7 +189,11 @@ fn accept(
     let message = valid.into_message();
     // ensure_message_id has set it.
     let message_id = message.message_id.clone().unwrap_or_default();
-    let payload = serde_json::to_vec(&message).map_err(|e| Rejection {
+    let payload = match &rest {
+        Some(rest) => rest.write(&message),
+        None => serde_json::to_vec(&message),
+    };
+    let payload = payload.map_err(|e| Rejection {
         code: ErrorCode::InvalidMessage.as_str(),
         message: format!("the message could not be serialised: {e}"),
     })?;
@@ -271,21 +316,26 @@ async fn single(
     body: &[u8],
     received_at: DateTime<Utc>,
 ) -> Result<Response, IngressError> {
-    let outcome = match Input::parse(body) {
-        Ok(Input::Message(message)) => {
-            with_type(*message, kind).and_then(|message| accept(message, None, received_at))
-        }
-        Ok(Input::Batch(_)) => {
-            return Err(IngressError::WrongShape(
-                "this endpoint takes one message: post batches to /v1/batch",
-            ));
-        }
-        Err(e) if e.code == ErrorCode::InvalidJson => {
-            return Err(IngressError::InvalidJson(e.message));
-        }
-        // JSON that is not a message is a refused message, kept like any other.
-        Err(e) => Err(Rejection::from(e)),
+    let read = match Read::split(body) {
+        Some(read) => Ok(read),
+        None => match Input::parse(body) {
+            Ok(Input::Message(message)) => Ok(Read::Whole(*message)),
+            Ok(Input::Batch(_)) => {
+                return Err(IngressError::WrongShape(
+                    "this endpoint takes one message: post batches to /v1/batch",
+                ));
+            }
+            Err(e) if e.code == ErrorCode::InvalidJson => {
+                return Err(IngressError::InvalidJson(e.message));
+            }
+            // JSON that is not a message is a refused message, kept like any other.
+            Err(e) => Err(Rejection::from(e)),
+        },
     };
+    let outcome = read.and_then(|mut read| {
+        with_type(read.message(), kind)?;
+        accept(read, None, received_at)
+    });
     let refused = outcome.as_ref().err().map(|r| (r.code, r.message.clone()));
     let mut collected = Collected::new(source);
     collected.push(outcome, kind.as_str(), None, body);
@@ -303,7 +353,7 @@ async fn single(
     }
 }
 
-fn with_type(mut message: Message, kind: MessageType) -> Result<Message, Rejection> {
+fn with_type(message: &mut Message, kind: MessageType) -> Result<(), Rejection> {
     match message.kind.as_deref() {
         None => message.kind = Some(kind.as_str().to_owned()),
         Some(text) if text == kind.as_str() => {}
@@ -316,7 +366,7 @@ fn with_type(mut message: Message, kind: MessageType) -> Result<Message, Rejecti
             });
         }
     }
-    Ok(message)
+    Ok(())
 }
 
 /// One refused batch item, in the answer.
@@ -369,10 +419,10 @@ async fn batch(
             };
             ("unknown", Err(rejection))
         } else {
-            match batch.item(index) {
-                Ok(message) => (
-                    type_label(message.kind.as_deref()),
-                    accept(message, batch.sent_at.as_deref(), received_at),
+            match Read::item(&batch, index) {
+                Ok(mut read) => (
+                    type_label(read.message().kind.as_deref()),
+                    accept(read, batch.sent_at.as_deref(), received_at),
                 ),
                 Err(e) => ("unknown", Err(Rejection::from(e))),
             }
@@ -429,16 +479,12 @@ mod tests {
             kind: kind.map(str::to_owned),
             ..Message::default()
         };
+        let mut missing = message(None);
+        with_type(&mut missing, MessageType::Page).unwrap();
+        assert_eq!(missing.kind.as_deref(), Some("page"));
+        assert!(with_type(&mut message(Some("page")), MessageType::Page).is_ok());
         assert_eq!(
-            with_type(message(None), MessageType::Page)
-                .unwrap()
-                .kind
-                .as_deref(),
-            Some("page")
-        );
-        assert!(with_type(message(Some("page")), MessageType::Page).is_ok());
-        assert_eq!(
-            with_type(message(Some("track")), MessageType::Page)
+            with_type(&mut message(Some("track")), MessageType::Page)
                 .unwrap_err()
                 .code,
             TYPE_MISMATCH

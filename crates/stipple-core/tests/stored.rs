@@ -1,0 +1,142 @@
+//! The fast reading for storage (`stipple_core::split`, then `Rest::write`) against the
+//! reference path (`Input::parse` into a `Message`, then `serde_json::to_vec`): where
+//! the fast path takes a message it stores the same bytes, and it takes the messages
+//! clients send.
+
+#![allow(clippy::unwrap_used, reason = "test helpers fail loudly")]
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use stipple_core::{Input, Message, split};
+
+mod support;
+
+use support::{json_value, rich_message, scrambled};
+
+/// The reference path's stored text, when it reads `text` as one message.
+fn reference(text: &str) -> Option<Vec<u8>> {
+    match Input::parse(text.as_bytes()).ok()? {
+        Input::Message(message) => Some(serde_json::to_vec(&message).unwrap()),
+        Input::Batch(_) => None,
+    }
+}
+
+/// The fast path's stored text, `None` when it declines.
+fn fast(text: &str) -> Option<Vec<u8>> {
+    let split = split(text)?;
+    Some(split.rest.write(&split.plain).unwrap())
+}
+
+/// Where the fast path takes `text`, the reference path reads it too, to the same bytes.
+fn assert_same(text: &str) -> Result<(), TestCaseError> {
+    if let Some(fast) = fast(text) {
+        let reference = reference(text);
+        prop_assert!(reference.is_some(), "taken by the fast path only: {}", text);
+        prop_assert_eq!(
+            String::from_utf8(fast).unwrap(),
+            String::from_utf8(reference.unwrap()).unwrap(),
+            "input: {}",
+            text
+        );
+    }
+    Ok(())
+}
+
+/// A stamped plain message writes as the reference path's stamped message does: the
+/// stamping sees the same fields either way.
+#[test]
+fn stamping_the_plain_fields_stores_what_the_reference_stores() {
+    let text = r#"{"type":"track","event":"Order Completed","userId":"u-1","writeKey":"k",
+        "timestamp":"2026-11-28T12:00:00.123Z","sentAt":"2026-11-28T12:00:01.000Z",
+        "properties":{"total":27.5,"coupon":"hasbros","currency":"USD"},
+        "context":{"library":{"name":"analytics-node","version":"3.1.0"},"ip":"203.0.113.7"},
+        "integrations":{}}"#;
+    let received = chrono::DateTime::parse_from_rfc3339("2026-11-28T12:00:02Z")
+        .unwrap()
+        .to_utc();
+    let stamp = |message: Message| {
+        let mut valid = message.validate().unwrap();
+        valid.ensure_message_id(|| "m-1".to_owned());
+        valid.apply_received_at(received);
+        valid.into_message()
+    };
+    let mut reference: Message = serde_json::from_str(text).unwrap();
+    reference.other.remove("writeKey");
+    let reference = serde_json::to_vec(&stamp(reference)).unwrap();
+    let mut split = split(text).unwrap();
+    split.rest.remove_other("writeKey");
+    let fast = split.rest.write(&stamp(split.plain)).unwrap();
+    assert_eq!(
+        String::from_utf8(fast).unwrap(),
+        String::from_utf8(reference).unwrap()
+    );
+}
+
+/// A message as analytics-node sends it (keys in its order, not sorted) takes the fast
+/// path: the ingress's hot path is the one tested here.
+#[test]
+fn client_messages_take_the_fast_path() {
+    let text = json!({
+        "type": "track", "event": "Product Added", "userId": "u", "anonymousId": "a",
+        "messageId": "m", "timestamp": "2026-11-28T12:00:00.123Z",
+        "properties": {"sku": "G-32", "price": 18.99, "name": "Monopoly"},
+        "context": {"library": {"name": "@segment/analytics-node", "version": "3.1.0"},
+                    "traits": {"plan": "pro", "age": 3}},
+        "integrations": {}, "_metadata": {"nodeVersion": "20"}
+    })
+    .to_string();
+    assert!(fast(&text).is_some());
+    assert_same(&text).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn messages_store_the_same(value in rich_message()) {
+        let text = value.to_string();
+        assert_same(&text)?;
+        // Keys in JSON's order, no repeats: the fast path takes every message the
+        // reference path reads.
+        if reference(&text).is_some() {
+            prop_assert!(fast(&text).is_some(), "declined: {}", text);
+        }
+    }
+
+    #[test]
+    fn any_key_order_and_repeats_store_the_same(value in rich_message(), seed in 1..u64::MAX) {
+        let mut text = String::new();
+        scrambled(&value, &mut { seed }, &mut text);
+        assert_same(&text)?;
+    }
+
+    #[test]
+    fn any_json_stores_the_same(value in json_value()) {
+        assert_same(&value.to_string())?;
+        let wrapped = json!({"type": "track", "properties": value.clone(), "context": {"traits": value.clone(), "x": value}});
+        assert_same(&wrapped.to_string())?;
+    }
+
+    #[test]
+    fn any_text_stores_the_same(text in ".{0,48}") {
+        assert_same(&text)?;
+    }
+}
+
+#[test]
+fn unsorted_escaped_and_spaced_input_is_stored_canonically() {
+    for text in [
+        r#"{"properties": {"b": "\u00e9\n", "a": -0, "c": 1E3, "d": 12345678901234567890123}}"#,
+        r#"{"context": {"z": [1, 2], "traits": null, "device": {"y": 1, "x": [ {"b": 1, "a": 2} ]}}}"#,
+        r#"{ "zz" : { "b" : 1 , "a" : 2 } , "aa" : null, "type": null }"#,
+        r#"{"traits": {"": 1, "\u0000": 2}, "integrations": null}"#,
+    ] {
+        assert!(fast(text).is_some(), "{text}");
+        assert_same(text).unwrap();
+    }
+    let value: Value = serde_json::from_str(r#"{"properties": {"b": 1, "a": 2}}"#).unwrap();
+    assert_eq!(
+        fast(&value.to_string()).unwrap(),
+        br#"{"properties":{"a":2,"b":1}}"#
+    );
+}
