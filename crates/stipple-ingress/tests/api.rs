@@ -488,6 +488,41 @@ async fn batch_level_context_and_integrations_are_merged_into_items() {
     );
 }
 
+/// The stored text is the same whether the ingress read the message on its fast path
+/// (a single call) or on the reference path (a batch with `integrations` to merge, here
+/// one that changes nothing): keys sorted, strings re-escaped, unknown fields verbatim,
+/// the body's `writeKey` removed.
+#[tokio::test]
+async fn the_stored_text_is_the_same_on_either_reading() {
+    let h = Harness::new();
+    let message = r#"{"type":"track","writeKey":"wk_web","messageId":"m-1","userId":"u1",
+        "event":"E","properties":{"z":1.50,"a":"\u00e9","m":{"y":1,"x":2}},
+        "context":{"userAgent":"UA","traits":{"b":1,"a":2}},"integrations":{},
+        "_metadata":{ "bundled": [] }}"#;
+    h.check(
+        post("/v1/track").raw(message).build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
+    let batch = format!(r#"{{"integrations": {{}}, "batch": [{message}]}}"#);
+    h.check(
+        post("/v1/batch").basic("wk_app:").raw(batch).build(),
+        200,
+        json!({"success": true}),
+    )
+    .await;
+    let events = h.events().await;
+    let expected = r#"{"type":"track","messageId":"m-1","userId":"u1","event":"E","timestamp":"2026-11-28T12:00:00.000Z","receivedAt":"2026-11-28T12:00:00.000Z","properties":{"a":"é","m":{"x":2,"y":1},"z":1.5},"context":{"traits":{"a":2,"b":1},"userAgent":"UA"},"integrations":{},"_metadata":{ "bundled": [] }}"#;
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        (events[0].source.as_str(), events[1].source.as_str()),
+        ("web", "app")
+    );
+    assert_eq!(events[0].text, expected);
+    assert_eq!(events[1].text, expected);
+}
+
 #[tokio::test]
 async fn clock_skew_is_corrected_in_the_stored_payload() {
     let h = Harness::new();

@@ -48,6 +48,8 @@ pub struct Stored {
     pub source: String,
     pub message_id: String,
     pub payload: Value,
+    /// The payload as stored.
+    pub text: String,
 }
 
 /// A router over a [`TestStore`] with the fixed clock.
@@ -93,6 +95,7 @@ impl Harness {
                 source: l.source,
                 message_id: l.message_id,
                 payload: serde_json::from_slice(&l.payload).unwrap(),
+                text: String::from_utf8(l.payload).unwrap(),
             })
             .collect()
     }
