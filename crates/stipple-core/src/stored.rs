@@ -74,16 +74,18 @@ impl Rest<'_> {
 
     /// The JSON text of `plain` with these parts: what `serde_json::to_vec` writes for
     /// the reference path's message. `plain` must hold no blocks and no unknown fields
-    /// (as [`split`] gives it).
+    /// (as [`split`] gives it); else an error, rather than text with keys twice.
     pub fn write(&self, plain: &Message) -> serde_json::Result<Vec<u8>> {
-        debug_assert!(
-            plain.properties.is_none()
-                && plain.traits.is_none()
-                && plain.context.is_none()
-                && plain.integrations.is_none()
-                && plain.other.is_empty(),
-            "the plain message carries parts of its own"
-        );
+        if plain.properties.is_some()
+            || plain.traits.is_some()
+            || plain.context.is_some()
+            || plain.integrations.is_some()
+            || !plain.other.is_empty()
+        {
+            return Err(serde::ser::Error::custom(
+                "the plain message carries blocks or unknown fields of its own",
+            ));
+        }
         let blocks = [
             ("properties", &self.properties),
             ("traits", &self.traits),
@@ -454,6 +456,14 @@ mod tests {
         let text =
             r#"{"properties": {"a": 1}, "properties": {"b": 2}, "event": "x", "event": "y"}"#;
         assert_eq!(fast(text).unwrap(), reference(text));
+    }
+
+    #[test]
+    fn a_plain_message_with_parts_of_its_own_is_an_error() {
+        let split = split(r#"{"type": "track", "properties": {"a": 1}}"#).unwrap();
+        let mut plain = split.plain;
+        plain.properties = Some(crate::JsonMap::new());
+        assert!(split.rest.write(&plain).is_err());
     }
 
     #[test]
