@@ -57,8 +57,7 @@ pub fn split(text: &str) -> Option<Split<'_>> {
     let mut reader = serde_json::Deserializer::from_str(text);
     let split = SplitSeed(text.len()).deserialize(&mut reader).ok()?;
     reader.end().ok()?;
-    let batch = split.rest.other.iter().any(|(key, _)| key == "batch");
-    (!batch).then_some(split)
+    (!split.rest.contains_other("batch")).then_some(split)
 }
 
 impl Rest<'_> {

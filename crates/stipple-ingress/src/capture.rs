@@ -140,10 +140,21 @@ enum Read<'a> {
 }
 
 impl<'a> Read<'a> {
-    /// A single-call body on the fast path, when it takes it.
-    fn split(body: &'a [u8]) -> Option<Self> {
-        let text = std::str::from_utf8(body).ok()?;
-        stipple_core::split(text).map(Read::Split)
+    /// A single-call body, on the fast path when it takes it. JSON that is not a message
+    /// is a refused message (kept like any other); a batch or invalid JSON is an error
+    /// of the whole request.
+    fn single(body: &'a [u8]) -> Result<Result<Self, Rejection>, IngressError> {
+        if let Some(split) = std::str::from_utf8(body).ok().and_then(stipple_core::split) {
+            return Ok(Ok(Read::Split(split)));
+        }
+        match Input::parse(body) {
+            Ok(Input::Message(message)) => Ok(Ok(Read::Whole(*message))),
+            Ok(Input::Batch(_)) => Err(IngressError::WrongShape(
+                "this endpoint takes one message: post batches to /v1/batch",
+            )),
+            Err(e) if e.code == ErrorCode::InvalidJson => Err(IngressError::InvalidJson(e.message)),
+            Err(e) => Ok(Err(Rejection::from(e))),
+        }
     }
 
     /// Batch item `index`, on the fast path when it takes it.
@@ -170,15 +181,16 @@ fn accept(
     batch_sent_at: Option<&str>,
     received_at: DateTime<Utc>,
 ) -> Result<Accepted, Rejection> {
-    let (mut message, rest): (Message, Option<Rest<'_>>) = match read {
-        Read::Whole(message) => (message, None),
-        Read::Split(split) => (split.plain, Some(split.rest)),
+    let (message, rest): (Message, Option<Rest<'_>>) = match read {
+        Read::Whole(mut message) => {
+            message.other.remove("writeKey");
+            (message, None)
+        }
+        Read::Split(mut split) => {
+            split.rest.remove_other("writeKey");
+            (split.plain, Some(split.rest))
+        }
     };
-    message.other.remove("writeKey");
-    let rest = rest.map(|mut rest| {
-        rest.remove_other("writeKey");
-        rest
-    });
     let mut valid = message.validate()?;
     if let Some(sent_at) = batch_sent_at {
         valid.inherit_sent_at(sent_at)?;
@@ -316,23 +328,7 @@ async fn single(
     body: &[u8],
     received_at: DateTime<Utc>,
 ) -> Result<Response, IngressError> {
-    let read = match Read::split(body) {
-        Some(read) => Ok(read),
-        None => match Input::parse(body) {
-            Ok(Input::Message(message)) => Ok(Read::Whole(*message)),
-            Ok(Input::Batch(_)) => {
-                return Err(IngressError::WrongShape(
-                    "this endpoint takes one message: post batches to /v1/batch",
-                ));
-            }
-            Err(e) if e.code == ErrorCode::InvalidJson => {
-                return Err(IngressError::InvalidJson(e.message));
-            }
-            // JSON that is not a message is a refused message, kept like any other.
-            Err(e) => Err(Rejection::from(e)),
-        },
-    };
-    let outcome = read.and_then(|mut read| {
+    let outcome = Read::single(body)?.and_then(|mut read| {
         with_type(read.message(), kind)?;
         accept(read, None, received_at)
     });
