@@ -246,12 +246,27 @@ fn delivers_stops_and_keeps_rejected_input(extra: &str) {
         .unwrap()
         .text()
         .unwrap();
-    for name in ["stipple_store_commits_total", "stipple_store_fsyncs_total"] {
+    // So do the time each request, commit and fsync took.
+    for name in [
+        "stipple_store_commits_total",
+        "stipple_store_fsyncs_total",
+        "stipple_ingress_request_duration_seconds_count",
+        "stipple_store_commit_seconds_count",
+        "stipple_store_fsync_seconds_count",
+    ] {
         let value: u64 = metrics
             .lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("{name} not in\n{metrics}"));
         assert!(value >= 1, "{name} {value}");
+    }
+    // The answer times have buckets fine enough for a fast disk (the first at 100 µs).
+    for name in [
+        "stipple_ingress_request_duration_seconds",
+        "stipple_store_fsync_seconds",
+    ] {
+        let bucket = format!("{name}_bucket{{le=\"0.0001\"}}");
+        assert!(metrics.contains(&bucket), "{bucket} not in\n{metrics}");
     }
 
     // The admin commands work beside the running service (they take no lock).

@@ -49,7 +49,7 @@ mod state;
 pub mod telemetry;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::Request;
@@ -74,12 +74,13 @@ pub fn router(state: IngressState) -> Router {
             // The request whole, not `HeaderMap` and `Body` extractors: axum's `HeaderMap`
             // extractor clones the map (two allocations and a copy per request).
             move |State(state): State<IngressState>, request: Request| async move {
+                let arrived = Instant::now();
                 let counters = Arc::clone(&state.shared.counters);
                 let (parts, body) = request.into_parts();
                 let response = capture::handle(state, endpoint, parts.headers, body)
                     .await
                     .into_response();
-                counters.request(response.status());
+                counters.answered(response.status(), arrived);
                 response
             },
         )

@@ -8,9 +8,13 @@
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use axum::http::StatusCode;
-use metrics::{Counter, counter, describe_counter, describe_gauge};
+use metrics::{
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    histogram,
+};
 use stipple_core::MessageType;
 
 /// Counter: messages received in authenticated requests (`source`, `type`).
@@ -23,6 +27,9 @@ pub const REJECTED: &str = "stipple_rejected_total";
 pub const DEDUPLICATED: &str = "stipple_deduplicated_total";
 /// Counter: Tracking API requests answered (`status`).
 pub const REQUESTS: &str = "stipple_ingress_requests_total";
+/// Histogram: seconds from a Tracking API request's arrival (its headers read) to its
+/// answer, the wait for the store's fsync included.
+pub const REQUEST_SECONDS: &str = "stipple_ingress_request_duration_seconds";
 /// Gauge, set on each scrape of `/metrics`: events waiting for delivery.
 pub const QUEUED: &str = "stipple_queued";
 /// Gauge, set on each scrape of `/metrics`: dead letters kept.
@@ -52,6 +59,21 @@ pub fn describe_metrics() {
         "Segment messages whose messageId was already seen on their source"
     );
     describe_counter!(REQUESTS, "Tracking API requests answered, by status");
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "Time from a Tracking API request's arrival to its answer"
+    );
+    describe_histogram!(
+        stipple_store::FSYNC_SECONDS,
+        Unit::Seconds,
+        "Time each fsync of the store's write-ahead log took"
+    );
+    describe_histogram!(
+        stipple_store::COMMIT_SECONDS,
+        Unit::Seconds,
+        "Time each store transaction (a group of requests) took from BEGIN to COMMIT"
+    );
     describe_gauge!(QUEUED, "Events waiting for delivery");
     describe_gauge!(DEAD_LETTERS, "Dead letters kept");
     describe_gauge!(REJECTED_STORED, "Rejected inputs kept");
@@ -95,6 +117,7 @@ const STATUSES: [u16; 10] = [200, 400, 401, 404, 405, 408, 415, 429, 500, 503];
 pub(crate) struct Counters {
     sources: HashMap<String, SourceCounters>,
     requests: [OnceLock<Counter>; STATUSES.len()],
+    duration: OnceLock<Histogram>,
 }
 
 /// The counters of one source, by type.
@@ -114,7 +137,16 @@ impl Counters {
                 .map(|name| (name.to_owned(), SourceCounters::default()))
                 .collect(),
             requests: Default::default(),
+            duration: OnceLock::new(),
         }
+    }
+
+    /// Counts a Tracking API answer to a request that arrived at `arrived`.
+    pub(crate) fn answered(&self, status: StatusCode, arrived: Instant) {
+        self.duration
+            .get_or_init(|| histogram!(REQUEST_SECONDS))
+            .record(arrived.elapsed());
+        self.request(status);
     }
 
     /// Counts a Tracking API answer.

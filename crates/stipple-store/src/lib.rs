@@ -160,6 +160,13 @@ pub struct Stats {
     pub rejected: u64,
 }
 
+/// Histogram, recorded through the `metrics` facade by the SQLite store: how long each
+/// fsync of its write-ahead log took (the disk's share of an append's answer time).
+pub const FSYNC_SECONDS: &str = "stipple_store_fsync_seconds";
+/// Histogram, recorded through the `metrics` facade by the SQLite store: how long each
+/// group's transaction took, from `BEGIN` to `COMMIT` (SQLite's share).
+pub const COMMIT_SECONDS: &str = "stipple_store_commit_seconds";
+
 /// What a store has done since it opened: with [`Store::append`]s per second, how many
 /// appends share a commit and an fsync (group commit).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

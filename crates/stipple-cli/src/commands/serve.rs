@@ -116,10 +116,29 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
 ];
 
+/// The buckets of what takes well under a second when all is well: a Tracking API
+/// answer, a store commit, an fsync. From 100 µs (an fsync on a fast disk) to 10 s (a
+/// Segment client's timeout).
+const ANSWER_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
+    let mut builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-        .context("bad histogram buckets")?
+        .context("bad histogram buckets")?;
+    // A full name wins over the suffix above.
+    for name in [
+        stipple_ingress::telemetry::REQUEST_SECONDS,
+        stipple_store::FSYNC_SECONDS,
+        stipple_store::COMMIT_SECONDS,
+    ] {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.into()), ANSWER_BUCKETS)
+            .context("bad histogram buckets")?;
+    }
+    let handle = builder
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     stipple_ingress::telemetry::describe_metrics();

@@ -297,7 +297,9 @@ pub(super) fn run(
             }
             continue;
         }
+        let started = Instant::now();
         let mut answers = commit_group(&mut db, &*clock, &mut group, &shared);
+        metrics::histogram!(crate::COMMIT_SECONDS).record(started.elapsed());
         if let (None, Some(checkpoints)) = (&answers.commit_error, &mut db.checkpoints) {
             checkpoints.wrote(weight);
         }
@@ -370,6 +372,7 @@ pub(super) fn sync(
             pending.push(next);
         }
         // SQLite keeps reusing this one file until the connection closes.
+        let started = Instant::now();
         #[cfg(test)]
         let synced = if shared.fail_next_sync.swap(false, Ordering::AcqRel) {
             Err(std::io::Error::other("injected fsync failure"))
@@ -380,6 +383,7 @@ pub(super) fn sync(
         let synced = file.sync_data();
         let error = match synced {
             Ok(()) => {
+                metrics::histogram!(crate::FSYNC_SECONDS).record(started.elapsed());
                 shared.syncs.fetch_add(1, Ordering::Relaxed);
                 None
             }
