@@ -71,6 +71,7 @@ impl Bench<'_> {
                 .with_note(batch_runs.note.clone()),
             );
             rows.push(batch_runs.cpu_row(&format!("/v1/batch server CPU per event, {label}")));
+            rows.push(batch_runs.latency_row(&format!("/v1/batch answer time p99, {label}")));
             // /v1/track twice: with as many connections as the batch runs, where each
             // client waits for an fsync per request and so the rate is capped at about
             // connections / fsync time whatever the CPU; and with many clients (a track
@@ -103,6 +104,9 @@ impl Bench<'_> {
                 );
                 rows.push(runs.cpu_row(&format!(
                     "/v1/track server CPU per request, {connections} connections, {label}"
+                )));
+                rows.push(runs.latency_row(&format!(
+                    "/v1/track answer time p99, {connections} connections, {label}"
                 )));
             }
 
@@ -188,18 +192,20 @@ impl Bench<'_> {
             }
             let seconds = |m: &Measured| m.result.elapsed.as_secs_f64();
             eprintln!(
-                "bench: {path} {label}, {connections} connections, round {}/{}: stipple {} ({:.2} s{}; serve {}; load generator {:.2} cores), \
-                 bare {} ({:.2} s{}; {:.2} cores), ratio {:.2}",
+                "bench: {path} {label}, {connections} connections, round {}/{}: stipple {} ({:.2} s{}; answers {}; serve {}; load generator {:.2} cores), \
+                 bare {} ({:.2} s{}; answers {}; {:.2} cores), ratio {:.2}",
                 round + 1,
                 self.args.rounds.max(1),
                 report::number(per(&stipple.result), unit),
                 seconds(&stipple),
                 suffix(&stipple.result),
+                latencies(&stipple.result),
                 stipple.server.cores(seconds(&stipple)),
                 stipple.generator.total / seconds(&stipple),
                 report::number(per(&baseline.result), unit),
                 seconds(&baseline),
                 suffix(&baseline.result),
+                latencies(&baseline.result),
                 baseline.server.total / seconds(&baseline),
                 per(&stipple.result) / per(&baseline.result),
             );
@@ -211,6 +217,12 @@ impl Bench<'_> {
             paired
                 .their_cpu
                 .push(baseline.server.total * 1e6 / done(&baseline.result).max(1) as f64);
+            paired
+                .our_p99
+                .push(stipple.result.latency_ms(0.99).unwrap_or(f64::NAN));
+            paired
+                .their_p99
+                .push(baseline.result.latency_ms(0.99).unwrap_or(f64::NAN));
             paired.results.push((stipple.result, baseline.result));
         }
         let mut notes = Vec::new();
@@ -257,6 +269,10 @@ struct Paired {
     our_cpu: Vec<f64>,
     /// The same for the baseline server.
     their_cpu: Vec<f64>,
+    /// The 99th percentile of stipple's answer times in each round, in milliseconds.
+    our_p99: Vec<f64>,
+    /// The same for the baseline server.
+    their_p99: Vec<f64>,
     results: Vec<(LoadResult, LoadResult)>,
     note: String,
 }
@@ -271,6 +287,20 @@ impl Paired {
             self.our_cpu.clone(),
             "bare axum",
             self.their_cpu.clone(),
+            Goal::None,
+        )
+    }
+
+    /// The answer time rows: stipple's 99th percentile against the baseline's. A 200
+    /// from stipple waits for the fsync that makes its events durable.
+    fn latency_row(&self, what: &str) -> Row {
+        Row::paired(
+            "ingress",
+            format!("{what} (lower is better)"),
+            "ms",
+            self.our_p99.clone(),
+            "bare axum",
+            self.their_p99.clone(),
             Goal::None,
         )
     }
@@ -296,6 +326,14 @@ async fn measure(server: &Server, target: &Target, plan: &LoadPlan) -> anyhow::R
         server: server_after.since(&server_before),
         generator: own_after.since(&own_before),
     })
+}
+
+/// The median and 99th percentile answer times of a run, as the round lines print them.
+fn latencies(result: &LoadResult) -> String {
+    match (result.latency_ms(0.5), result.latency_ms(0.99)) {
+        (Some(p50), Some(p99)) => format!("p50 {p50:.2} ms, p99 {p99:.2} ms"),
+        _ => "none".to_owned(),
+    }
 }
 
 fn suffix(result: &LoadResult) -> String {

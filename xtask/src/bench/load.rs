@@ -245,12 +245,24 @@ pub(crate) struct LoadResult {
     pub(crate) elapsed: Duration,
     /// The run hit `max_time` before all its requests were sent.
     pub(crate) capped: bool,
+    /// Each answered request's time from sending to the end of its answer, in µs.
+    pub(crate) latencies: Vec<u32>,
 }
 
 impl LoadResult {
     /// Counts one answer (`None`: no answer at all) of a request carrying `events`
     /// messages; true when too many requests in a row got no answer and the worker stops.
-    fn record(&mut self, status: Option<u16>, events: u64, errors_in_a_row: &mut u32) -> bool {
+    fn record(
+        &mut self,
+        status: Option<u16>,
+        events: u64,
+        took: Duration,
+        errors_in_a_row: &mut u32,
+    ) -> bool {
+        if status.is_some() {
+            self.latencies
+                .push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+        }
         match status {
             Some(200) => {
                 *errors_in_a_row = 0;
@@ -277,6 +289,17 @@ impl LoadResult {
         }
         self.transport_errors += other.transport_errors;
         self.capped |= other.capped;
+        self.latencies.extend(other.latencies);
+    }
+
+    /// The answer time that `quantile` (0 to 1) of the answered requests took at most,
+    /// in milliseconds; `None` when none was answered.
+    pub(crate) fn latency_ms(&self, quantile: f64) -> Option<f64> {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let last = sorted.len().checked_sub(1)?;
+        let at = ((last as f64) * quantile.clamp(0.0, 1.0)).round() as usize;
+        Some(f64::from(sorted[at]) / 1000.0)
     }
 
     /// Requests answered other than 200, or not at all.
@@ -383,6 +406,7 @@ impl Worker {
                 result.transport_errors += 1;
                 break;
             };
+            let sent = Instant::now();
             let answered = async {
                 sender.ready().await?;
                 let response = sender.send_request(request).await?;
@@ -395,6 +419,7 @@ impl Worker {
             if result.record(
                 answered.ok(),
                 self.plan.template.events(),
+                sent.elapsed(),
                 &mut errors_in_a_row,
             ) {
                 break;
@@ -460,6 +485,7 @@ pub(crate) async fn post_events(
                     break;
                 }
                 let body = bodies[(ticket % bodies.len() as u64) as usize].clone();
+                let started = Instant::now();
                 let sent = client
                     .post(&url)
                     .header("apiToken", TOKEN)
@@ -474,7 +500,7 @@ pub(crate) async fn post_events(
                     }
                     Err(e) => Err(e),
                 };
-                if result.record(status.ok(), 1, &mut errors_in_a_row) {
+                if result.record(status.ok(), 1, started.elapsed(), &mut errors_in_a_row) {
                     break;
                 }
             }
