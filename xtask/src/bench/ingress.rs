@@ -280,30 +280,28 @@ struct Paired {
 impl Paired {
     /// The CPU rows: stipple's server CPU per event (or request) against the baseline's.
     fn cpu_row(&self, what: &str) -> Row {
-        Row::paired(
-            "ingress",
-            format!("{what} (lower is better)"),
-            "us",
-            self.our_cpu.clone(),
-            "bare axum",
-            self.their_cpu.clone(),
-            Goal::None,
-        )
+        lower_is_better(what, "us", &self.our_cpu, &self.their_cpu)
     }
 
     /// The answer time rows: stipple's 99th percentile against the baseline's. A 200
     /// from stipple waits for the fsync that makes its events durable.
     fn latency_row(&self, what: &str) -> Row {
-        Row::paired(
-            "ingress",
-            format!("{what} (lower is better)"),
-            "ms",
-            self.our_p99.clone(),
-            "bare axum",
-            self.their_p99.clone(),
-            Goal::None,
-        )
+        lower_is_better(what, "ms", &self.our_p99, &self.their_p99)
     }
+}
+
+/// A row for information (no goal) where less is better, stipple's rounds against the
+/// bare handler's.
+fn lower_is_better(what: &str, unit: &'static str, ours: &[f64], theirs: &[f64]) -> Row {
+    Row::paired(
+        "ingress",
+        format!("{what} (lower is better)"),
+        unit,
+        ours.to_vec(),
+        "bare axum",
+        theirs.to_vec(),
+        Goal::None,
+    )
 }
 
 /// One load run and the CPU it cost.
