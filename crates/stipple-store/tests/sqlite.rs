@@ -349,7 +349,7 @@ async fn the_log_stays_bounded_while_appends_go_on() {
     let payload = vec![b'x'; 2000];
     let mut written = 0u64;
     let mut largest = 0u64;
-    for batch in 0..1000 {
+    for batch in 0..1500 {
         let mut append = numbered("web", &format!("b{batch}"), 100);
         for event in &mut append.events {
             event.payload.clone_from(&payload);
@@ -359,12 +359,14 @@ async fn the_log_stays_bounded_while_appends_go_on() {
         let wal = std::fs::metadata(dir.path().join("s.db-wal")).map_or(0, |m| m.len());
         largest = largest.max(wal);
     }
-    assert!(written >= 200_000_000);
-    // A restart is asked for at 64 MiB of log; passes run every 8192 rows (~16 MB here);
-    // the rest is slack for a slow disk. Without restarts the log takes all 200 MB and
-    // more (238 MB measured).
+    assert!(written >= 300_000_000);
+    // A restart is asked for at 64 MiB of log; passes run every 8192 rows (~16 MB here).
+    // While a pass crawls on a busy disk the log grows by what is written meanwhile
+    // (146 MB of 200 MB written in one CI run after a build, `sync` or not), so the bound
+    // leaves room for that. Without restarts the log takes everything written and more
+    // (238 MB for 200 MB measured): the bound still fails then.
     assert!(
-        largest < 140_000_000,
+        largest < written * 3 / 5,
         "the log grew to {largest} bytes for {written} written"
     );
 }
