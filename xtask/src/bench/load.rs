@@ -245,7 +245,8 @@ pub(crate) struct LoadResult {
     pub(crate) elapsed: Duration,
     /// The run hit `max_time` before all its requests were sent.
     pub(crate) capped: bool,
-    /// Each answered request's time from sending to the end of its answer, in µs.
+    /// Each answered request's time from sending to the end of its answer, in µs;
+    /// sorted once the run has ended.
     pub(crate) latencies: Vec<u32>,
 }
 
@@ -292,14 +293,19 @@ impl LoadResult {
         self.latencies.extend(other.latencies);
     }
 
+    /// Ends a run that started at `start`, its workers' results merged: the time it
+    /// took, and its answer times sorted once for [`LoadResult::latency_ms`].
+    fn finish(&mut self, start: Instant) {
+        self.elapsed = start.elapsed();
+        self.latencies.sort_unstable();
+    }
+
     /// The answer time that `quantile` (0 to 1) of the answered requests took at most,
     /// in milliseconds; `None` when none was answered.
     pub(crate) fn latency_ms(&self, quantile: f64) -> Option<f64> {
-        let mut sorted = self.latencies.clone();
-        sorted.sort_unstable();
-        let last = sorted.len().checked_sub(1)?;
+        let last = self.latencies.len().checked_sub(1)?;
         let at = ((last as f64) * quantile.clamp(0.0, 1.0)).round() as usize;
-        Some(f64::from(sorted[at]) / 1000.0)
+        Some(f64::from(self.latencies[at]) / 1000.0)
     }
 
     /// Requests answered other than 200, or not at all.
@@ -365,7 +371,7 @@ pub(crate) async fn run(target: &Target, plan: &LoadPlan) -> anyhow::Result<Load
     while let Some(done) = workers.join_next().await {
         total.merge(done.context("a load worker panicked")?);
     }
-    total.elapsed = start.elapsed();
+    total.finish(start);
     Ok(total)
 }
 
@@ -511,7 +517,7 @@ pub(crate) async fn post_events(
     while let Some(done) = workers.join_next().await {
         total.merge(done.context("a client worker panicked")?);
     }
-    total.elapsed = start.elapsed();
+    total.finish(start);
     Ok(total)
 }
 
