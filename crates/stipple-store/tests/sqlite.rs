@@ -339,25 +339,11 @@ async fn the_log_stays_bounded_while_appends_go_on() {
     // same `dd` load.) Writing back what is dirty first spares the test that wait.
     let _ = std::process::Command::new("sync").status();
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("s.db");
-    let store = SqliteStore::open(
-        &path,
-        SqliteOptions {
-            synchronous: Synchronous::Full,
-            ..SqliteOptions::default()
-        },
-    )
-    .expect("open");
-    let payload = vec![b'x'; 2000];
+    let store = open_with(&dir.path().join("s.db"), Synchronous::Full);
     let mut written = 0u64;
     let mut largest = 0u64;
     for batch in 0..1500 {
-        let mut append = numbered("web", &format!("b{batch}"), 100);
-        for event in &mut append.events {
-            event.payload.clone_from(&payload);
-        }
-        written += 100 * payload.len() as u64;
-        store.append(append, DAY).await.expect("append");
+        written += append_heavy(&store, batch).await;
         let wal = std::fs::metadata(dir.path().join("s.db-wal")).map_or(0, |m| m.len());
         largest = largest.max(wal);
     }
@@ -369,6 +355,71 @@ async fn the_log_stays_bounded_while_appends_go_on() {
         largest < written * 3 / 5,
         "the log grew to {largest} bytes for {written} written"
     );
+}
+
+fn open_with(path: &Path, synchronous: Synchronous) -> SqliteStore {
+    let options = SqliteOptions {
+        synchronous,
+        ..SqliteOptions::default()
+    };
+    SqliteStore::open(path, options).expect("open")
+}
+
+/// Appends batch number `batch` of 100 events of 2,000 bytes; returns the bytes.
+async fn append_heavy(store: &SqliteStore, batch: usize) -> u64 {
+    let mut append = numbered("web", &format!("b{batch}"), 100);
+    for event in &mut append.events {
+        event.payload = vec![b'x'; 2000];
+    }
+    store.append(append, DAY).await.expect("append");
+    100 * 2000
+}
+
+/// A read left open beside the service (an admin listing piped to a pager nobody reads)
+/// keeps the log from restarting; appends must go on at full speed meanwhile, and once
+/// the read ends the log restarts and gives back what it grew by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_read_neither_stalls_appends_nor_keeps_the_log_long() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.db");
+    let wal = dir.path().join("s.db-wal");
+    let store = open_with(&path, Synchronous::Normal);
+    let mut batches = 0..;
+    let mut append = || append_heavy(&store, batches.next().expect("endless"));
+    append().await;
+    let reader = rusqlite::Connection::open(&path).expect("reader");
+    reader.execute_batch("BEGIN").expect("begin");
+    let _: i64 = reader
+        .query_row("SELECT COUNT(*) FROM queue", [], |row| row.get(0))
+        .expect("read");
+    // ~200 MB: at least three times what makes the writer ask for a restart. Before the
+    // fix the writer waited out its busy timeout (5 s) on the reader after every group.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for _ in 0..1000 {
+            append().await;
+        }
+    })
+    .await
+    .expect("appends went on beside the open read");
+    let grown = std::fs::metadata(&wal).expect("log").len();
+    assert!(grown > 160 << 20, "the read kept the log: {grown} bytes");
+    reader.execute_batch("COMMIT").expect("end the read");
+    drop(reader);
+    // The checkpointer copies what the read held back, the writer restarts the log, and
+    // the first commit after the restart cuts the file back to its size limit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        append().await;
+        let size = std::fs::metadata(&wal).expect("log").len();
+        if size <= 128 << 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log stayed at {size} bytes after the read ended (grown to {grown})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -379,6 +379,9 @@ fn configure(path: &Path, conn: &Connection, options: &SqliteOptions) -> Result<
         .map_err(error)?;
     conn.pragma_update(None, "cache_size", -i64::from(options.cache_size_kib))
         .map_err(error)?;
+    // A log that grew (a long read kept it from restarting) is cut back when it restarts.
+    conn.pragma_update(None, "journal_size_limit", checkpoint::LOG_SIZE_LIMIT)
+        .map_err(error)?;
     // Statement journals (of statements that may write several rows) stay in memory.
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(error)?;
