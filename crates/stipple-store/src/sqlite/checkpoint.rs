@@ -59,7 +59,7 @@ pub(super) const LOG_SIZE_LIMIT: i64 = 128 << 20;
 /// A pass that took longer leaves the writer much to copy (what was appended
 /// meanwhile): another pass runs before the restart is asked for.
 const SLOW_PASS: Duration = Duration::from_millis(100);
-/// Passes run back to back at most this many times before asking anyway.
+/// Extra passes run back to back at most this many times before asking anyway.
 const CATCH_UP_PASSES: usize = 4;
 /// How long something written may wait for a pass when little is written.
 const IDLE_PASS: Duration = Duration::from_secs(5);
