@@ -417,6 +417,35 @@ async fn messages_routed_away_from_pointillist_are_acknowledged_unsent() {
 }
 
 #[tokio::test]
+async fn an_unmappable_stored_event_alone_is_dead_lettered() {
+    // Stored text that is not a message (a damaged row): mapping fails for it only.
+    let mock = mock_with(Faults::default());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut events: Vec<_> = (0..5).map(|i| message(i, "")).collect();
+    events.insert(
+        2,
+        NewEvent {
+            source: "web".into(),
+            message_id: "m-broken".into(),
+            payload: br#"{"type":"track","userId":"#.to_vec(),
+        },
+    );
+    queue(&store, events).await;
+    let running = start(store.clone(), &mock.url(), fast_config());
+    eventually("the queue drains", async || {
+        store.stats().await.unwrap().queued == 0
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(distinct_message_ids(&mock.events()), 5);
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].message_id, "m-broken");
+    assert_eq!(dead[0].reason.status, None);
+    assert!(!dead[0].reason.detail.is_empty());
+}
+
+#[tokio::test]
 async fn events_leased_while_stopping_are_handed_back() {
     let mock = mock_with(Faults::default());
     let store = Arc::new(stipple_store::testing::TestStore {

@@ -349,7 +349,7 @@ impl Cpu {
         threads.sort_by(|a, b| b.1.total_cmp(a.1));
         let parts: Vec<String> = threads
             .iter()
-            .take(3)
+            .take(4)
             .map(|(name, t)| format!("{name} {:.2}", *t / seconds))
             .collect();
         format!("{:.2} cores ({})", self.total / seconds, parts.join(", "))
