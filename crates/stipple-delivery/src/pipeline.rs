@@ -456,7 +456,14 @@ impl Inner {
                         .await;
                     return Fate::Transient;
                 }
-                let delay = self.config.backoff.delay(event.attempts, retry_after);
+                // Never past the horizon: a `Retry-After` longer than what is left of it
+                // would park the event beyond it, neither delivered nor dead-lettered. It
+                // is tried once more as the horizon ends, then dead-lettered if it fails.
+                let delay = self
+                    .config
+                    .backoff
+                    .delay(event.attempts, retry_after)
+                    .min(self.config.retry_horizon.saturating_sub(age));
                 Retried {
                     message_id: &event.message_id,
                     attempts: event.attempts + 1,

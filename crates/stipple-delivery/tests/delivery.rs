@@ -297,6 +297,39 @@ async fn throttling_with_retry_after_is_honoured_and_recovers() {
 }
 
 #[tokio::test]
+async fn a_retry_after_past_the_retry_horizon_dead_letters_at_the_horizon() {
+    // Pointillist asks for a day; the horizon is half a second: the events are tried once
+    // more as the horizon ends and then dead-lettered, not parked for a day.
+    let faults = Faults {
+        throttle_rate: 1.0,
+        retry_after_secs: 86_400,
+        ..Faults::default()
+    };
+    let mock = mock_with(faults);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    queue(&store, (0..3).map(|i| message(i, "")).collect()).await;
+    let config = DeliveryConfig {
+        retry_horizon: Duration::from_millis(500),
+        ..fast_config()
+    };
+    let running = start(store.clone(), &mock.url(), config);
+    eventually("all three dead-lettered", async || {
+        store.stats().await.unwrap().dead_letters == 3
+    })
+    .await;
+    running.stop().await;
+    // Each was tried at least twice: once, and again as the horizon ended (more only if
+    // a retry came due a hair before it).
+    assert!(mock.stats().throttled >= 6, "{:?}", mock.stats());
+    let dead = store.dead_letters(10).await.unwrap();
+    assert!(
+        dead.iter()
+            .all(|d| d.reason.status == Some(429) && d.reason.detail.contains("retry horizon")),
+        "{dead:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_refused_token_pauses_delivery_keeps_events_and_resumes_by_itself() {
     let (mock, store) = queued_behind_a_refused_token(20).await;
     let running = start(store.clone(), &mock.url(), fast_config());
