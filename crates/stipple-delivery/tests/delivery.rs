@@ -10,7 +10,7 @@ use stipple_core::{MapConfig, Mapper};
 use stipple_delivery::{Delivery, DeliveryConfig};
 use stipple_mock::{Faults, MockConfig, MockServer};
 use stipple_pointillist::{Backoff, Client, ClientConfig};
-use stipple_store::{Append, MemoryStore, NewEvent, Store};
+use stipple_store::{Append, DeadLetter, MemoryStore, NewEvent, Store};
 use tokio::sync::oneshot;
 
 const TOKEN: &str = "test-token";
@@ -55,6 +55,43 @@ async fn queue(store: &Arc<dyn Store>, events: Vec<NewEvent>) {
         )
         .await
         .unwrap();
+}
+
+/// A memory store with `n` track messages queued.
+async fn queued(n: usize) -> Arc<dyn Store> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    queue(&store, (0..n).map(|i| message(i, "")).collect()).await;
+    store
+}
+
+/// A mock Pointillist that answers every event 429 with this `Retry-After`.
+fn throttling(retry_after_secs: u64) -> MockServer {
+    mock_with(Faults {
+        throttle_rate: 1.0,
+        retry_after_secs,
+        ..Faults::default()
+    })
+}
+
+/// Delivers from `store` to `mock` with `retry_horizon` until `n` events are
+/// dead-lettered; then stops and answers the dead letters.
+async fn dead_lettered_within(
+    store: &Arc<dyn Store>,
+    mock: &MockServer,
+    retry_horizon: Duration,
+    n: u64,
+) -> Vec<DeadLetter> {
+    let config = DeliveryConfig {
+        retry_horizon,
+        ..fast_config()
+    };
+    let running = start(store.clone(), &mock.url(), config);
+    eventually("they are dead-lettered", async || {
+        store.stats().await.unwrap().dead_letters == n
+    })
+    .await;
+    running.stop().await;
+    store.dead_letters(10).await.unwrap()
 }
 
 /// A mock Pointillist on a free port with these faults.
@@ -109,8 +146,7 @@ async fn queued_behind_a_refused_token(n: usize) -> (MockServer, Arc<dyn Store>)
         unauthorized_for: Some(Duration::from_millis(600)),
         ..Faults::default()
     });
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    queue(&store, (0..n).map(|i| message(i, "")).collect()).await;
+    let store = queued(n).await;
     (mock, store)
 }
 
@@ -139,8 +175,7 @@ async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
 #[tokio::test]
 async fn delivers_every_event_mapped_and_empties_the_queue() {
     let mock = mock_with(Faults::default());
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    queue(&store, (0..50).map(|i| message(i, "")).collect()).await;
+    let store = queued(50).await;
     let running = start(store.clone(), &mock.url(), fast_config());
     eventually("50 events arrive", async || mock.events().len() >= 50).await;
     eventually("the queue is empty", async || {
@@ -167,8 +202,7 @@ async fn transient_failures_are_retried_until_pointillist_recovers() {
         ..Faults::default()
     };
     let mock = mock_with(faults);
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    queue(&store, (0..10).map(|i| message(i, "")).collect()).await;
+    let store = queued(10).await;
     // Each event on its own backoff: no pause for an outage here (see the next test).
     let config = DeliveryConfig {
         outage_after: usize::MAX,
@@ -206,8 +240,7 @@ async fn failing_share(
         error_rate,
         ..Faults::default()
     });
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    queue(&store, (0..events).map(|i| message(i, "")).collect()).await;
+    let store = queued(events).await;
     let config = DeliveryConfig {
         concurrency: 4,
         outage_after,
@@ -267,14 +300,8 @@ async fn failures_between_deliveries_do_not_pause() {
 
 #[tokio::test]
 async fn throttling_with_retry_after_is_honoured_and_recovers() {
-    let faults = Faults {
-        throttle_rate: 1.0,
-        retry_after_secs: 1,
-        ..Faults::default()
-    };
-    let mock = mock_with(faults);
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    queue(&store, (0..5).map(|i| message(i, "")).collect()).await;
+    let mock = throttling(1);
+    let store = queued(5).await;
     let running = start(store.clone(), &mock.url(), fast_config());
     eventually("every event was throttled", async || {
         mock.stats().throttled >= 5
@@ -300,28 +327,12 @@ async fn throttling_with_retry_after_is_honoured_and_recovers() {
 async fn a_retry_after_past_the_retry_horizon_dead_letters_at_the_horizon() {
     // Pointillist asks for a day; the horizon is half a second: the events are tried once
     // more as the horizon ends and then dead-lettered, not parked for a day.
-    let faults = Faults {
-        throttle_rate: 1.0,
-        retry_after_secs: 86_400,
-        ..Faults::default()
-    };
-    let mock = mock_with(faults);
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    queue(&store, (0..3).map(|i| message(i, "")).collect()).await;
-    let config = DeliveryConfig {
-        retry_horizon: Duration::from_millis(500),
-        ..fast_config()
-    };
-    let running = start(store.clone(), &mock.url(), config);
-    eventually("all three dead-lettered", async || {
-        store.stats().await.unwrap().dead_letters == 3
-    })
-    .await;
-    running.stop().await;
+    let mock = throttling(86_400);
+    let store = queued(3).await;
+    let dead = dead_lettered_within(&store, &mock, Duration::from_millis(500), 3).await;
     // Each was tried at least twice: once, and again as the horizon ended (more only if
     // a retry came due a hair before it).
     assert!(mock.stats().throttled >= 6, "{:?}", mock.stats());
-    let dead = store.dead_letters(10).await.unwrap();
     assert!(
         dead.iter()
             .all(|d| d.reason.status == Some(429) && d.reason.detail.contains("retry horizon")),
@@ -406,19 +417,8 @@ async fn transient_failures_past_the_retry_horizon_are_dead_lettered() {
         ..Faults::default()
     };
     let mock = mock_with(faults);
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    queue(&store, (0..3).map(|i| message(i, "")).collect()).await;
-    let config = DeliveryConfig {
-        retry_horizon: Duration::ZERO,
-        ..fast_config()
-    };
-    let running = start(store.clone(), &mock.url(), config);
-    eventually("all three dead-lettered", async || {
-        store.stats().await.unwrap().dead_letters == 3
-    })
-    .await;
-    running.stop().await;
-    let dead = store.dead_letters(10).await.unwrap();
+    let store = queued(3).await;
+    let dead = dead_lettered_within(&store, &mock, Duration::ZERO, 3).await;
     assert!(
         dead.iter()
             .all(|d| d.reason.detail.contains("retry horizon")),
