@@ -157,8 +157,8 @@ pub(crate) struct DeliverySection {
     pub(crate) lease_for: Duration,
     pub(crate) lease_batch: usize,
     /// Delivery pipelines, each on a thread of its own, sharing the store and
-    /// `pointillist.concurrency` between them.
-    pub(crate) threads: usize,
+    /// `pointillist.concurrency` between them; unset, [`Config::delivery_threads`] picks.
+    pub(crate) threads: Option<usize>,
 }
 
 impl Default for DeliverySection {
@@ -170,10 +170,13 @@ impl Default for DeliverySection {
             backoff_max: d.backoff.max,
             lease_for: d.lease_for,
             lease_batch: d.lease_batch,
-            threads: 1,
+            threads: None,
         }
     }
 }
+
+/// Delivery pipelines when `delivery.threads` is unset (fewer on fewer cores).
+const DEFAULT_DELIVERY_THREADS: usize = 2;
 
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -356,13 +359,14 @@ impl Config {
         if d.lease_batch == 0 {
             bail!("delivery.lease_batch must be at least 1");
         }
-        if d.threads == 0 {
+        if d.threads == Some(0) {
             bail!("delivery.threads must be at least 1");
         }
-        if d.threads > self.pointillist.concurrency {
+        if let Some(threads) = d.threads
+            && threads > self.pointillist.concurrency
+        {
             bail!(
-                "delivery.threads ({}) must be at most pointillist.concurrency ({}): each thread needs a request slot of its own",
-                d.threads,
+                "delivery.threads ({threads}) must be at most pointillist.concurrency ({}): each thread needs a request slot of its own",
                 self.pointillist.concurrency
             );
         }
@@ -388,6 +392,19 @@ impl Config {
                 "ingress.listen {:?} is not an address like 127.0.0.1:8088",
                 self.ingress.listen
             )
+        })
+    }
+
+    /// `delivery.threads`, or when unset two (one on a single core, or with one request
+    /// in flight): a pipeline's thread taken off its core, or slowed by a busy neighbour
+    /// on a virtual machine, then holds up only half of delivery.
+    pub(crate) fn delivery_threads(&self) -> usize {
+        self.delivery.threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            DEFAULT_DELIVERY_THREADS
+                .min(cores)
+                .min(self.pointillist.concurrency)
+                .max(1)
         })
     }
 
@@ -426,6 +443,16 @@ mod tests {
     }
 
     #[test]
+    fn delivery_threads_default_to_two_within_the_cores_and_the_concurrency() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(load(MINIMAL).unwrap().delivery_threads(), 2.min(cores));
+        let one_slot = MINIMAL.replace("[pointillist]\n", "[pointillist]\nconcurrency = 1\n");
+        assert_eq!(load(&one_slot).unwrap().delivery_threads(), 1);
+        let three = format!("{MINIMAL}[delivery]\nthreads = 3\n");
+        assert_eq!(load(&three).unwrap().delivery_threads(), 3);
+    }
+
+    #[test]
     fn the_documented_complete_file_loads_with_its_documented_values() {
         let doc = include_str!("../../../docs/configuration.md");
         let toml = doc
@@ -441,6 +468,7 @@ mod tests {
         assert_eq!(c.ingress.dedup_window, defaults.ingress.dedup_window);
         assert_eq!(c.delivery.backoff_max, defaults.delivery.backoff_max);
         assert_eq!(c.delivery.lease_for, defaults.delivery.lease_for);
+        assert_eq!(c.delivery_threads(), defaults.delivery_threads().max(2));
         assert_eq!(c.pointillist.timeout, defaults.pointillist.timeout);
         assert_eq!(c.pointillist.concurrency, defaults.pointillist.concurrency);
         assert_eq!(c.store.url, defaults.store.url);

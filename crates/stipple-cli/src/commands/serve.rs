@@ -188,7 +188,7 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
         })
         .context("cannot build the Pointillist client")
     };
-    let shares = share(config.pointillist.concurrency, config.delivery.threads);
+    let shares = share(config.pointillist.concurrency, config.delivery_threads());
     let d = &config.delivery;
     let delivery = Delivery::new(
         store.clone(),
@@ -298,7 +298,7 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
 /// The name of delivery's threads (in `top -H`, and in the bench's CPU figures).
 const DELIVERY_THREAD: &str = "stipple-delivery";
 
-/// Runs each delivery pipeline on a thread of its own (`delivery.threads`, one by
+/// Runs each delivery pipeline on a thread of its own (`delivery.threads`, two by
 /// default), apart from the ingress's runtime, until `stop` turns true; each answer
 /// comes when its pipeline has stopped. More threads means more pipelines, not a bigger
 /// runtime: spread over a multi-threaded runtime, a pipeline's per-event wake-ups cost
