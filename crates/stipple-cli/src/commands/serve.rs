@@ -243,7 +243,14 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    info!(%addr, sources = config.sources.len(), store = %config.store.url, "stipple is listening");
+    info!(
+        %addr,
+        sources = config.sources.len(),
+        store = %config.store.url,
+        delivery_threads = shares.len(),
+        concurrency = config.pointillist.concurrency,
+        "stipple is listening"
+    );
     // Scripts read this line for the port (with listen = "127.0.0.1:0").
     println!("stipple listening on http://{addr}");
 
