@@ -262,8 +262,8 @@ impl Delivery {
                 return;
             };
             let mut ready = ready.into_iter();
-            while let Some(event) = ready.next() {
-                if let Err(unsent) = events.send(event).await {
+            while let Some(next) = ready.next() {
+                if let Err(unsent) = events.send(next).await {
                     // Delivery stopped while this lease ran: none of these was started.
                     let ids: Vec<EventId> = std::iter::once(unsent.0.event.id)
                         .chain(ready.map(|r| r.event.id))
@@ -359,16 +359,16 @@ impl Delivery {
     ) {
         let inner = &self.inner;
         loop {
-            let event = tokio::select! {
-                event = async { events.lock().await.recv().await } => event,
+            let next = tokio::select! {
+                next = async { events.lock().await.recv().await } => next,
                 _ = stop.wait_for(|stop| *stop) => None,
             };
-            let Some(event) = event else { break };
+            let Some(ready) = next else { break };
             if inner.health.is_paused() || *stop.borrow() {
-                inner.hand_back(&[event.event.id]).await;
+                inner.hand_back(&[ready.event.id]).await;
                 continue;
             }
-            inner.process(event, &acks).await;
+            inner.process(ready, &acks).await;
         }
     }
 }
