@@ -468,7 +468,7 @@ mod tests {
         assert_eq!(c.ingress.dedup_window, defaults.ingress.dedup_window);
         assert_eq!(c.delivery.backoff_max, defaults.delivery.backoff_max);
         assert_eq!(c.delivery.lease_for, defaults.delivery.lease_for);
-        assert_eq!(c.delivery_threads(), defaults.delivery_threads().max(2));
+        assert_eq!(c.delivery.threads, Some(DEFAULT_DELIVERY_THREADS));
         assert_eq!(c.pointillist.timeout, defaults.pointillist.timeout);
         assert_eq!(c.pointillist.concurrency, defaults.pointillist.concurrency);
         assert_eq!(c.store.url, defaults.store.url);
