@@ -23,4 +23,4 @@ mod telemetry;
 
 pub use config::DeliveryConfig;
 pub use health::{DeliveryHealth, HealthStatus};
-pub use pipeline::{Delivery, MAP_THREAD};
+pub use pipeline::Delivery;

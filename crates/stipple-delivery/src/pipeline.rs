@@ -52,7 +52,7 @@ struct Ready {
 
 /// The name of a pipeline runtime's blocking threads, which map leased batches (and
 /// resolve the client's DNS names): in `top -H`, and in the bench's CPU figures.
-pub const MAP_THREAD: &str = "stipple-map";
+const MAP_THREAD: &str = "stipple-map";
 
 /// What became of one event, for the prober: delivery resumes on `Done`.
 #[derive(Debug, PartialEq, Eq)]
@@ -122,7 +122,7 @@ impl Delivery {
     /// client's connections) wake each other for every event, and on one thread such a
     /// wake-up is a push onto a local queue rather than a wake-up of another thread.
     /// Leased batches are mapped on the runtime's blocking pool, threads named
-    /// [`MAP_THREAD`]. The answer comes when the pipeline has stopped.
+    /// `stipple-map`. The answer comes when the pipeline has stopped.
     pub fn spawn(
         self,
         name: &str,
