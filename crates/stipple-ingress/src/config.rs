@@ -44,8 +44,8 @@ pub struct IngressConfig {
     pub max_batch_items: usize,
     /// Origins allowed by CORS; `"*"` (the default) allows any.
     pub cors_origins: Vec<String>,
-    /// Longest a client may take to send a request body before it is answered 408
-    /// (30 s): bounds what a stalled client can hold.
+    /// Longest a client may take to send a request body before it is answered 503 with
+    /// `Retry-After` (30 s): bounds what a stalled client can hold.
     pub body_timeout: Duration,
     /// Memory for the bodies of the requests being read and stored at once, in bytes
     /// (64 MiB). Each request reserves its endpoint's body limit (`max_message_bytes` for

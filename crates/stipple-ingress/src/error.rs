@@ -30,7 +30,8 @@ pub enum IngressError {
     /// 400: the body could not be read or is not valid gzip.
     #[error("the request body could not be read ({0}): resend it")]
     UnreadableBody(String),
-    /// 408: the client took longer than the body timeout to send its body.
+    /// 503 with `Retry-After`: the client took longer than the body timeout to send its
+    /// body.
     #[error("the request body took longer than {secs}s to arrive: resend it")]
     BodyTimeout {
         /// The timeout in seconds.
@@ -140,9 +141,9 @@ impl IngressError {
                 (StatusCode::UNAUTHORIZED, None)
             }
             Self::NoSuchEndpoint => (StatusCode::NOT_FOUND, None),
-            // Retryable for every client: the data was never taken.
-            Self::BodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, None),
-            Self::Overloaded => (
+            // The data was never taken. Not 408: analytics-python and the browser library
+            // retry only 429 and 5xx, and drop what got any other 4xx.
+            Self::BodyTimeout { .. } | Self::Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(RETRY_AFTER_OVERLOAD_SECS),
             ),

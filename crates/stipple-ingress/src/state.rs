@@ -69,7 +69,12 @@ impl IngressState {
     /// taken as healthy and no `/metrics`; change those with the `with_*` methods.
     pub fn new(config: IngressConfig, store: Arc<dyn Store>) -> Result<Self, ConfigError> {
         let cors_origin = config.validate()?;
-        let permits = (config.max_in_flight_bytes / IN_FLIGHT_UNIT).min(Semaphore::MAX_PERMITS);
+        // Rounded up, as each request's reservation is (`capture::handle`): a budget that
+        // `validate` found at least one batch then always holds one.
+        let permits = config
+            .max_in_flight_bytes
+            .div_ceil(IN_FLIGHT_UNIT)
+            .min(Semaphore::MAX_PERMITS);
         let counters = Counters::new(config.sources.iter().map(|s| s.name.as_str()));
         let shared = Shared {
             counters: Arc::new(counters),
