@@ -2,8 +2,9 @@
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 
-/// Parses a Segment timestamp: RFC 3339 with any offset, or a date-time without an
-/// offset, which is taken as UTC (some server libraries send those).
+/// Parses a Segment timestamp: RFC 3339 with any offset; ISO 8601's other offset forms
+/// (`+0100`, `+01`: Java's `SimpleDateFormat` writes the first); or a date-time without
+/// an offset, which is taken as UTC (some server libraries send those).
 pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     if let Some(t) = parse_canonical(text.as_bytes()) {
         return Some(t);
@@ -11,6 +12,12 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     let text = text.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Some(t.with_timezone(&Utc));
+    }
+    // `%#z`: an offset with or without a colon, and with or without its minutes.
+    for format in ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z"] {
+        if let Ok(t) = DateTime::parse_from_str(text, format) {
+            return Some(t.with_timezone(&Utc));
+        }
     }
     for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
         if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
@@ -94,6 +101,19 @@ mod tests {
             "2026-11-28T12:00:00.123456789Z",
             Some("2026-11-28T12:00:00.123Z"),
         );
+        check(
+            "2026-11-28T12:00:00.000+0000",
+            Some("2026-11-28T12:00:00.000Z"),
+        );
+        check("2026-11-28T13:30:00+0130", Some("2026-11-28T12:00:00.000Z"));
+        check(
+            "2026-11-28T10:00:00.25-02",
+            Some("2026-11-28T12:00:00.250Z"),
+        );
+        check(
+            "2026-11-28 13:00:00+01:00",
+            Some("2026-11-28T12:00:00.000Z"),
+        );
         check("2026-11-28T12:00:00", Some("2026-11-28T12:00:00.000Z"));
         check("2026-11-28 12:00:00.25", Some("2026-11-28T12:00:00.250Z"));
         check(" 2026-11-28T12:00:00Z ", Some("2026-11-28T12:00:00.000Z"));
@@ -104,5 +124,7 @@ mod tests {
         check("2026-11-28T24:00:00.000Z", None);
         check("2026-11-28T12:61:00.000Z", None);
         check("2026-11-28T1a:00:00.000Z", None);
+        check("2026-11-28T12:00:00+2500", None);
+        check("2026-11-28T12:00:00+01:00:00", None);
     }
 }
