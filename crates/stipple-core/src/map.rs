@@ -113,8 +113,10 @@ impl Mapper {
                             MessageType::Track => m.event.unwrap_or_default(),
                             _ => kind.as_str().to_owned(),
                         };
-                        // The call's own fields win over properties of the same name.
-                        if let Some(name) = m.name {
+                        // The call's own fields win over properties of the same name. A
+                        // track call has no `name` of its own (the contract lists it for
+                        // page and screen only): a stray one is not a label.
+                        if let (false, Some(name)) = (kind == MessageType::Track, m.name) {
                             attrs.label("name".to_owned(), name);
                         }
                         if kind == MessageType::Page {

@@ -560,7 +560,9 @@ impl<'a> View<'a> {
                             MessageType::Track => self.event.map(|e| e.0).unwrap_or_default(),
                             _ => Cow::Borrowed(kind.as_str()),
                         };
-                        set_label(&mut plain, "name", self.name);
+                        if kind != MessageType::Track {
+                            set_label(&mut plain, "name", self.name);
+                        }
                         if kind == MessageType::Page {
                             set_label(&mut plain, "category", self.category);
                         }
