@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -15,6 +16,10 @@ pub struct DeliveryHealth {
     detail: Mutex<String>,
     /// Transient failures since Pointillist last answered.
     failures: AtomicUsize,
+    /// Paused because Pointillist refused the token (not for an outage).
+    for_credentials: AtomicBool,
+    /// When delivery last resumed after Pointillist refused the token.
+    credentials_resumed: Mutex<Option<DateTime<Utc>>>,
 }
 
 /// A snapshot for `/readyz` and `stipple status`.
@@ -55,7 +60,23 @@ impl DeliveryHealth {
                 "paused: Pointillist answered {status} to the API token; events stay queued, probing until it is accepted"
             ),
             true,
+            true,
         )
+    }
+
+    /// When an event queued at `enqueued_at` started its retry horizon: then, or when
+    /// delivery last resumed after a refused token if that is later. `None` while the
+    /// token is refused: no horizon runs then. Time paused for credentials is not time
+    /// spent trying, and an event is never discarded for a refused token. (Kept in
+    /// memory: a restart forgets an earlier pause.)
+    pub(crate) fn retry_horizon_start(&self, enqueued_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.for_credentials.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(match *self.credentials_resumed.lock() {
+            Some(resumed) => resumed.max(enqueued_at),
+            None => enqueued_at,
+        })
     }
 
     /// Counts a transient failure; returns how many there have been since Pointillist
@@ -82,6 +103,7 @@ impl DeliveryHealth {
                 "paused: Pointillist failed {failures} requests in a row (the last: {reason}); events stay queued, probing until it answers"
             ),
             false,
+            false,
         )
     }
 
@@ -89,18 +111,25 @@ impl DeliveryHealth {
     /// `over_a_pause`; returns true when delivery was running until now. Under the
     /// reason's lock, so that of two pauses racing the second sees the first, and a
     /// refused token is never reported as an outage.
-    fn pause_because(&self, why: String, over_a_pause: bool) -> bool {
+    fn pause_because(&self, why: String, over_a_pause: bool, for_credentials: bool) -> bool {
         let mut detail = self.detail.lock();
         if self.is_paused() && !over_a_pause {
             return false;
         }
         *detail = why;
+        if for_credentials {
+            self.for_credentials.store(true, Ordering::Release);
+        }
         !self.paused.swap(true, Ordering::AcqRel)
     }
 
     /// Resumes delivery; returns true when it was paused until now.
     pub(crate) fn resume(&self) -> bool {
+        let _detail = self.detail.lock();
         self.failures.store(0, Ordering::Release);
+        if self.for_credentials.swap(false, Ordering::AcqRel) {
+            *self.credentials_resumed.lock() = Some(Utc::now());
+        }
         self.paused.swap(false, Ordering::AcqRel)
     }
 }

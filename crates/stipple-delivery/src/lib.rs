@@ -5,7 +5,8 @@
 //! - delivered: acknowledged (removed from the queue);
 //! - transient (5xx, 408, 429, timeouts, connection errors): retried with exponential
 //!   backoff and full jitter, never sooner than `Retry-After`, until the retry horizon
-//!   (default 72 h) has passed since it was queued, then dead-lettered;
+//!   (default 72 h) has passed since it was queued (or since delivery resumed after a
+//!   refused token, if later), then dead-lettered;
 //! - credentials (401/403): delivery pauses for the whole destination, every event stays
 //!   queued, health reports it, and one event at a time probes with backoff until the
 //!   token works again;

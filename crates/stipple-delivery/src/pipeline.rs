@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use stipple_core::Mapper;
 use stipple_pointillist::{Client, Outcome};
 use stipple_store::{DeadLetterReason, EventId, Leased, Store};
@@ -444,9 +444,12 @@ impl Inner {
                     }
                     .emit();
                 }
-                let age = (Utc::now() - event.enqueued_at)
-                    .to_std()
-                    .unwrap_or_default();
+                let now = Utc::now();
+                // Time paused for a refused token does not count (see `DeliveryHealth`).
+                let age = match self.health.retry_horizon_start(event.enqueued_at) {
+                    Some(start) => (now - start).to_std().unwrap_or_default(),
+                    None => Duration::ZERO,
+                };
                 if age >= self.config.retry_horizon {
                     let detail = format!(
                         "still failing after the retry horizon ({}): {reason}",
@@ -471,8 +474,12 @@ impl Inner {
                     reason: &reason,
                 }
                 .emit();
-                let not_before =
-                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                // Saturating: a horizon of many millennia and a server asking for as
+                // long would overflow the calendar.
+                let not_before = chrono::Duration::from_std(delay)
+                    .ok()
+                    .and_then(|delay| now.checked_add_signed(delay))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
                 if let Err(error) = self.store.retry(event.id, not_before).await {
                     StoreTrouble {
                         during: "retry",

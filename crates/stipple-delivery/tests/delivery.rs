@@ -367,6 +367,71 @@ async fn a_refused_token_pauses_delivery_keeps_events_and_resumes_by_itself() {
     assert_eq!(mock.events().len(), 20);
 }
 
+/// A Pointillist stand-in that refuses the token for `refused_for`, then answers the
+/// requests that follow with `then` in order, then takes everything; with the events it
+/// took.
+async fn scripted(
+    refused_for: Duration,
+    then: &[u16],
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let started = std::time::Instant::now();
+    let script = Arc::new(std::sync::Mutex::new(then.to_vec()));
+    let taken = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let took = taken.clone();
+    let app = axum::Router::new().route(
+        "/event",
+        axum::routing::post(move |body: String| {
+            let (script, took) = (script.clone(), took.clone());
+            async move {
+                let status = if started.elapsed() < refused_for {
+                    401
+                } else {
+                    let mut script = script.lock().unwrap();
+                    if script.is_empty() {
+                        200
+                    } else {
+                        script.remove(0)
+                    }
+                };
+                if status == 200 {
+                    took.lock().unwrap().push(body);
+                }
+                axum::http::StatusCode::from_u16(status).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), taken)
+}
+
+#[tokio::test]
+async fn time_paused_for_a_refused_token_does_not_count_toward_the_retry_horizon() {
+    // The token is refused for longer than the horizon. Then Pointillist fails a few
+    // requests: right as delivery resumes (200, 503, 503), or while the pause's probe is
+    // still going (503, 503). Either way the events are retried, not dead-lettered as
+    // if their horizon had run out while nothing could be sent.
+    for then in [&[200, 503, 503][..], &[503, 503]] {
+        let (url, taken) = scripted(Duration::from_millis(400), then).await;
+        let store = queued(3).await;
+        let config = DeliveryConfig {
+            retry_horizon: Duration::from_millis(200),
+            ..fast_config()
+        };
+        let running = start(store.clone(), &url, config);
+        eventually("all 3 delivered", async || {
+            let stats = store.stats().await.unwrap();
+            stats.queued == 0 || stats.dead_letters > 0
+        })
+        .await;
+        running.stop().await;
+        let dead = store.dead_letters(10).await.unwrap();
+        assert!(dead.is_empty(), "after {then:?}: {dead:?}");
+        assert_eq!(taken.lock().unwrap().len(), 3, "after {then:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_rejected_event_alone_is_dead_lettered() {
     // A Pointillist stand-in that refuses one event with 422 and takes the rest.
