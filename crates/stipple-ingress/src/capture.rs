@@ -52,8 +52,6 @@ pub(crate) const ENDPOINTS: [(&str, Endpoint); 15] = [
 
 /// The code of a batch item over the message size limit.
 const MESSAGE_TOO_LARGE: &str = "message_too_large";
-/// The code of a message whose `type` contradicts its endpoint.
-const TYPE_MISMATCH: &str = "type_mismatch";
 
 /// Handles one Tracking API request.
 #[tracing::instrument(name = "ingress.request", level = "info", skip_all, fields(endpoint = ?endpoint))]
@@ -319,8 +317,8 @@ impl<'a> Collected<'a> {
 /// one is logged per interval, with how many like it were held back.
 static STORE_FAILURES: Throttle = Throttle::new(STORE_WARNINGS_EVERY);
 
-/// A single-call endpoint: the path's type fills a missing `type`; a different `type`
-/// is refused as `type_mismatch` rather than guessed at.
+/// A single-call endpoint: the path's type fills a missing `type`; a message that names
+/// another type is taken as that type (see [`with_type`]).
 async fn single(
     state: &IngressState,
     source: &Source,
@@ -328,8 +326,9 @@ async fn single(
     body: &[u8],
     received_at: DateTime<Utc>,
 ) -> Result<Response, IngressError> {
+    let mut kind = kind;
     let outcome = Read::single(body)?.and_then(|mut read| {
-        with_type(read.message(), kind)?;
+        kind = with_type(read.message(), kind);
         accept(read, None, received_at)
     });
     let refused = outcome.as_ref().err().map(|r| (r.code, r.message.clone()));
@@ -349,20 +348,19 @@ async fn single(
     }
 }
 
-fn with_type(message: &mut Message, kind: MessageType) -> Result<(), Rejection> {
+/// The type a single call is taken as: its own `type` when that is one of the six, even
+/// on another type's path (Segment's Webhooks destination posts every call to the one
+/// URL it is given, and the message says what it is); the path's when it has none, which
+/// is then filled in. An unknown `type` is left for validation to refuse, and counted
+/// under the path's.
+fn with_type(message: &mut Message, path: MessageType) -> MessageType {
     match message.kind.as_deref() {
-        None => message.kind = Some(kind.as_str().to_owned()),
-        Some(text) if text == kind.as_str() => {}
-        Some(text) => {
-            return Err(Rejection {
-                code: TYPE_MISMATCH,
-                message: format!(
-                    "type {text:?} was posted to the {kind} endpoint: post it to its own endpoint, or to /v1/batch"
-                ),
-            });
+        None => {
+            message.kind = Some(path.as_str().to_owned());
+            path
         }
+        Some(text) => MessageType::parse(text).unwrap_or(path),
     }
-    Ok(())
 }
 
 /// One refused batch item, in the answer.
@@ -470,20 +468,29 @@ mod tests {
     }
 
     #[test]
-    fn the_path_fills_a_missing_type_and_refuses_another() {
+    fn the_path_fills_a_missing_type_and_a_message_s_own_type_wins() {
         let message = |kind: Option<&str>| Message {
             kind: kind.map(str::to_owned),
             ..Message::default()
         };
         let mut missing = message(None);
-        with_type(&mut missing, MessageType::Page).unwrap();
-        assert_eq!(missing.kind.as_deref(), Some("page"));
-        assert!(with_type(&mut message(Some("page")), MessageType::Page).is_ok());
         assert_eq!(
-            with_type(&mut message(Some("track")), MessageType::Page)
-                .unwrap_err()
-                .code,
-            TYPE_MISMATCH
+            with_type(&mut missing, MessageType::Page),
+            MessageType::Page
+        );
+        assert_eq!(missing.kind.as_deref(), Some("page"));
+        let mut own = message(Some("track"));
+        assert_eq!(with_type(&mut own, MessageType::Page), MessageType::Track);
+        assert_eq!(own.kind.as_deref(), Some("track"));
+        let mut unknown = message(Some("bogus"));
+        assert_eq!(
+            with_type(&mut unknown, MessageType::Page),
+            MessageType::Page
+        );
+        assert_eq!(
+            unknown.kind.as_deref(),
+            Some("bogus"),
+            "left for validation"
         );
     }
 }

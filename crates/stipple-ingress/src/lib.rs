@@ -22,8 +22,9 @@
 //! - When the `Authorization: Basic` header carries a key it alone decides (an unknown
 //!   header key is 401 even if the body's `writeKey` is known); a Basic password is
 //!   ignored; other schemes are ignored and the body's `writeKey` is used.
-//! - On a single-call endpoint a missing `type` is the path's; a different `type` is
-//!   refused with code `type_mismatch` (400, kept as rejected), not guessed at.
+//! - On a single-call endpoint a missing `type` is the path's; a message that names
+//!   another of the six types is taken as that type (Segment's Webhooks destination
+//!   posts every call to one URL).
 //! - Single-call endpoints take one message and batch endpoints one envelope; the other
 //!   shape is 400 `wrong_shape`.
 //! - A batch whose items are all refused still answers 200, listing them.

@@ -19,6 +19,19 @@ fn track() -> Value {
 }
 
 /// [`track`] as a batch item, which must say its type.
+/// A harness with `/metrics`, recording into its own Prometheus recorder for as long as
+/// the guard lives (installed before the state is built, which takes its counters).
+fn metered() -> (Harness, metrics::LocalRecorderGuard<'static>) {
+    // Leaked: the guard must outlive the test, and a test's recorder is small.
+    let recorder: &'static _ = Box::leak(Box::new(
+        metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder(),
+    ));
+    let handle = recorder.handle();
+    let guard = metrics::set_default_local_recorder(recorder);
+    let h = Harness::with(config(), TestStore::default(), |s| s.with_metrics(handle));
+    (h, guard)
+}
+
 fn track_item() -> Value {
     let mut item = track();
     item["type"] = json!("track");
@@ -617,10 +630,7 @@ async fn a_missing_message_id_is_generated_and_a_given_one_kept() {
 
 #[tokio::test]
 async fn duplicates_are_answered_200_and_deduplicated_per_source() {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    let _guard = metrics::set_default_local_recorder(&recorder);
-    let h = Harness::with(config(), TestStore::default(), |s| s.with_metrics(handle));
+    let (h, _recording) = metered();
     let mut message = track_item();
     message["messageId"] = json!("m-1");
     for key in ["wk_web:", "wk_web:", "wk_app:"] {
@@ -657,13 +667,49 @@ async fn duplicates_are_answered_200_and_deduplicated_per_source() {
 }
 
 #[tokio::test]
+async fn a_message_s_own_type_wins_over_its_path() {
+    // Segment's Webhooks destination posts every call, whole, to the one URL it is given.
+    let (h, _recording) = metered();
+    let calls = [
+        json!({"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}),
+        json!({"type": "group", "userId": "u1", "groupId": "g1"}),
+        json!({"type": "alias", "userId": "u1", "previousId": "a1"}),
+        json!({"type": "page", "anonymousId": "a1", "name": "Home"}),
+        json!({"type": "track", "userId": "u1", "event": "Signed Up"}),
+    ];
+    for call in &calls {
+        let request = post("/v1/track")
+            .basic("wk_web:")
+            .json(call.clone())
+            .build();
+        h.check(request, 200, json!({"success": true})).await;
+    }
+    let types: Vec<_> = h
+        .events()
+        .await
+        .iter()
+        .map(|e| e.payload["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(types, ["identify", "group", "alias", "page", "track"]);
+    // Counted under the type it was taken as.
+    let (_, text) = h.check(get("/metrics").build(), 200, Value::Null).await;
+    let text = text.as_str().unwrap();
+    for line in [
+        r#"stipple_accepted_total{source="web",type="identify"} 1"#,
+        r#"stipple_accepted_total{source="web",type="track"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+}
+
+#[tokio::test]
 async fn an_invalid_single_message_is_400_and_kept() {
     let h = Harness::new();
     let cases = [
         (json!({"event": "No user"}), "no_user_anon_id"),
         (
-            json!({"type": "identify", "userId": "u1", "event": "E"}),
-            "type_mismatch",
+            json!({"type": "bogus", "userId": "u1", "event": "E"}),
+            "invalid_type",
         ),
         (json!({"userId": true, "event": "E"}), "invalid_message"),
         (json!("a string"), "invalid_message"),
@@ -1037,10 +1083,7 @@ async fn healthz_and_readyz() {
 
 #[tokio::test]
 async fn metrics_text_has_the_counters_and_the_store_gauges() {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    let _guard = metrics::set_default_local_recorder(&recorder);
-    let h = Harness::with(config(), TestStore::default(), |s| s.with_metrics(handle));
+    let (h, _recording) = metered();
     let body = json!({"batch": [
         {"type": "track", "userId": "u1", "event": "E"},
         {"type": "identify", "userId": "u1"},
