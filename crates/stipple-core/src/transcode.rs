@@ -502,7 +502,7 @@ impl<'a> View<'a> {
             return None;
         }
         if let Some(id) = &self.message_id {
-            if id.is_empty() || id.chars().count() >= MAX_MESSAGE_ID_LEN {
+            if id.chars().count() >= MAX_MESSAGE_ID_LEN {
                 return None;
             }
         }
@@ -570,7 +570,9 @@ impl<'a> View<'a> {
                 }
             }
         }
-        set_label(&mut plain, "messageId", self.message_id);
+        // An empty one counts as none, as in `Message::validate`.
+        let message_id = self.message_id.filter(|id| !id.is_empty());
+        set_label(&mut plain, "messageId", message_id);
         let attrs = merge(blocks, plain);
 
         let config = mapper.config();

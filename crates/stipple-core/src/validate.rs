@@ -42,8 +42,12 @@ impl Message {
     /// Checks the message against Segment's rules: a known `type`; `userId` or
     /// `anonymousId`; alias needs `userId` and `previousId`; group needs `groupId`;
     /// track needs a non-empty `event`; timestamps parse; `messageId`, when given, is
-    /// non-empty and under [`MAX_MESSAGE_ID_LEN`] characters.
-    pub fn validate(self) -> Result<ValidMessage, ValidationError> {
+    /// under [`MAX_MESSAGE_ID_LEN`] characters. An empty `messageId` counts as none (the
+    /// ingress then makes one, as for a missing one).
+    pub fn validate(mut self) -> Result<ValidMessage, ValidationError> {
+        if self.message_id.as_deref() == Some("") {
+            self.message_id = None;
+        }
         let kind = match self.kind.as_deref() {
             None => {
                 return Err(ValidationError::new(
@@ -94,13 +98,10 @@ impl Message {
             _ => {}
         }
         if let Some(id) = &self.message_id {
-            if id.is_empty() || id.chars().count() >= MAX_MESSAGE_ID_LEN {
+            if id.chars().count() >= MAX_MESSAGE_ID_LEN {
                 return Err(ValidationError::new(
                     ErrorCode::InvalidMessageId,
-                    format!(
-                        "messageId must be 1 to {} characters",
-                        MAX_MESSAGE_ID_LEN - 1
-                    ),
+                    format!("messageId must be under {MAX_MESSAGE_ID_LEN} characters"),
                 ));
             }
         }
@@ -257,7 +258,7 @@ mod tests {
         );
         check(
             json!({"type": "page", "userId": "u", "messageId": ""}),
-            Some(InvalidMessageId),
+            None,
         );
         check(
             json!({"type": "page", "userId": "u", "messageId": "x".repeat(100)}),

@@ -603,16 +603,21 @@ async fn clock_skew_is_corrected_in_the_stored_payload() {
 #[tokio::test]
 async fn a_missing_message_id_is_generated_and_a_given_one_kept() {
     let h = Harness::new();
-    h.check(
-        post("/v1/track").basic("wk_web:").json(track()).build(),
-        200,
-        json!({"success": true}),
-    )
-    .await;
-    let stored = h.last_event().await;
-    let id = uuid::Uuid::parse_str(&stored.message_id).expect("a UUID");
-    assert_eq!(id.get_version_num(), 4);
-    assert_eq!(stored.payload["messageId"], stored.message_id);
+    let mut empty = track();
+    empty["messageId"] = json!("");
+    // None, and an empty one (which counts as none).
+    for body in [track(), empty] {
+        h.check(
+            post("/v1/track").basic("wk_web:").json(body).build(),
+            200,
+            json!({"success": true}),
+        )
+        .await;
+        let stored = h.last_event().await;
+        let id = uuid::Uuid::parse_str(&stored.message_id).expect("a UUID");
+        assert_eq!(id.get_version_num(), 4);
+        assert_eq!(stored.payload["messageId"], stored.message_id);
+    }
 
     let mut given = track();
     given["messageId"] = json!("ajs-next-1732795200000-5c1d");
