@@ -205,6 +205,58 @@ pub(crate) enum LogFormat {
 const ENV_PREFIX: &str = "STIPPLE";
 const ENV_PREFIX_SEPARATOR: &str = "_";
 const ENV_SEPARATOR: &str = "__";
+/// The levels `log.level` takes alone (a filter's other bare words are module names).
+const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// `STIPPLE_` variables that are not settings: the command line's (see `cli`).
+const ENV_NOT_SETTINGS: [&str; 2] = ["STIPPLE_CONFIG", "STIPPLE_MOCK_TOKEN"];
+
+/// The `STIPPLE_<SECTION>__<KEY>` variables among `vars`. Any other `STIPPLE_` name but
+/// the command line's own is refused, by name only: its value may be a secret (a token
+/// set as `STIPPLE_POINTILLIST` by mistake).
+fn settings_from_env(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<config::Map<String, String>> {
+    let mut settings = config::Map::new();
+    for (key, value) in vars {
+        let Some(rest) = key
+            .strip_prefix(ENV_PREFIX)
+            .and_then(|rest| rest.strip_prefix(ENV_PREFIX_SEPARATOR))
+        else {
+            continue;
+        };
+        if rest.contains(ENV_SEPARATOR) {
+            settings.insert(key, value);
+        } else if !ENV_NOT_SETTINGS.contains(&key.as_str()) {
+            bail!(
+                "the environment variable {key} is not a setting: settings are                  STIPPLE_<SECTION>__<KEY>, with two underscores, e.g. STIPPLE_POINTILLIST__API_TOKEN"
+            );
+        }
+    }
+    Ok(settings)
+}
+
+/// Checks that the file is TOML, saying where it is not without quoting it (the line
+/// may hold a token or a write key, and errors are printed and logged).
+fn check_toml(path: &Path, text: &str) -> anyhow::Result<()> {
+    let Err(e) = toml::from_str::<toml::Table>(text) else {
+        return Ok(());
+    };
+    let place = e
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    bail!(
+        "invalid configuration: {} is not valid TOML{place}: {}",
+        path.display(),
+        e.message().trim_end()
+    )
+}
 
 /// Checks that `value`, the setting `key`, is an http or https URL; `hint` ends the error.
 fn http_url(key: &str, value: &str, hint: &str) -> anyhow::Result<()> {
@@ -252,16 +304,7 @@ impl Config {
         path: Option<&Path>,
         env: Option<&config::Map<String, String>>,
     ) -> anyhow::Result<()> {
-        let setting = |key: &str| {
-            key.strip_prefix(ENV_PREFIX)
-                .and_then(|rest| rest.strip_prefix(ENV_PREFIX_SEPARATOR))
-                .is_some_and(|rest| rest.contains(ENV_SEPARATOR))
-        };
-        let given = path.is_some()
-            || match env {
-                Some(env) => env.keys().any(|key| setting(key)),
-                None => std::env::vars_os().any(|(key, _)| key.to_str().is_some_and(setting)),
-            };
+        let given = path.is_some() || !Self::env_settings(env)?.is_empty();
         if !given {
             bail!(
                 "no configuration: pass --config FILE (the README's quick start has a minimal one; \
@@ -269,6 +312,20 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The settings among `env`, or among the process's environment when `None`.
+    fn env_settings(
+        env: Option<&config::Map<String, String>>,
+    ) -> anyhow::Result<config::Map<String, String>> {
+        match env {
+            Some(env) => settings_from_env(env.clone()),
+            // A variable that is not UTF-8 cannot be a setting (nor a `STIPPLE_` name).
+            None => settings_from_env(
+                std::env::vars_os()
+                    .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+            ),
+        }
     }
 
     fn read(
@@ -280,6 +337,10 @@ impl Config {
             if !path.exists() {
                 bail!("the configuration file {} does not exist", path.display());
             }
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!("cannot read the configuration file {}", path.display())
+            })?;
+            check_toml(path, &text)?;
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
         builder = builder.add_source(
@@ -288,7 +349,7 @@ impl Config {
                 .separator(ENV_SEPARATOR)
                 // Off: a token like "0123" must stay text, not become the number 123.
                 .try_parsing(false)
-                .source(env),
+                .source(Some(Self::env_settings(env.as_ref())?)),
         );
         let merged = builder
             .build()
@@ -373,6 +434,14 @@ impl Config {
         if d.lease_for < Duration::from_secs(1) {
             bail!("delivery.lease_for must be at least 1s");
         }
+        if d.lease_for <= p.timeout {
+            bail!(
+                "delivery.lease_for ({}) must be longer than pointillist.timeout ({}): an event \
+                 still being sent would be due again, and sent twice",
+                humantime::format_duration(d.lease_for),
+                humantime::format_duration(p.timeout)
+            );
+        }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
             http_url(
                 "telemetry.otlp_endpoint",
@@ -383,6 +452,18 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!("log.level {:?} is not a valid filter: {e}", self.log.level)
         })?;
+        // A filter takes a bare word as a module's name, which would silence everything
+        // else: `warning` would log nothing at all.
+        if let Some(word) = self.log.level.split(',').map(str::trim).find(|d| {
+            !d.is_empty() && !d.contains('=') && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d))
+        }) {
+            bail!(
+                "log.level {:?}: {word:?} is not a level: use one of {}, or target=level \
+                 (e.g. \"info,stipple_delivery=debug\")",
+                self.log.level,
+                LEVELS.join(", ")
+            );
+        }
         Ok(())
     }
 
@@ -515,6 +596,18 @@ mod tests {
             "ingress.body_timeout",
         );
         check(
+            &format!("{MINIMAL}[delivery]\nlease_for = \"10s\"\n"),
+            "delivery.lease_for (10s) must be longer than pointillist.timeout (10s)",
+        );
+        check(
+            &format!("{MINIMAL}[log]\nlevel = \"warning\"\n"),
+            "log.level \"warning\": \"warning\" is not a level",
+        );
+        check(
+            &format!("{MINIMAL}[log]\nlevel = \"info,stipple\"\n"),
+            "\"stipple\" is not a level",
+        );
+        check(
             &format!("{MINIMAL}[delivery]\nthreads = 0\n"),
             "delivery.threads must be at least 1",
         );
@@ -569,6 +662,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("delivery.lease_batch"), "{err}");
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> config::Map<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_command_line_s_own_variables_are_not_settings_and_others_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stipple.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        // `--config` and `stipple mock --token` read these: they are no settings.
+        let cli = vars(&[
+            ("STIPPLE_CONFIG", "stipple.toml"),
+            ("STIPPLE_MOCK_TOKEN", "mock-secret"),
+        ]);
+        Config::load_with_env(Some(&path), Some(cli)).unwrap();
+        // One underscore: not a setting, and its value (here a token) is not repeated.
+        let mistaken = vars(&[("STIPPLE_POINTILLIST", "tok-SECRET")]);
+        let err = Config::load_with_env(Some(&path), Some(mistaken))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("STIPPLE_POINTILLIST is not a setting")
+                && err.contains("STIPPLE_<SECTION>__<KEY>"),
+            "{err}"
+        );
+        assert!(!err.contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn a_toml_syntax_error_says_where_without_quoting_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stipple.toml");
+        std::fs::write(&path, "[pointillist]\napi_token = \"tok-SECRET\n").unwrap();
+        let err = Config::load_with_env(Some(&path), Some(config::Map::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not valid TOML at line 2, column"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 
     #[test]
