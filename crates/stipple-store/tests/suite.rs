@@ -53,6 +53,7 @@ suite!(
     stats_count_every_table,
     expire_dedup_forgets_only_old_keys,
     expire_dedup_removes_more_than_one_chunk,
+    expire_dedup_counts_no_key_claimed_again,
     operations_on_unknown_ids_do_nothing,
     ack_counts_each_event_once,
     ack_of_runs_and_gaps_deletes_exactly_those,
@@ -610,6 +611,24 @@ mod cases {
         h.clock.advance(HOUR);
         assert_eq!(store.expire_dedup(HOUR).await.expect("expire"), 12_000);
         assert_eq!(store.expire_dedup(HOUR).await.expect("expire again"), 0);
+    }
+
+    pub(crate) async fn expire_dedup_counts_no_key_claimed_again(h: &Harness) {
+        let store = &*h.store;
+        append_ok(store, events("web", &["k"]), HOUR).await;
+        h.clock.advance(HOUR + Duration::from_secs(60));
+        // Past its window: queued again, and claimed again from now.
+        assert_eq!(
+            append_ok(store, events("web", &["k"]), HOUR).await,
+            vec![false]
+        );
+        h.clock.advance(Duration::from_secs(60));
+        // Its first claim is old, but the key is not forgotten: nothing to count.
+        assert_eq!(store.expire_dedup(HOUR).await.expect("expire"), 0);
+        assert_eq!(
+            append_ok(store, events("web", &["k"]), HOUR).await,
+            vec![true]
+        );
     }
 
     pub(crate) async fn operations_on_unknown_ids_do_nothing(h: &Harness) {

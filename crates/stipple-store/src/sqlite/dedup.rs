@@ -256,7 +256,10 @@ impl DedupIndex {
         let mut rows = select.query([limit_sql])?;
         let mut last = None;
         let mut rows_seen = 0;
-        let mut deleted = 0;
+        // Keys read (to bound the work) and keys forgotten (not those claimed again
+        // since, whose newer row keeps them).
+        let mut read = 0;
+        let mut deleted = 0u64;
         let mut reached_newer = false;
         while let Some(row) = rows.next()? {
             rows_seen += 1;
@@ -271,11 +274,12 @@ impl DedupIndex {
                 let shard = self.shard(fingerprint);
                 if shard.get(&fingerprint) == Some(&id) {
                     shard.remove(&fingerprint);
+                    deleted += 1;
                 }
-                deleted += 1;
+                read += 1;
             }
             last = Some(id);
-            if deleted >= limit {
+            if read >= limit {
                 break;
             }
         }
@@ -289,8 +293,8 @@ impl DedupIndex {
             }
         }
         Ok(Expired {
-            deleted: deleted as u64,
-            more: !reached_newer && (deleted >= limit || rows_seen == limit),
+            deleted,
+            more: !reached_newer && (read >= limit || rows_seen == limit),
         })
     }
 }
@@ -371,7 +375,7 @@ mod tests {
 
     fn db() -> Connection {
         let mut conn = Connection::open_in_memory().expect("sqlite");
-        super::super::schema::migrate(&mut conn).expect("schema");
+        super::super::schema::migrate(&mut conn, true).expect("schema");
         conn
     }
 

@@ -124,12 +124,21 @@ fn v3_to_v4(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
 }
 
 /// Creates the schema in an empty database, brings an older one up to date (each step
-/// in its own transaction) and refuses a newer one.
-pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// in its own transaction) and refuses a newer one. Only when `may_upgrade`: an admin
+/// command may run beside a service of the older version, which an upgrade under it
+/// would break (steps drop what its statements use).
+pub(super) fn migrate(conn: &mut Connection, may_upgrade: bool) -> Result<(), StoreError> {
     loop {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(open_error)?;
+        if !may_upgrade && (1..VERSION).contains(&version) {
+            return Err(StoreError::Open(format!(
+                "the store's schema version {version} is older than this stipple's ({VERSION}), and a \
+                 service of the older stipple may be running on it: start this version's \
+                 `stipple serve` once (it upgrades the store), then run this again"
+            )));
+        }
         match version {
             0 => step_with(
                 conn,
@@ -208,7 +217,7 @@ PRAGMA user_version = 1;
     fn a_version_1_queue_keeps_its_events_and_loses_its_leases() {
         let mut conn = Connection::open_in_memory().expect("open");
         conn.execute_batch(QUEUE_V1).expect("v1");
-        migrate(&mut conn).expect("migrate");
+        migrate(&mut conn, true).expect("migrate");
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .expect("version");
@@ -233,10 +242,29 @@ PRAGMA user_version = 1;
     }
 
     #[test]
+    fn only_a_service_upgrades_an_older_store() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(QUEUE_V1).expect("v1");
+        let err = migrate(&mut conn, false).expect_err("an admin does not upgrade");
+        assert!(
+            err.to_string()
+                .contains("start this version's `stipple serve` once"),
+            "{err}"
+        );
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, 1, "left as it was");
+        // A new store and a current one are an admin's to open.
+        migrate(&mut Connection::open_in_memory().expect("open"), false).expect("create");
+        migrate(&mut fresh(), false).expect("current");
+    }
+
+    #[test]
     fn version_3_dedup_keys_survive_in_order_as_rows_of_one_key() {
         let mut conn = Connection::open_in_memory().expect("open");
         conn.execute_batch(QUEUE_V1).expect("v1");
-        migrate(&mut conn).expect("migrate");
+        migrate(&mut conn, true).expect("migrate");
         let rows: Vec<(i64, i64, i64, Vec<u8>)> = conn
             .prepare("SELECT id, first_seen, n, keys FROM dedup_keys ORDER BY id")
             .expect("prepare")
@@ -267,7 +295,7 @@ PRAGMA user_version = 1;
 
     fn fresh() -> Connection {
         let mut conn = Connection::open_in_memory().expect("open");
-        migrate(&mut conn).expect("create");
+        migrate(&mut conn, true).expect("create");
         conn
     }
 
