@@ -287,6 +287,18 @@ fn delivers_stops_and_keeps_rejected_input(extra: &str) {
     assert_eq!(first["index"], 1);
     assert!(first["payload"].as_str().unwrap().contains("u-3"));
     assert!(admin(dir.path(), &["dead-letters", "list"]).contains("no dead letters"));
+    // Requeueing an id that names no dead letter says so, and fails.
+    let out = Command::new(env!("CARGO_BIN_EXE_stipple"))
+        .args(["dead-letters", "requeue", "424242", "--config"])
+        .arg(dir.path().join("stipple.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 of the ids named no dead letter"),
+        "{stderr}"
+    );
 }
 
 /// A certificate authority made for one test: `ca.pem` for clients to trust (through

@@ -83,11 +83,20 @@ pub(crate) fn dead_letters(command: &DeadLetterCommand) -> anyhow::Result<ExitCo
                 "name the dead letters to requeue by id, or pass --all"
             );
             let store = open_store(store)?;
-            let ids = (!*all).then_some(ids.as_slice());
-            let moved = super::runtime()?.block_on(store.requeue_dead_letters(ids))?;
+            let named = (!*all).then_some(ids.as_slice());
+            let moved = super::runtime()?.block_on(store.requeue_dead_letters(named))?;
             println!(
                 "requeued {moved} dead letter(s); a running service delivers them at its next lease"
             );
+            let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
+            if !*all && moved < distinct as u64 {
+                eprintln!(
+                    "error: {} of the ids named no dead letter (requeued already, or never one): \
+                     `stipple dead-letters list` shows the ids",
+                    distinct as u64 - moved
+                );
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -345,7 +345,7 @@ fn take_service_lock(path: &Path, busy_timeout: Duration) -> Result<Connection, 
         if is_busy(&e) {
             StoreError::Open(format!(
                 "{} is in use by another stipple service: one service at a time serves a store, \
-                 stop the other one (admin commands open it with Role::Admin)",
+                 stop the other one (the admin commands, such as `stipple status`, run beside it)",
                 path.display()
             ))
         } else {

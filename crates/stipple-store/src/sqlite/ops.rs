@@ -188,7 +188,7 @@ pub(super) fn lease(
             break;
         }
         scanned += 1;
-        if scanned >= max + SCAN_SLACK {
+        if scanned >= max.saturating_add(SCAN_SLACK) {
             break;
         }
     }
