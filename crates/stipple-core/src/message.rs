@@ -224,7 +224,7 @@ impl Id {
         match self {
             Id::String(s) if s.is_empty() => None,
             Id::String(s) => Some(s.clone()),
-            Id::Number(n) => Some(n.to_string()),
+            Id::Number(n) => Some(decimal_text(n)),
         }
     }
 
@@ -233,7 +233,7 @@ impl Id {
         match self {
             Id::String(s) if s.is_empty() => None,
             Id::String(s) => Some(s),
-            Id::Number(n) => Some(n.to_string()),
+            Id::Number(n) => Some(decimal_text(&n)),
         }
     }
 
@@ -258,6 +258,17 @@ impl<'de> Deserialize<'de> for Id {
     }
 }
 
+/// A numeric identifier as the contract has it, "its decimal text": `1000` for `1e3` or
+/// `1000.0` (not serde_json's `1000.0`), every digit for a number past 2^64 (not an
+/// exponent). Digits past a float's precision (about 17) are not kept by JSON readers
+/// anyway: send such identifiers as strings.
+fn decimal_text(n: &serde_json::Number) -> String {
+    match n.as_f64() {
+        Some(f) if !n.is_u64() && !n.is_i64() => format!("{f}"),
+        _ => n.to_string(),
+    }
+}
+
 /// An identifier as read: text borrowed from the input where possible, or a number.
 pub(crate) enum IdText<'a> {
     Text(std::borrow::Cow<'a, str>),
@@ -270,7 +281,7 @@ impl<'a> IdText<'a> {
         match self {
             IdText::Text(s) if s.is_empty() => None,
             IdText::Text(s) => Some(s.clone()),
-            IdText::Number(n) => Some(n.to_string().into()),
+            IdText::Number(n) => Some(decimal_text(n).into()),
         }
     }
 
