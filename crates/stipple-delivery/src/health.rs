@@ -3,6 +3,7 @@
 //! from Pointillist in between).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -20,6 +21,9 @@ pub struct DeliveryHealth {
     for_credentials: AtomicBool,
     /// When delivery last resumed after Pointillist refused the token.
     credentials_resumed: Mutex<Option<DateTime<Utc>>>,
+    /// The latest end of a wait Pointillist asked for (`Retry-After`): a pause's probe
+    /// does not go out before it.
+    asked_until: Mutex<Option<Instant>>,
 }
 
 /// A snapshot for `/readyz` and `stipple status`.
@@ -77,6 +81,20 @@ impl DeliveryHealth {
             Some(resumed) => resumed.max(enqueued_at),
             None => enqueued_at,
         })
+    }
+
+    /// Pointillist asked, with `Retry-After`, for no request before `asked` has passed.
+    pub(crate) fn asked_to_wait(&self, asked: Duration) {
+        if let Some(until) = Instant::now().checked_add(asked) {
+            let mut asked_until = self.asked_until.lock();
+            *asked_until = (*asked_until).max(Some(until));
+        }
+    }
+
+    /// What is left of the waits Pointillist asked for.
+    pub(crate) fn asked_wait_left(&self) -> Option<Duration> {
+        let until = (*self.asked_until.lock())?;
+        until.checked_duration_since(Instant::now())
     }
 
     /// Counts a transient failure; returns how many there have been since Pointillist

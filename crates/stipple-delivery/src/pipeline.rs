@@ -196,10 +196,16 @@ impl Delivery {
                 continue;
             }
             if inner.health.is_paused() {
+                // Not before a `Retry-After` Pointillist gave (capped at the horizon, past
+                // which any event would be dead-lettered anyway).
+                let asked = inner
+                    .health
+                    .asked_wait_left()
+                    .map(|left| left.min(inner.config.retry_horizon));
                 let delay = inner
                     .config
                     .probe_backoff
-                    .delay(probe_attempt, None)
+                    .delay(probe_attempt, asked)
                     .max(Duration::from_millis(50));
                 probe_attempt = probe_attempt.saturating_add(1);
                 if sleep_or_stop(delay, &mut stop).await {
@@ -435,6 +441,9 @@ impl Inner {
                 retry_after,
             } => {
                 let failures = self.health.failed();
+                if let Some(asked) = retry_after {
+                    self.health.asked_to_wait(asked);
+                }
                 if failures >= self.config.outage_after
                     && self.health.pause_for_outage(failures, &reason)
                 {

@@ -280,6 +280,36 @@ async fn an_outage_pauses_delivery_to_probe_and_resumes_when_pointillist_answers
 }
 
 #[tokio::test]
+async fn a_pause_s_probe_waits_out_the_retry_after_pointillist_gave() {
+    // Every answer is 429 with Retry-After: 2 s; four in a row pause delivery.
+    let mock = throttling(2);
+    let store = queued(20).await;
+    let config = DeliveryConfig {
+        concurrency: 4,
+        outage_after: 4,
+        ..fast_config()
+    };
+    let running = start(store.clone(), &mock.url(), config);
+    let health = running.delivery.health();
+    eventually("delivery to pause for the outage", async || {
+        !health.status().healthy
+    })
+    .await;
+    // The probe backoff alone (20-50 ms) would send a dozen requests meanwhile.
+    let before = mock.stats().requests;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let during = mock.stats().requests - before;
+    assert!(during <= 1, "{during} requests within the Retry-After");
+    mock.set_faults(Faults::default());
+    eventually("all 20 delivered", async || {
+        store.stats().await.unwrap().queued == 0
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(store.stats().await.unwrap().dead_letters, 0);
+}
+
+#[tokio::test]
 async fn failures_between_deliveries_do_not_pause() {
     // One request in five fails: 20 failures in a row would take a 1 in 10^14 run.
     let (mock, store, running) = failing_share(0.2, 300, 20).await;
