@@ -69,7 +69,7 @@ pub(crate) struct ServeArgs {
 /// Which store the admin commands open.
 #[derive(Debug, Args)]
 pub(crate) struct StoreArgs {
-    /// The configuration file whose `[store]` to open (other sections are not needed).
+    /// The configuration file whose `[store]` to open (no other section is read).
     #[arg(long, short, env = "STIPPLE_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// The store URL, overriding the configuration (e.g. `sqlite://./stipple-data/stipple.db`).

@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// The whole file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Config {
     #[serde(default)]
@@ -277,9 +277,18 @@ impl Config {
     }
 
     /// Reads the file and environment for the admin commands, which need only
-    /// `[store]`: the other sections are parsed but not required.
+    /// `[store]`: the other sections are neither read nor checked (a service's file that
+    /// does not start is just when `stipple status` helps), and keep their defaults.
     pub(crate) fn load_store_only(path: Option<&Path>) -> anyhow::Result<Config> {
-        let config = Self::read(path, None)?;
+        let store = match Self::merged(path, None)?.get::<StoreSection>("store") {
+            Ok(store) => store,
+            Err(config::ConfigError::NotFound(_)) => StoreSection::default(),
+            Err(e) => bail!("invalid configuration: {e}"),
+        };
+        let config = Config {
+            store,
+            ..Config::default()
+        };
         config.synchronous()?;
         Ok(config)
     }
@@ -332,6 +341,16 @@ impl Config {
         path: Option<&Path>,
         env: Option<config::Map<String, String>>,
     ) -> anyhow::Result<Config> {
+        Self::merged(path, env)?
+            .try_deserialize()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+    }
+
+    /// The file and the environment's settings, merged, not yet read into sections.
+    fn merged(
+        path: Option<&Path>,
+        env: Option<config::Map<String, String>>,
+    ) -> anyhow::Result<config::Config> {
         let mut builder = config::Config::builder();
         if let Some(path) = path {
             if !path.exists() {
@@ -351,11 +370,8 @@ impl Config {
                 .try_parsing(false)
                 .source(Some(Self::env_settings(env.as_ref())?)),
         );
-        let merged = builder
+        builder
             .build()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-        merged
-            .try_deserialize()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
     }
 
@@ -706,6 +722,32 @@ mod tests {
         assert!(err.contains("is not valid TOML at line 2, column"), "{err}");
         assert!(!err.contains("SECRET"), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn the_admin_commands_read_only_the_store_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stipple.toml");
+        let broken = MINIMAL.replace("[pointillist]\n", "[pointillist]\nconcurrency = \"x\"\n");
+        std::fs::write(
+            &path,
+            format!("{broken}[store]\nurl = \"sqlite:///var/s.db\"\nsynchronous = \"normal\"\n"),
+        )
+        .unwrap();
+        let config = Config::load_store_only(Some(&path)).unwrap();
+        assert_eq!(config.store.url, "sqlite:///var/s.db");
+        assert_eq!(
+            config.synchronous().unwrap(),
+            stipple_store::Synchronous::Normal
+        );
+        // The store section itself is still checked.
+        std::fs::write(&path, "[store]\nsynchronous = \"sometimes\"\n").unwrap();
+        let err = Config::load_store_only(Some(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.synchronous"), "{err}");
+        std::fs::write(&path, "[store]\nurl = 5\nuri = \"x\"\n").unwrap();
+        assert!(Config::load_store_only(Some(&path)).is_err());
     }
 
     #[test]
