@@ -21,7 +21,7 @@ pub struct DestinationStatus {
     pub detail: String,
 }
 
-/// Reports the destination's health; the delivery crate implements it.
+/// Reports the destination's health; `stipple serve` implements it over delivery's.
 pub trait DestinationHealth: Send + Sync {
     /// The current status.
     fn status(&self) -> DestinationStatus;
