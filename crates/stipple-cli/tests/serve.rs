@@ -268,6 +268,20 @@ fn delivers_stops_and_keeps_rejected_input(extra: &str) {
         let bucket = format!("{name}_bucket{{le=\"0.0001\"}}");
         assert!(metrics.contains(&bucket), "{bucket} not in\n{metrics}");
     }
+    // What alerts watch is there before the first one happens, at zero, and described.
+    for line in [
+        "stipple_dead_lettered_total{reason=\"rejected\"} 0",
+        "stipple_dead_lettered_total{reason=\"retry_horizon\"} 0",
+        "stipple_dead_lettered_total{reason=\"unmappable\"} 0",
+        "stipple_delivery_paused 0",
+        "stipple_ingress_requests_total{status=\"503\"} 0",
+        "# HELP stipple_delivered_total Events Pointillist accepted",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
 
     // The admin commands work beside the running service (they take no lock).
     let live: serde_json::Value =

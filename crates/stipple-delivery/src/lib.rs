@@ -25,3 +25,4 @@ mod telemetry;
 pub use config::DeliveryConfig;
 pub use health::{DeliveryHealth, HealthStatus};
 pub use pipeline::Delivery;
+pub use telemetry::describe_metrics;

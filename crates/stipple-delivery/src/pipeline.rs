@@ -17,8 +17,8 @@ use tracing::{debug, info};
 use crate::config::DeliveryConfig;
 use crate::health::DeliveryHealth;
 use crate::telemetry::{
-    DeadLettered, Delivered, DeliveredHandles, OutagePaused, Paused, Resumed, Retried, Skipped,
-    StoreTrouble,
+    DeadLettered, Delivered, DeliveredHandles, OutagePaused, Paused, REJECTED, RETRY_HORIZON,
+    Resumed, Retried, Skipped, StoreTrouble, UNMAPPABLE,
 };
 
 /// The delivery service. Build it with [`Delivery::new`], keep [`Delivery::health`] for
@@ -421,7 +421,7 @@ impl Inner {
                 return Fate::Unsent;
             }
             Err(detail) => {
-                self.dead_letter(&event, "unmappable", None, detail).await;
+                self.dead_letter(&event, UNMAPPABLE, None, detail).await;
                 return Fate::Unsent;
             }
         };
@@ -464,7 +464,7 @@ impl Inner {
                         "still failing after the retry horizon ({}): {reason}",
                         humanize(self.config.retry_horizon)
                     );
-                    self.dead_letter(&event, "retry_horizon", status, detail)
+                    self.dead_letter(&event, RETRY_HORIZON, status, detail)
                         .await;
                     return Fate::Transient;
                 }
@@ -513,8 +513,7 @@ impl Inner {
             }
             Outcome::Rejected { status, body } => {
                 self.health.answered();
-                self.dead_letter(&event, "rejected", Some(status), body)
-                    .await;
+                self.dead_letter(&event, REJECTED, Some(status), body).await;
                 Fate::Done
             }
         }

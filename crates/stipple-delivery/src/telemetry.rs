@@ -3,9 +3,61 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, counter, gauge, histogram};
+use metrics::{
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
 use stipple_store::{STORE_WARNINGS_EVERY, Throttle};
 use tracing::{debug, info, warn};
+
+/// Why an event was dead-lettered: the `reason` label's values.
+pub(crate) const REJECTED: &str = "rejected";
+pub(crate) const RETRY_HORIZON: &str = "retry_horizon";
+pub(crate) const UNMAPPABLE: &str = "unmappable";
+
+/// Describes delivery's metrics to the installed recorder, and starts each series at
+/// zero: a counter that first appears at 1 never makes Prometheus's `increase()` see a
+/// first dead letter, nor a `delivery_paused == 1` rule see anything before a pause.
+pub fn describe_metrics() {
+    describe_counter!("stipple_delivered_total", "Events Pointillist accepted");
+    describe_histogram!(
+        "stipple_delivery_latency_seconds",
+        Unit::Seconds,
+        "Time from an event's queueing to Pointillist's acceptance"
+    );
+    describe_counter!(
+        "stipple_retried_total",
+        "Deliveries that failed transiently and were put off for a retry"
+    );
+    describe_counter!(
+        "stipple_dead_lettered_total",
+        "Events moved to the dead letters, by reason"
+    );
+    describe_counter!(
+        "stipple_skipped_total",
+        "Events acknowledged unsent: their integrations turn Pointillist off"
+    );
+    describe_gauge!(
+        "stipple_delivery_paused",
+        "1 while delivery is paused (token refused, or an outage), else 0"
+    );
+    describe_counter!(
+        "stipple_delivery_store_errors_total",
+        "Store calls of delivery that failed (retried)"
+    );
+    for name in [
+        "stipple_delivered_total",
+        "stipple_retried_total",
+        "stipple_skipped_total",
+        "stipple_delivery_store_errors_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    for reason in [REJECTED, RETRY_HORIZON, UNMAPPABLE] {
+        counter!("stipple_dead_lettered_total", "reason" => reason).increment(0);
+    }
+    gauge!("stipple_delivery_paused").set(0.0);
+}
 
 pub(crate) struct Delivered {
     pub(crate) latency: Duration,

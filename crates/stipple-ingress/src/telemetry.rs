@@ -131,14 +131,18 @@ pub(crate) struct SourceCounters {
 impl Counters {
     /// Counters for these sources.
     pub(crate) fn new<'a>(sources: impl IntoIterator<Item = &'a str>) -> Self {
-        Self {
+        let counters = Self {
             sources: sources
                 .into_iter()
                 .map(|name| (name.to_owned(), SourceCounters::default()))
                 .collect(),
             requests: Default::default(),
             duration: OnceLock::new(),
-        }
+        };
+        // Present from the start, at zero, for alerts on the first one (a series that
+        // first appears at 1 is no increase to Prometheus).
+        counters.count(StatusCode::SERVICE_UNAVAILABLE, 0);
+        counters
     }
 
     /// Counts a Tracking API answer to a request that arrived at `arrived`.
@@ -151,12 +155,16 @@ impl Counters {
 
     /// Counts a Tracking API answer.
     pub(crate) fn request(&self, status: StatusCode) {
+        self.count(status, 1);
+    }
+
+    fn count(&self, status: StatusCode, n: u64) {
         let code = status.as_u16();
         match STATUSES.iter().position(|s| *s == code) {
             Some(slot) => self.requests[slot]
                 .get_or_init(|| counter!(REQUESTS, "status" => code.to_string()))
-                .increment(1),
-            None => counter!(REQUESTS, "status" => code.to_string()).increment(1),
+                .increment(n),
+            None => counter!(REQUESTS, "status" => code.to_string()).increment(n),
         }
     }
 }

@@ -1125,6 +1125,7 @@ async fn metrics_text_has_the_counters_and_the_store_gauges() {
         r#"stipple_ingress_requests_total{status="200"} 1"#,
         r#"stipple_ingress_requests_total{status="401"} 1"#,
         r#"stipple_ingress_requests_total{status="405"} 1"#,
+        r#"stipple_ingress_requests_total{status="503"} 0"#,
         "stipple_queued 2",
         "stipple_dead_letters 0",
         "stipple_rejected_stored 2",

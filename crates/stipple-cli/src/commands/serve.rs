@@ -142,6 +142,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     stipple_ingress::telemetry::describe_metrics();
+    stipple_delivery::describe_metrics();
     Ok(handle)
 }
 
