@@ -121,6 +121,53 @@ fn terminate(service: &mut Service) -> std::process::ExitStatus {
     }
 }
 
+/// What the in-process mock took, once it holds `n` events (or after 20 s).
+fn delivered(service: &Service, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let events: Vec<serde_json::Value> =
+            reqwest::blocking::get(format!("{}/mock/events", service.mock()))
+                .unwrap()
+                .json()
+                .unwrap();
+        if events.len() >= n || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(events.len(), n, "{events:?}");
+    events
+}
+
+#[test]
+fn environment_variables_set_what_the_file_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("stipple.toml");
+    // STIPPLE_CONFIG names the file (the command line's variable, not a setting).
+    let service = launch(
+        dir.path(),
+        "",
+        None,
+        true,
+        &[
+            ("STIPPLE_POINTILLIST__EVENT_SOURCE", Path::new("web-app")),
+            ("STIPPLE_POINTILLIST__ACTOR_TYPE", Path::new("visitor")),
+            ("STIPPLE_CONFIG", &config),
+        ],
+    );
+    let (status, _) = post(
+        &format!("{}/v1/track", service.ingress),
+        r#"{"type":"track","event":"Signed Up","userId":"u-1"}"#,
+    );
+    assert_eq!(status, 200);
+    let events = delivered(&service, 1);
+    assert_eq!(events[0]["eventSource"], "web-app", "{events:?}");
+    assert_eq!(
+        events[0]["actors"]["visitor"]["userId"], "u-1",
+        "{events:?}"
+    );
+}
+
 fn post(url: &str, body: &str) -> (u16, String) {
     let response = reqwest::blocking::Client::new()
         .post(url)
@@ -216,19 +263,7 @@ fn delivers_stops_and_keeps_rejected_input(extra: &str) {
     assert_eq!(status, 200);
     assert!(body.contains("missing_event"), "{body}");
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let events = loop {
-        let events: Vec<serde_json::Value> =
-            reqwest::blocking::get(format!("{}/mock/events", service.mock()))
-                .unwrap()
-                .json()
-                .unwrap();
-        if events.len() >= 2 || Instant::now() > deadline {
-            break events;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(events.len(), 2, "{events:?}");
+    let events = delivered(&service, 2);
     let track = events
         .iter()
         .find(|e| e["labels"]["messageId"] == "m-1")

@@ -392,6 +392,11 @@ async fn a_refused_token_pauses_delivery_keeps_events_and_resumes_by_itself() {
     })
     .await;
     assert!(health.status().healthy, "delivery resumed");
+    // Paused, one probe at a time (50 ms apart at least): the 8 requests in flight when
+    // the first 401 came, and about a dozen probes in 600 ms; each of 20 events retried
+    // on its own 10-50 ms backoff would be hundreds.
+    let refused = mock.stats().unauthorized;
+    assert!(refused <= 40, "{refused} requests refused while paused");
     running.stop().await;
     assert_eq!(store.stats().await.unwrap().dead_letters, 0);
     assert_eq!(mock.events().len(), 20);

@@ -672,6 +672,26 @@ async fn duplicates_are_answered_200_and_deduplicated_per_source() {
 }
 
 #[tokio::test]
+async fn the_dedup_window_is_the_configured_one() {
+    // A window of zero turns deduplication off: a repeated messageId is stored again.
+    let config = IngressConfig {
+        dedup_window: Duration::ZERO,
+        ..config()
+    };
+    let h = Harness::with(config, TestStore::default(), |s| s);
+    let mut message = track();
+    message["messageId"] = json!("m-again");
+    for _ in 0..2 {
+        let request = post("/v1/track")
+            .basic("wk_web:")
+            .json(message.clone())
+            .build();
+        h.check(request, 200, json!({"success": true})).await;
+    }
+    assert_eq!(h.events().await.len(), 2);
+}
+
+#[tokio::test]
 async fn a_message_s_own_type_wins_over_its_path() {
     // Segment's Webhooks destination posts every call, whole, to the one URL it is given.
     let (h, _recording) = metered();

@@ -166,6 +166,31 @@ mod tests {
     }
 
     #[test]
+    fn delays_spread_over_the_whole_range_below_the_ceiling() {
+        // Full jitter: uniform in [0, ceiling], so that clients that failed together do
+        // not retry together. 2,000 draws: the bounds below fail by chance in
+        // under one run in 10^40.
+        let backoff = Backoff::default();
+        let ceiling = backoff.ceiling(3).as_secs_f64();
+        let draws: Vec<f64> = (0..2_000)
+            .map(|_| backoff.delay(3, None).as_secs_f64() / ceiling)
+            .collect();
+        let min = draws.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = draws.iter().copied().fold(0.0, f64::max);
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!(min < 0.25 && max > 0.75, "{min}..{max}");
+        assert!((0.4..0.6).contains(&mean), "mean {mean}");
+        // A Retry-After raises only the draws below it.
+        let asked = Duration::from_secs_f64(ceiling / 2.0);
+        let raised: Vec<Duration> = (0..2_000).map(|_| backoff.delay(3, Some(asked))).collect();
+        assert!(raised.iter().all(|d| *d >= asked));
+        assert!(
+            raised.iter().any(|d| *d > asked),
+            "never above the Retry-After"
+        );
+    }
+
+    #[test]
     fn min_above_max_is_capped_at_max() {
         let backoff = Backoff {
             min: Duration::from_secs(10),

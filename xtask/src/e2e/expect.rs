@@ -124,7 +124,8 @@ impl Expected {
                 attrs.flatten("campaign", context.get("campaign"));
                 attrs.flatten("location", context.get("location"));
                 attrs.flatten("", message.get("properties"));
-                if let Some(name) = message["name"].as_str() {
+                // Page and screen only: a track call has no name of its own.
+                if let Some(name) = message["name"].as_str().filter(|_| kind != "track") {
                     attrs.label("name".into(), name.to_owned());
                 }
                 if let Some(category) = message["category"].as_str().filter(|_| kind == "page") {
