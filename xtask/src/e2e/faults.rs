@@ -171,10 +171,11 @@ fn throttled(h: &mut Harness, checks: &mut Checks) -> anyhow::Result<()> {
 /// and `/readyz` reports it healthy again.
 fn unauthorized(h: &mut Harness, checks: &mut Checks) -> anyhow::Result<()> {
     h.fresh()?;
-    let period = Duration::from_secs(3);
+    // Long enough that the pause is seen with time left to send more into it.
+    let period = Duration::from_secs(6);
     // Taken before the PUT: `set.elapsed()` is never less than the mock's own count.
     let set = Instant::now();
-    h.set_faults(json!({"unauthorized_for": "3s"}))?;
+    h.set_faults(json!({"unauthorized_for": "6s"}))?;
     let mut ids = send(h, checks, "401")?;
     let paused = wait_for(
         "/readyz to report the destination unhealthy",
@@ -210,6 +211,15 @@ fn unauthorized(h: &mut Harness, checks: &mut Checks) -> anyhow::Result<()> {
             "401: nothing delivered while paused",
             delivered == 0,
             format!("{delivered} delivered"),
+        );
+    } else {
+        checks.fail(
+            "401: nothing delivered while paused",
+            format!(
+                "not checked: the pause showed {:.1}s into a {}s refusal",
+                set.elapsed().as_secs_f64(),
+                period.as_secs()
+            ),
         );
     }
     let unauthorized = h.mock_stat("unauthorized")?;
