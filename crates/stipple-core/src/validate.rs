@@ -166,7 +166,11 @@ impl ValidMessage {
             .and_then(parse_timestamp);
         let sent_at = m.sent_at.as_deref().and_then(parse_timestamp);
         let corrected = match (original, sent_at) {
-            (Some(original), Some(sent_at)) => received_at - (sent_at - original),
+            // Checked: times near the calendar's ends (year ±262,000) overflow it; the
+            // client's own time then stands, as without `sentAt`.
+            (Some(original), Some(sent_at)) => received_at
+                .checked_sub_signed(sent_at.signed_duration_since(original))
+                .unwrap_or(original),
             (Some(original), None) => original,
             (None, _) => received_at,
         };
@@ -291,6 +295,16 @@ mod tests {
             Some("2026-11-28T13:00:00Z")
         );
         assert_eq!(m.received_at.as_deref(), Some("2026-11-28T12:00:10.500Z"));
+    }
+
+    #[test]
+    fn a_correction_past_the_calendar_s_end_keeps_the_client_s_time() {
+        let m = stamped(
+            json!({"type": "track", "event": "E", "userId": "u",
+                   "timestamp": "+262142-01-01T00:00:00+00:00", "sentAt": "-262143-01-01T00:00:00"}),
+            "2026-11-28T12:00:10.5Z",
+        );
+        assert_eq!(m.timestamp.as_deref(), Some("+262142-01-01T00:00:00.000Z"));
     }
 
     #[test]
