@@ -70,7 +70,7 @@ pub(crate) fn dead_letters(command: &DeadLetterCommand) -> anyhow::Result<ExitCo
                         id = l.id,
                         at = l.dead_at.format("%Y-%m-%dT%H:%M:%SZ"),
                         source = l.source,
-                        message_id = l.message_id,
+                        message_id = one_line(&l.message_id),
                         attempts = l.attempts,
                         detail = one_line(&l.reason.detail),
                     );
@@ -129,7 +129,7 @@ pub(crate) fn rejected(command: &RejectedCommand) -> anyhow::Result<ExitCode> {
                         at = r.received_at.format("%Y-%m-%dT%H:%M:%SZ"),
                         source = r.input.source,
                         code = r.input.code,
-                        message = r.input.message,
+                        message = one_line(&r.input.message),
                         payload = one_line(&String::from_utf8_lossy(&r.input.payload)),
                     );
                 }
