@@ -60,6 +60,9 @@ pub enum ErrorCode {
     MissingTimestamp,
     /// A `messageId` that is empty or too long.
     InvalidMessageId,
+    /// Labels and numbers past [`crate::MAX_ATTRIBUTE_BYTES`] (mapping only): nested
+    /// objects repeat their path in every key, so a message can grow far past its size.
+    EventTooLarge,
 }
 
 impl ErrorCode {
@@ -78,6 +81,7 @@ impl ErrorCode {
             Self::InvalidTimestamp => "invalid_timestamp",
             Self::MissingTimestamp => "missing_timestamp",
             Self::InvalidMessageId => "invalid_message_id",
+            Self::EventTooLarge => "event_too_large",
         }
     }
 }

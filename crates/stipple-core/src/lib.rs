@@ -34,7 +34,7 @@ mod validate;
 pub use batch::{Batch, Input, from_json};
 pub use error::{ErrorCode, ValidationError};
 pub use event::{EventTime, PointillistEvent};
-pub use map::{MapConfig, MapError, Mapper, POINTILLIST};
+pub use map::{MAX_ATTRIBUTE_BYTES, MapConfig, MapError, Mapper, POINTILLIST};
 pub use message::{Context, Id, Message, MessageType, RawMap};
 pub use stored::{Rest, Split, split};
 pub use time::{format_timestamp, parse_timestamp};

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::JsonMap;
-use crate::error::ValidationError;
+use crate::error::{ErrorCode, ValidationError};
 use crate::event::{EventTime, PointillistEvent};
 use crate::message::{Id, Message, MessageType};
 use crate::transcode::map_text;
@@ -14,6 +14,11 @@ use crate::validate::ValidMessage;
 
 /// The destination name used in a message's `integrations` object.
 pub const POINTILLIST: &str = "Pointillist";
+
+/// Most bytes of keys and values an event's labels and numbers may hold. A nested key is
+/// its whole path (`a.b.c`), so a 32 KB message of one long key over many leaves would
+/// map to megabytes; past this it is refused (`event_too_large`), not built.
+pub const MAX_ATTRIBUTE_BYTES: usize = 256 * 1024;
 
 /// The mapping's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +138,15 @@ impl Mapper {
             attrs.label("messageId".to_owned(), id);
         }
         actors.insert(self.config.actor_type.clone(), customer);
+        if attrs.over() {
+            return Err(ValidationError::new(
+                ErrorCode::EventTooLarge,
+                format!(
+                    "its labels and numbers come to more than {} KiB (nested keys repeat their whole path)",
+                    MAX_ATTRIBUTE_BYTES / 1024
+                ),
+            ));
+        }
         Ok(PointillistEvent {
             event_source: self.config.event_source.clone(),
             event_type,
@@ -201,10 +215,25 @@ fn object(block: Option<Value>) -> Option<JsonMap> {
 struct Attributes {
     labels: BTreeMap<String, String>,
     numbers: BTreeMap<String, serde_json::Number>,
+    /// Bytes of keys and values written so far (overwritten ones too).
+    bytes: usize,
 }
 
 impl Attributes {
+    /// Whether `key` and a value of `value_len` bytes still fit; counts them.
+    fn fits(&mut self, key: &str, value_len: usize) -> bool {
+        self.bytes = self.bytes.saturating_add(key.len() + value_len);
+        self.bytes <= MAX_ATTRIBUTE_BYTES
+    }
+
+    fn over(&self) -> bool {
+        self.bytes > MAX_ATTRIBUTE_BYTES
+    }
+
     fn label(&mut self, key: String, value: String) {
+        if !self.fits(&key, value.len()) {
+            return;
+        }
         if !self.numbers.is_empty() {
             self.numbers.remove(&key);
         }
@@ -212,6 +241,10 @@ impl Attributes {
     }
 
     fn number(&mut self, key: String, value: serde_json::Number) {
+        // A number's text is at most 24 bytes.
+        if !self.fits(&key, 24) {
+            return;
+        }
         if !self.labels.is_empty() {
             self.labels.remove(&key);
         }

@@ -38,8 +38,32 @@ use crate::validate::MAX_MESSAGE_ID_LEN;
 /// the reference path), `Some(None)` when the message is valid and its `integrations`
 /// turn Pointillist off, else the body of its Pointillist request.
 pub(crate) fn map_text(mapper: &Mapper, text: &str) -> Option<Option<Vec<u8>>> {
+    ATTRIBUTE_BYTES.set(0);
     serde_json::from_str::<View<'_>>(text).ok()?.map(mapper)
 }
+
+thread_local! {
+    /// The attribute bytes the message being read holds so far, counted at least as the
+    /// reference path counts them (`map::MAX_ATTRIBUTE_BYTES`), plus [`ENTRY_SLACK`] an
+    /// entry for a prefix it may get: past the limit the fast path declines, before it
+    /// has built much, and the reference path refuses the message.
+    static ATTRIBUTE_BYTES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counted for each attribute beyond its key and value: the longest prefix, `campaign.`.
+const ENTRY_SLACK: usize = 16;
+
+/// Counts an attribute of `key_len` and `value_len` bytes; false once past the limit.
+fn count_attribute(key_len: usize, value_len: usize) -> bool {
+    let total = ATTRIBUTE_BYTES
+        .get()
+        .saturating_add(key_len + value_len + ENTRY_SLACK);
+    ATTRIBUTE_BYTES.set(total);
+    total <= crate::map::MAX_ATTRIBUTE_BYTES
+}
+
+/// The error that makes the fast path decline a block that grows past the limit.
+const TOO_LARGE: &str = "attributes past the limit";
 
 /// The error that makes the fast path decline a block (its message is never shown).
 const OUT_OF_ORDER: &str = "keys not strictly ascending";
@@ -104,6 +128,7 @@ fn settle(entries: &mut Vec<Entry<'_>>) {
 /// Sets a label in a settled unprefixed list, replacing an entry of the same key.
 fn set_label<'a>(plain: &mut Vec<Entry<'a>>, key: &'static str, value: Option<Text<'a>>) {
     let Some(Text(value)) = value else { return };
+    count_attribute(key.len(), value.len());
     let entry = Entry {
         prefix: "",
         key: Cow::Borrowed(key),
@@ -166,6 +191,9 @@ impl<'de> Visitor<'de> for Flatten<'_, 'de> {
             if key.is_empty() || previous.as_ref().is_some_and(|p| **p >= *key) {
                 return Err(de::Error::custom(OUT_OF_ORDER));
             }
+            if ATTRIBUTE_BYTES.get() > crate::map::MAX_ATTRIBUTE_BYTES {
+                return Err(de::Error::custom(TOO_LARGE));
+            }
             let full = if self.path.is_empty() {
                 key.0.clone()
             } else {
@@ -189,6 +217,15 @@ struct Member<'s, 'a> {
 
 impl<'a> Member<'_, 'a> {
     fn push(self, value: Attr<'a>) {
+        let value_len = match &value {
+            Attr::Text(text) => text.len(),
+            Attr::Bool(_) => 5,
+            // As `map::Attributes::number` counts it.
+            Attr::Number(_) => 24,
+            Attr::Array(text) => text.len(),
+        };
+        // Past the limit the next member of the block stops the read (see `Flatten`).
+        count_attribute(self.key.len(), value_len);
         self.out.push(Entry {
             prefix: "",
             key: self.key,
@@ -573,6 +610,11 @@ impl<'a> View<'a> {
         // An empty one counts as none, as in `Message::validate`.
         let message_id = self.message_id.filter(|id| !id.is_empty());
         set_label(&mut plain, "messageId", message_id);
+        // With the call's own labels (`set_label` counts them): over the limit, the
+        // reference path refuses it.
+        if ATTRIBUTE_BYTES.get() > crate::map::MAX_ATTRIBUTE_BYTES {
+            return None;
+        }
         let attrs = merge(blocks, plain);
 
         let config = mapper.config();

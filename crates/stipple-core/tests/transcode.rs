@@ -133,3 +133,36 @@ fn a_primary_actor_named_account_replaces_the_group() {
         assert_same(&mapper, text);
     }
 }
+
+/// A track message whose `properties` hold one object under a key of `key_len` bytes,
+/// with `leaves` numbers: each leaf's label key repeats the long key.
+fn amplified(key_len: usize, leaves: usize) -> String {
+    let inner: serde_json::Map<String, Value> = (0..leaves)
+        .map(|i| (format!("{i:04}"), Value::from(1)))
+        .collect();
+    let mut properties = serde_json::Map::new();
+    properties.insert("k".repeat(key_len), Value::Object(inner));
+    serde_json::json!({
+        "type": "track", "event": "E", "userId": "u", "messageId": "m",
+        "timestamp": "2026-11-28T12:00:00.000Z", "properties": properties,
+    })
+    .to_string()
+}
+
+#[test]
+fn an_event_that_would_grow_past_the_limit_is_refused_on_both_paths() {
+    let mapper = mapper();
+    // 30 KB of input, 400 KB of labels: refused, and the fast path declines it early.
+    let big = amplified(2_000, 200);
+    assert!(big.len() < 32 * 1024);
+    let refused = mapper.map_json(big.as_bytes()).unwrap_err().to_string();
+    assert!(refused.contains("event_too_large"), "{refused}");
+    assert!(mapper.map_json_fast(&big).is_none());
+    assert_same(&mapper, &big);
+    // Under the limit, both paths map it alike, the fast one taking it.
+    let fits = amplified(2_000, 100);
+    let body = mapper.map_json(fits.as_bytes()).unwrap().unwrap();
+    assert!(body.len() > 150 * 1024 && body.len() < stipple_core::MAX_ATTRIBUTE_BYTES);
+    assert!(mapper.map_json_fast(&fits).is_some());
+    assert_same(&mapper, &fits);
+}
