@@ -1,6 +1,6 @@
 //! The Tracking API endpoints: from a request body to durably stored events.
 //!
-//! Per request: content type, an in-flight permit, the header's write key if any, the
+//! Per request: content type, the header's write key if any, an in-flight permit, the
 //! body (capped, gzip inflated), else the body's write key, then each message: read, validated, stamped (`messageId`,
 //! `receivedAt`, clock-skew corrected `timestamp`) and serialised; refused messages are
 //! kept as rejected input. One `Store::append` commits it all, and only then is the
@@ -68,6 +68,8 @@ pub(crate) async fn handle(
         Endpoint::Single(_) => config.max_message_bytes,
         Endpoint::Batch => config.max_batch_bytes,
     };
+    // A key in the header is checked first: a wrong key costs no room and no body read.
+    let header_source = crate::auth::authenticate_header(&config.sources, &headers)?;
     // The most this body can take, held until the answer: bounds the bodies in memory.
     let units = u32::try_from(limit.div_ceil(IN_FLIGHT_UNIT)).unwrap_or(u32::MAX);
     let _permit = state
@@ -76,8 +78,6 @@ pub(crate) async fn handle(
         .clone()
         .try_acquire_many_owned(units)
         .map_err(|_| IngressError::Overloaded)?;
-    // A key in the header is checked before the body is read: a wrong key costs nothing.
-    let header_source = crate::auth::authenticate_header(&config.sources, &headers)?;
     // A client that stalls mid-body would hold its in-flight slot, and shutdown, forever.
     let read = tokio::time::timeout(
         config.body_timeout,

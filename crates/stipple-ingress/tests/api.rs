@@ -913,6 +913,16 @@ async fn overload_is_503_with_retry_after() {
         )
         .await;
     assert_eq!(headers["retry-after"], "1");
+    // A wrong key in the header is told so, room or none: it would never get any.
+    h.check(
+        post("/v1/batch")
+            .basic("wk_nobody:")
+            .json(json!({"batch": [track_item()]}))
+            .build(),
+        401,
+        json!({"success": false}),
+    )
+    .await;
     gate.release.notify_one();
     let first = first.await.unwrap().unwrap();
     assert_eq!(first.status(), 200);
