@@ -53,6 +53,22 @@ thread_local! {
 /// Counted for each attribute beyond its key and value: the longest prefix, `campaign.`.
 const ENTRY_SLACK: usize = 16;
 
+/// Counts a block's entries at least as the reference path would (a nested key a second
+/// time: `Flatten` counted it as it built it); false once past the limit.
+fn count_block(entries: &[Entry<'_>]) -> bool {
+    let bytes = entries.iter().fold(0usize, |bytes, entry| {
+        let value = match &entry.value {
+            Attr::Text(text) => text.len(),
+            Attr::Bool(_) => 5,
+            // As `map::Attributes::number` counts it.
+            Attr::Number(_) => 24,
+            Attr::Array(text) => text.len(),
+        };
+        bytes.saturating_add(entry.key.len() + value + ENTRY_SLACK)
+    });
+    count_attribute(bytes, 0)
+}
+
 /// Counts an attribute of `key_len` and `value_len` bytes; false once past the limit.
 fn count_attribute(key_len: usize, value_len: usize) -> bool {
     let total = ATTRIBUTE_BYTES
@@ -191,13 +207,17 @@ impl<'de> Visitor<'de> for Flatten<'_, 'de> {
             if key.is_empty() || previous.as_ref().is_some_and(|p| **p >= *key) {
                 return Err(de::Error::custom(OUT_OF_ORDER));
             }
-            if ATTRIBUTE_BYTES.get() > crate::map::MAX_ATTRIBUTE_BYTES {
-                return Err(de::Error::custom(TOO_LARGE));
-            }
             let full = if self.path.is_empty() {
                 key.0.clone()
             } else {
-                Cow::Owned(format!("{}.{}", self.path, &*key))
+                // A nested key repeats its whole path: the one way a block outgrows its
+                // text, so counted (and stopped) as it is built. Every other entry is
+                // counted once its block is read (`count_block`).
+                let full = format!("{}.{}", self.path, &*key);
+                if !count_attribute(full.len(), 0) {
+                    return Err(de::Error::custom(TOO_LARGE));
+                }
+                Cow::Owned(full)
             };
             map.next_value_seed(Member {
                 out: &mut *self.out,
@@ -217,15 +237,6 @@ struct Member<'s, 'a> {
 
 impl<'a> Member<'_, 'a> {
     fn push(self, value: Attr<'a>) {
-        let value_len = match &value {
-            Attr::Text(text) => text.len(),
-            Attr::Bool(_) => 5,
-            // As `map::Attributes::number` counts it.
-            Attr::Number(_) => 24,
-            Attr::Array(text) => text.len(),
-        };
-        // Past the limit the next member of the block stops the read (see `Flatten`).
-        count_attribute(self.key.len(), value_len);
         self.out.push(Entry {
             prefix: "",
             key: self.key,
@@ -317,6 +328,9 @@ impl<'de> Visitor<'de> for TopBlock {
             path: "",
         }
         .visit_map(map)?;
+        if !count_block(&out) {
+            return Err(de::Error::custom(TOO_LARGE));
+        }
         Ok(Some(out))
     }
 }
