@@ -229,7 +229,8 @@ fn settings_from_env(
             settings.insert(key, value);
         } else if !ENV_NOT_SETTINGS.contains(&key.as_str()) {
             bail!(
-                "the environment variable {key} is not a setting: settings are                  STIPPLE_<SECTION>__<KEY>, with two underscores, e.g. STIPPLE_POINTILLIST__API_TOKEN"
+                "the environment variable {key} is not a setting: settings are \
+                 STIPPLE_<SECTION>__<KEY>, with two underscores, e.g. STIPPLE_POINTILLIST__API_TOKEN"
             );
         }
     }
@@ -270,8 +271,20 @@ fn http_url(key: &str, value: &str, hint: &str) -> anyhow::Result<()> {
 impl Config {
     /// Reads `path` (when given) and the `STIPPLE_*` environment, then checks the values.
     pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Config> {
-        Self::anything_given(path, None)?;
-        let config = Self::read(path, None)?;
+        Self::load_from(path, Self::env_settings(None)?)
+    }
+
+    /// [`Config::load`] with these `STIPPLE_<SECTION>__<KEY>` settings.
+    fn load_from(path: Option<&Path>, env: config::Map<String, String>) -> anyhow::Result<Config> {
+        if path.is_none() && env.is_empty() {
+            // The service needs at least a source: saying so beats naming the first key
+            // missing.
+            bail!(
+                "no configuration: pass --config FILE (the README's quick start has a minimal one; \
+                 every key is in docs/configuration.md), or set STIPPLE_<SECTION>__<KEY> variables"
+            );
+        }
+        let config = Self::read(path, env)?;
         config.check()?;
         Ok(config)
     }
@@ -280,11 +293,12 @@ impl Config {
     /// `[store]`: the other sections are neither read nor checked (a service's file that
     /// does not start is just when `stipple status` helps), and keep their defaults.
     pub(crate) fn load_store_only(path: Option<&Path>) -> anyhow::Result<Config> {
-        let store = match Self::merged(path, None)?.get::<StoreSection>("store") {
-            Ok(store) => store,
-            Err(config::ConfigError::NotFound(_)) => StoreSection::default(),
-            Err(e) => bail!("invalid configuration: {e}"),
-        };
+        let store =
+            match Self::merged(path, Self::env_settings(None)?)?.get::<StoreSection>("store") {
+                Ok(store) => store,
+                Err(config::ConfigError::NotFound(_)) => StoreSection::default(),
+                Err(e) => bail!("invalid configuration: {e}"),
+            };
         let config = Config {
             store,
             ..Config::default()
@@ -300,27 +314,7 @@ impl Config {
         path: Option<&Path>,
         env: Option<config::Map<String, String>>,
     ) -> anyhow::Result<Config> {
-        Self::anything_given(path, env.as_ref())?;
-        let config = Self::read(path, env)?;
-        config.check()?;
-        Ok(config)
-    }
-
-    /// Refuses to go on when neither a file nor a `STIPPLE_<SECTION>__<KEY>` variable
-    /// says anything: the service needs at least a source, and saying so beats naming
-    /// the first key missing.
-    fn anything_given(
-        path: Option<&Path>,
-        env: Option<&config::Map<String, String>>,
-    ) -> anyhow::Result<()> {
-        let given = path.is_some() || !Self::env_settings(env)?.is_empty();
-        if !given {
-            bail!(
-                "no configuration: pass --config FILE (the README's quick start has a minimal one; \
-                 every key is in docs/configuration.md), or set STIPPLE_<SECTION>__<KEY> variables"
-            );
-        }
-        Ok(())
+        Self::load_from(path, Self::env_settings(env.as_ref())?)
     }
 
     /// The settings among `env`, or among the process's environment when `None`.
@@ -337,10 +331,7 @@ impl Config {
         }
     }
 
-    fn read(
-        path: Option<&Path>,
-        env: Option<config::Map<String, String>>,
-    ) -> anyhow::Result<Config> {
+    fn read(path: Option<&Path>, env: config::Map<String, String>) -> anyhow::Result<Config> {
         Self::merged(path, env)?
             .try_deserialize()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
@@ -349,7 +340,7 @@ impl Config {
     /// The file and the environment's settings, merged, not yet read into sections.
     fn merged(
         path: Option<&Path>,
-        env: Option<config::Map<String, String>>,
+        env: config::Map<String, String>,
     ) -> anyhow::Result<config::Config> {
         let mut builder = config::Config::builder();
         if let Some(path) = path {
@@ -368,7 +359,7 @@ impl Config {
                 .separator(ENV_SEPARATOR)
                 // Off: a token like "0123" must stay text, not become the number 123.
                 .try_parsing(false)
-                .source(Some(Self::env_settings(env.as_ref())?)),
+                .source(Some(env)),
         );
         builder
             .build()
