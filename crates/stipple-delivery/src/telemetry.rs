@@ -10,6 +10,15 @@ use metrics::{
 use stipple_store::{STORE_WARNINGS_EVERY, Throttle};
 use tracing::{debug, info, warn};
 
+/// The metrics delivery reports, by name.
+const DELIVERED: &str = "stipple_delivered_total";
+const LATENCY_SECONDS: &str = "stipple_delivery_latency_seconds";
+const RETRIED: &str = "stipple_retried_total";
+const DEAD_LETTERED: &str = "stipple_dead_lettered_total";
+const SKIPPED: &str = "stipple_skipped_total";
+const PAUSED: &str = "stipple_delivery_paused";
+const STORE_ERRORS: &str = "stipple_delivery_store_errors_total";
+
 /// Why an event was dead-lettered: the `reason` label's values.
 pub(crate) const REJECTED: &str = "rejected";
 pub(crate) const RETRY_HORIZON: &str = "retry_horizon";
@@ -19,44 +28,36 @@ pub(crate) const UNMAPPABLE: &str = "unmappable";
 /// zero: a counter that first appears at 1 never makes Prometheus's `increase()` see a
 /// first dead letter, nor a `delivery_paused == 1` rule see anything before a pause.
 pub fn describe_metrics() {
-    describe_counter!("stipple_delivered_total", "Events Pointillist accepted");
+    describe_counter!(DELIVERED, "Events Pointillist accepted");
     describe_histogram!(
-        "stipple_delivery_latency_seconds",
+        LATENCY_SECONDS,
         Unit::Seconds,
         "Time from an event's queueing to Pointillist's acceptance"
     );
     describe_counter!(
-        "stipple_retried_total",
+        RETRIED,
         "Deliveries that failed transiently and were put off for a retry"
     );
+    describe_counter!(DEAD_LETTERED, "Events moved to the dead letters, by reason");
     describe_counter!(
-        "stipple_dead_lettered_total",
-        "Events moved to the dead letters, by reason"
-    );
-    describe_counter!(
-        "stipple_skipped_total",
+        SKIPPED,
         "Events acknowledged unsent: their integrations turn Pointillist off"
     );
     describe_gauge!(
-        "stipple_delivery_paused",
+        PAUSED,
         "1 while delivery is paused (token refused, or an outage), else 0"
     );
     describe_counter!(
-        "stipple_delivery_store_errors_total",
+        STORE_ERRORS,
         "Store calls of delivery that failed (retried)"
     );
-    for name in [
-        "stipple_delivered_total",
-        "stipple_retried_total",
-        "stipple_skipped_total",
-        "stipple_delivery_store_errors_total",
-    ] {
+    for name in [DELIVERED, RETRIED, SKIPPED, STORE_ERRORS] {
         counter!(name).increment(0);
     }
     for reason in [REJECTED, RETRY_HORIZON, UNMAPPABLE] {
-        counter!("stipple_dead_lettered_total", "reason" => reason).increment(0);
+        counter!(DEAD_LETTERED, "reason" => reason).increment(0);
     }
-    gauge!("stipple_delivery_paused").set(0.0);
+    gauge!(PAUSED).set(0.0);
 }
 
 pub(crate) struct Delivered {
@@ -68,11 +69,11 @@ impl Delivered {
     pub(crate) fn emit(self, handles: &DeliveredHandles) {
         handles
             .delivered
-            .get_or_init(|| counter!("stipple_delivered_total"))
+            .get_or_init(|| counter!(DELIVERED))
             .increment(1);
         handles
             .latency
-            .get_or_init(|| histogram!("stipple_delivery_latency_seconds"))
+            .get_or_init(|| histogram!(LATENCY_SECONDS))
             .record(self.latency.as_secs_f64());
     }
 }
@@ -93,7 +94,7 @@ pub(crate) struct Retried<'a> {
 
 impl Retried<'_> {
     pub(crate) fn emit(self) {
-        counter!("stipple_retried_total").increment(1);
+        counter!(RETRIED).increment(1);
         debug!(message_id = self.message_id, attempts = self.attempts, delay = ?self.delay, reason = self.reason, "delivery will be retried");
     }
 }
@@ -106,7 +107,7 @@ pub(crate) struct DeadLettered<'a> {
 
 impl DeadLettered<'_> {
     pub(crate) fn emit(self) {
-        counter!("stipple_dead_lettered_total", "reason" => self.reason).increment(1);
+        counter!(DEAD_LETTERED, "reason" => self.reason).increment(1);
         warn!(
             message_id = self.message_id,
             reason = self.reason,
@@ -120,7 +121,7 @@ pub(crate) struct Skipped;
 
 impl Skipped {
     pub(crate) fn emit(self) {
-        counter!("stipple_skipped_total").increment(1);
+        counter!(SKIPPED).increment(1);
     }
 }
 
@@ -130,7 +131,7 @@ pub(crate) struct Paused {
 
 impl Paused {
     pub(crate) fn emit(self) {
-        gauge!("stipple_delivery_paused").set(1.0);
+        gauge!(PAUSED).set(1.0);
         warn!(
             status = self.status,
             "Pointillist refuses the API token: delivery paused, events stay queued"
@@ -145,7 +146,7 @@ pub(crate) struct OutagePaused<'a> {
 
 impl OutagePaused<'_> {
     pub(crate) fn emit(self) {
-        gauge!("stipple_delivery_paused").set(1.0);
+        gauge!(PAUSED).set(1.0);
         warn!(
             failures = self.failures,
             last = self.reason,
@@ -158,7 +159,7 @@ pub(crate) struct Resumed;
 
 impl Resumed {
     pub(crate) fn emit(self) {
-        gauge!("stipple_delivery_paused").set(0.0);
+        gauge!(PAUSED).set(0.0);
         info!("Pointillist answers again: delivery resumed");
     }
 }
@@ -174,7 +175,7 @@ static STORE_TROUBLE: Throttle = Throttle::new(STORE_WARNINGS_EVERY);
 
 impl StoreTrouble<'_> {
     pub(crate) fn emit(self) {
-        counter!("stipple_delivery_store_errors_total").increment(1);
+        counter!(STORE_ERRORS).increment(1);
         if let Some(held_back) = STORE_TROUBLE.admit() {
             warn!(
                 during = self.during,
