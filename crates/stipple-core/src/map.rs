@@ -20,6 +20,9 @@ pub const POINTILLIST: &str = "Pointillist";
 /// map to megabytes; past this it is refused (`event_too_large`), not built.
 pub const MAX_ATTRIBUTE_BYTES: usize = 256 * 1024;
 
+/// What a number counts for toward [`MAX_ATTRIBUTE_BYTES`]: the most its text takes.
+pub(crate) const NUMBER_TEXT_BYTES: usize = 24;
+
 /// The mapping's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -241,8 +244,7 @@ impl Attributes {
     }
 
     fn number(&mut self, key: String, value: serde_json::Number) {
-        // A number's text is at most 24 bytes.
-        if !self.fits(&key, 24) {
+        if !self.fits(&key, NUMBER_TEXT_BYTES) {
             return;
         }
         if !self.labels.is_empty() {

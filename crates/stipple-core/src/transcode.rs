@@ -60,8 +60,7 @@ fn count_block(entries: &[Entry<'_>]) -> bool {
         let value = match &entry.value {
             Attr::Text(text) => text.len(),
             Attr::Bool(_) => 5,
-            // As `map::Attributes::number` counts it.
-            Attr::Number(_) => 24,
+            Attr::Number(_) => crate::map::NUMBER_TEXT_BYTES,
             Attr::Array(text) => text.len(),
         };
         bytes.saturating_add(entry.key.len() + value + ENTRY_SLACK)
