@@ -86,6 +86,9 @@ pub(crate) struct IngressSection {
     pub(crate) body_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub(crate) shutdown_grace: Duration,
+    pub(crate) max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub(crate) header_timeout: Duration,
 }
 
 /// A list in the file; a comma-separated string from the environment.
@@ -110,6 +113,7 @@ fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>,
 impl Default for IngressSection {
     fn default() -> Self {
         let d = stipple_ingress::IngressConfig::default();
+        let server = stipple_ingress::ServerConfig::default();
         Self {
             listen: "127.0.0.1:8088".into(),
             dedup_window: d.dedup_window,
@@ -117,6 +121,8 @@ impl Default for IngressSection {
             max_in_flight_bytes: ByteSize(u64::try_from(d.max_in_flight_bytes).unwrap_or(u64::MAX)),
             body_timeout: d.body_timeout,
             shutdown_grace: Duration::from_secs(10),
+            max_connections: server.max_connections,
+            header_timeout: server.header_timeout,
         }
     }
 }
@@ -394,6 +400,12 @@ impl Config {
         if self.ingress.body_timeout.is_zero() {
             bail!("ingress.body_timeout must be longer than zero, e.g. \"30s\"");
         }
+        if self.ingress.header_timeout.is_zero() {
+            bail!("ingress.header_timeout must be longer than zero, e.g. \"30s\"");
+        }
+        if self.ingress.max_connections == 0 {
+            bail!("ingress.max_connections must be at least 1, e.g. 10000");
+        }
         if self.sources.is_empty() {
             bail!("no [[sources]]: add at least one source with a name and a write_key");
         }
@@ -553,6 +565,8 @@ mod tests {
         assert_eq!(c.sources.len(), 2);
         assert_eq!(c.ingress.body_timeout, defaults.ingress.body_timeout);
         assert_eq!(c.ingress.shutdown_grace, defaults.ingress.shutdown_grace);
+        assert_eq!(c.ingress.header_timeout, defaults.ingress.header_timeout);
+        assert_eq!(c.ingress.max_connections, defaults.ingress.max_connections);
         assert_eq!(c.ingress.dedup_window, defaults.ingress.dedup_window);
         assert_eq!(c.delivery.backoff_max, defaults.delivery.backoff_max);
         assert_eq!(c.delivery.lease_for, defaults.delivery.lease_for);
@@ -601,6 +615,14 @@ mod tests {
         check(
             &format!("{MINIMAL}[ingress]\nbody_timeout = \"0s\"\n"),
             "ingress.body_timeout",
+        );
+        check(
+            &format!("{MINIMAL}[ingress]\nheader_timeout = \"0s\"\n"),
+            "ingress.header_timeout",
+        );
+        check(
+            &format!("{MINIMAL}[ingress]\nmax_connections = 0\n"),
+            "ingress.max_connections",
         );
         check(
             &format!("{MINIMAL}[delivery]\nlease_for = \"10s\"\n"),

@@ -295,6 +295,12 @@ fn delivers_stops_and_keeps_rejected_input(extra: &str) {
             .unwrap_or_else(|| panic!("{name} not in\n{metrics}"));
         assert!(value >= 1, "{name} {value}");
     }
+    // The scrape's own connection, at least, is open.
+    let open: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("stipple_ingress_connections ")?.parse().ok())
+        .unwrap_or_else(|| panic!("stipple_ingress_connections not in\n{metrics}"));
+    assert!(open >= 1.0, "stipple_ingress_connections {open}");
     // The answer times have buckets fine enough for a fast disk (the first at 100 µs).
     for name in [
         "stipple_ingress_request_duration_seconds",
@@ -310,6 +316,7 @@ fn delivers_stops_and_keeps_rejected_input(extra: &str) {
         "stipple_dead_lettered_total{reason=\"unmappable\"} 0",
         "stipple_delivery_paused 0",
         "stipple_ingress_requests_total{status=\"503\"} 0",
+        "stipple_ingress_connection_limit_reached_total 0",
         "# HELP stipple_delivered_total Events Pointillist accepted",
     ] {
         assert!(

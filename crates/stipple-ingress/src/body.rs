@@ -1,16 +1,21 @@
-//! Reading a request body: the content type check, the size caps and gzip.
+//! Reading a request body: the content type check, the size caps, gzip and the in-flight
+//! budget.
 //!
 //! The body is read at most up to its cap, and a gzip body is inflated at most up to
 //! the same cap (plus one byte to notice the excess), so a gzip bomb costs no more
-//! memory than an honest body.
+//! memory than an honest body. The bytes read, and inflated, are reserved from the
+//! in-flight budget ([`Reservation`]) as they arrive, not announced: a client that
+//! announces a large body and stalls holds only what it sent.
 
 use std::future::poll_fn;
 use std::io::Read;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use axum::body::{Body, HttpBody};
 use axum::http::{HeaderMap, header};
 use flate2::read::MultiGzDecoder;
+use tokio::sync::Semaphore;
 
 use crate::error::IngressError;
 
@@ -30,6 +35,48 @@ pub(crate) enum BodyError {
     TooLarge,
     /// A transport error or bad gzip.
     Unreadable(String),
+    /// The in-flight budget has no room for more.
+    NoRoom,
+}
+
+/// The in-flight budget is counted in permits of this many bytes.
+pub(crate) const IN_FLIGHT_UNIT: usize = 1024;
+
+/// Room taken from the in-flight budget for one request, given back when dropped (with
+/// the answer).
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    budget: Arc<Semaphore>,
+    units: u32,
+}
+
+impl Reservation {
+    /// Nothing reserved yet from `budget`.
+    pub(crate) fn new(budget: Arc<Semaphore>) -> Self {
+        Self { budget, units: 0 }
+    }
+
+    /// Grows the reservation to cover `bytes` in all (rounded up to whole units); an
+    /// error, with the reservation as it was, when the budget has no room.
+    fn cover(&mut self, bytes: usize) -> Result<(), BodyError> {
+        let wanted = u32::try_from(bytes.div_ceil(IN_FLIGHT_UNIT)).unwrap_or(u32::MAX);
+        if wanted <= self.units {
+            return Ok(());
+        }
+        let more = self
+            .budget
+            .try_acquire_many(wanted - self.units)
+            .map_err(|_| BodyError::NoRoom)?;
+        more.forget();
+        self.units = wanted;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.add_permits(self.units as usize);
+    }
 }
 
 /// Accepts `application/json` and `text/plain` (the browser library's choice, to avoid
@@ -74,12 +121,14 @@ pub(crate) fn encoding(headers: &HeaderMap) -> Result<Encoding, IngressError> {
     Ok(result)
 }
 
-/// Reads the body, inflating gzip, and refuses it when it is over `limit` bytes.
+/// Reads the body, inflating gzip, and refuses it when it is over `limit` bytes; `room`
+/// grows to cover the bytes read and inflated.
 pub(crate) async fn read(
     body: Body,
     headers: &HeaderMap,
     encoding: Encoding,
     limit: usize,
+    room: &mut Reservation,
 ) -> Result<Vec<u8>, BodyError> {
     // gzip of incompressible data is slightly larger than the data itself.
     let raw_cap = match encoding {
@@ -93,21 +142,32 @@ pub(crate) async fn read(
     if announced.is_some_and(|len| len > raw_cap as u64) {
         return Err(BodyError::TooLarge);
     }
-    let raw = collect(body, raw_cap).await?;
+    let raw = collect(body, raw_cap, room).await?;
     match encoding {
         Encoding::Identity => Ok(raw),
-        Encoding::Gzip => gunzip(&raw, limit),
+        Encoding::Gzip => {
+            // Inflated in one go on the worker, and the packed bytes dropped: the room
+            // then covers the larger of the two. The budget is passed only while a body
+            // inflates, by at most one body per worker thread; counting both would make
+            // a gzipped batch at the size limit never fit a budget of one batch.
+            let inflated = gunzip(&raw, limit)?;
+            drop(raw);
+            room.cover(inflated.len())?;
+            Ok(inflated)
+        }
     }
 }
 
-async fn collect(mut body: Body, cap: usize) -> Result<Vec<u8>, BodyError> {
+async fn collect(mut body: Body, cap: usize, room: &mut Reservation) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
     while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
-            if out.len().saturating_add(data.len()) > cap {
+            let len = out.len().saturating_add(data.len());
+            if len > cap {
                 return Err(BodyError::TooLarge);
             }
+            room.cover(len)?;
             out.extend_from_slice(&data);
         }
     }
@@ -204,23 +264,90 @@ mod tests {
         ));
     }
 
+    /// Room for everything here.
+    fn room() -> Reservation {
+        Reservation::new(Arc::new(Semaphore::new(1 << 20)))
+    }
+
     #[tokio::test]
     async fn read_refuses_bodies_over_the_cap() {
         let none = HeaderMap::new();
         let read_text = |text: &'static str, limit| {
             let none = none.clone();
-            async move { read(Body::from(text), &none, Encoding::Identity, limit).await }
+            async move {
+                read(
+                    Body::from(text),
+                    &none,
+                    Encoding::Identity,
+                    limit,
+                    &mut room(),
+                )
+                .await
+            }
         };
         assert_eq!(read_text("abc", 3).await, Ok(b"abc".to_vec()));
         assert_eq!(read_text("abcd", 3).await, Err(BodyError::TooLarge));
         let announced = headers(&[(header::CONTENT_LENGTH, "1000000")]);
         assert_eq!(
-            read(Body::from("x"), &announced, Encoding::Identity, 10).await,
+            read(
+                Body::from("x"),
+                &announced,
+                Encoding::Identity,
+                10,
+                &mut room()
+            )
+            .await,
             Err(BodyError::TooLarge)
         );
         assert_eq!(
-            read(Body::from(gzip(b"hello")), &none, Encoding::Gzip, 5).await,
+            read(
+                Body::from(gzip(b"hello")),
+                &none,
+                Encoding::Gzip,
+                5,
+                &mut room()
+            )
+            .await,
             Ok(b"hello".to_vec())
         );
+    }
+
+    #[tokio::test]
+    async fn the_bytes_read_and_inflated_are_reserved_until_dropped() {
+        let budget = Arc::new(Semaphore::new(3));
+        let none = HeaderMap::new();
+        let mut room = Reservation::new(Arc::clone(&budget));
+        let body = vec![b'x'; 1500];
+        let read_body = read(
+            Body::from(body.clone()),
+            &none,
+            Encoding::Identity,
+            4096,
+            &mut room,
+        );
+        assert_eq!(read_body.await.map(|b| b.len()), Ok(1500));
+        // 1,500 bytes: two units of 1 KiB.
+        assert_eq!(budget.available_permits(), 1);
+        // Another body finds room for one unit only.
+        let mut other = Reservation::new(Arc::clone(&budget));
+        let too_big = read(
+            Body::from(body),
+            &none,
+            Encoding::Identity,
+            4096,
+            &mut other,
+        );
+        assert_eq!(too_big.await, Err(BodyError::NoRoom));
+        drop(other);
+        assert_eq!(budget.available_permits(), 1);
+        drop(room);
+        assert_eq!(budget.available_permits(), 3);
+        // gzip: what it inflated to.
+        let mut room = Reservation::new(Arc::clone(&budget));
+        let packed = gzip(&[b' '; 3500]);
+        let inflated = read(Body::from(packed), &none, Encoding::Gzip, 4096, &mut room);
+        assert_eq!(inflated.await, Err(BodyError::NoRoom));
+        drop(room);
+        assert_eq!(budget.available_permits(), 3);
     }
 }

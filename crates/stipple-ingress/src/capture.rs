@@ -16,10 +16,10 @@ use stipple_core::{ErrorCode, Input, Message, MessageType, Rest, Split, Validati
 use stipple_store::{Append, Appended, NewEvent, RejectedInput, STORE_WARNINGS_EVERY, Throttle};
 use tracing::{debug, warn};
 
-use crate::body::{self, BodyError};
+use crate::body::{self, BodyError, Reservation};
 use crate::config::Source;
 use crate::error::IngressError;
-use crate::state::{IN_FLIGHT_UNIT, IngressState};
+use crate::state::IngressState;
 use crate::telemetry::{Tally, type_label};
 
 /// What an endpoint takes.
@@ -70,18 +70,12 @@ pub(crate) async fn handle(
     };
     // A key in the header is checked first: a wrong key costs no room and no body read.
     let header_source = crate::auth::authenticate_header(&config.sources, &headers)?;
-    // The most this body can take, held until the answer: bounds the bodies in memory.
-    let units = u32::try_from(limit.div_ceil(IN_FLIGHT_UNIT)).unwrap_or(u32::MAX);
-    let _permit = state
-        .shared
-        .in_flight
-        .clone()
-        .try_acquire_many_owned(units)
-        .map_err(|_| IngressError::Overloaded)?;
-    // A client that stalls mid-body would hold its in-flight slot, and shutdown, forever.
+    // The body's bytes as they arrive, held until the answer: bounds the bodies in memory.
+    let mut room = Reservation::new(state.shared.in_flight.clone());
+    // A client that stalls mid-body would hold its room, and shutdown, forever.
     let read = tokio::time::timeout(
         config.body_timeout,
-        body::read(body, &headers, encoding, limit),
+        body::read(body, &headers, encoding, limit, &mut room),
     );
     let bytes = read
         .await
@@ -92,6 +86,7 @@ pub(crate) async fn handle(
             (BodyError::TooLarge, Endpoint::Single(_)) => IngressError::MessageTooLarge { limit },
             (BodyError::TooLarge, Endpoint::Batch) => IngressError::BatchTooLarge { limit },
             (BodyError::Unreadable(why), _) => IngressError::UnreadableBody(why),
+            (BodyError::NoRoom, _) => IngressError::Overloaded,
         })?;
     let source = match header_source {
         Some(source) => source,

@@ -48,10 +48,10 @@ pub struct IngressConfig {
     /// `Retry-After` (30 s): bounds what a stalled client can hold.
     pub body_timeout: Duration,
     /// Memory for the bodies of the requests being read and stored at once, in bytes
-    /// (64 MiB). Each request reserves its endpoint's body limit (`max_message_bytes` for
-    /// one message, `max_batch_bytes` for a batch) until it is answered; one that finds
-    /// no room is answered 503 with `Retry-After`. So with the defaults 2,048 single
-    /// calls or 131 batches are taken at once. At least `max_batch_bytes`.
+    /// (64 MiB). Each request reserves its body's bytes as they arrive (in KiB, rounded
+    /// up; a gzip body then what it inflates to, if more) until it is answered; one that finds no
+    /// room is answered 503 with `Retry-After`. So a stalled upload holds only what it
+    /// sent. At least `max_batch_bytes`, so that the largest batch always fits alone.
     pub max_in_flight_bytes: usize,
 }
 

@@ -32,9 +32,12 @@
 //! - Limits answer 400 as Segment does (not 413), counted after decompression.
 //! - CORS applies to requests with an `Origin` header (browsers send it on every
 //!   cross-origin request and preflight); answers to others carry no CORS headers.
-//! - A request reserves its endpoint's body limit from
-//!   [`IngressConfig::max_in_flight_bytes`] before its body is read, so that budget
-//!   bounds the memory held by bodies; without room it is 503 with `Retry-After`.
+//! - A request reserves the bytes of its body (gzipped, then what they inflate to, if more) from
+//!   [`IngressConfig::max_in_flight_bytes`] as they arrive, until it is answered, so that
+//!   budget bounds the memory held by bodies; without room it is 503 with `Retry-After`.
+//!   A client that stalls holds only what it sent, for at most `body_timeout`.
+//! - [`serve`] bounds connections: a header-read timeout (idle keep-alive connections
+//!   close after it too) and a limit on open connections.
 //!
 //! What is counted, and under which names, is in [`telemetry`].
 #![forbid(unsafe_code)]
@@ -46,6 +49,7 @@ mod config;
 mod cors;
 mod error;
 mod ops;
+mod server;
 mod state;
 pub mod telemetry;
 
@@ -62,6 +66,7 @@ use tower_http::cors::CorsLayer;
 
 pub use config::{ConfigError, IngressConfig, Source};
 pub use error::IngressError;
+pub use server::{ServerConfig, serve};
 pub use state::{AlwaysHealthy, DestinationHealth, DestinationStatus, IngressState};
 /// The clock the ingress stamps `receivedAt` with: the store's, so both agree.
 pub use stipple_store::{Clock, ManualClock, SystemClock};

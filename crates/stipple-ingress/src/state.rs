@@ -9,6 +9,7 @@ use stipple_store::{Clock, Store, SystemClock};
 use tokio::sync::Semaphore;
 use tower_http::cors::AllowOrigin;
 
+use crate::body::IN_FLIGHT_UNIT;
 use crate::config::{ConfigError, IngressConfig};
 use crate::telemetry::Counters;
 
@@ -40,9 +41,6 @@ impl DestinationHealth for AlwaysHealthy {
     }
 }
 
-/// The in-flight budget is counted in permits of this many bytes.
-pub(crate) const IN_FLIGHT_UNIT: usize = 1024;
-
 /// Everything the router's handlers share. Cheap to clone: one reference count, since
 /// axum clones the state for every request (a field-by-field clone cost about a
 /// microsecond a request).
@@ -69,7 +67,7 @@ impl IngressState {
     /// taken as healthy and no `/metrics`; change those with the `with_*` methods.
     pub fn new(config: IngressConfig, store: Arc<dyn Store>) -> Result<Self, ConfigError> {
         let cors_origin = config.validate()?;
-        // Rounded up, as each request's reservation is (`capture::handle`): a budget that
+        // Rounded up, as each request's reservation is (`body::Reservation`): a budget that
         // `validate` found at least one batch then always holds one.
         let permits = config
             .max_in_flight_bytes

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use axum::http::StatusCode;
 use metrics::{
-    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
-    histogram,
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 use stipple_core::MessageType;
 
@@ -42,6 +42,45 @@ pub const STORE_COMMITS: &str = "stipple_store_commits_total";
 /// Counter, set on each scrape of `/metrics` (stores that count it): fsyncs of the
 /// store's write-ahead log that answered appends.
 pub const STORE_SYNCS: &str = "stipple_store_fsyncs_total";
+/// Gauge: HTTP connections open.
+pub const CONNECTIONS: &str = "stipple_ingress_connections";
+/// Counter: times the server stopped accepting at `ingress.max_connections`.
+pub const CONNECTION_LIMIT_REACHED: &str = "stipple_ingress_connection_limit_reached_total";
+
+/// Describes the server's metrics ([`crate::serve`]) to the installed recorder, and
+/// starts them at zero.
+pub(crate) fn describe_server_metrics() {
+    describe_gauge!(CONNECTIONS, "HTTP connections open");
+    describe_counter!(
+        CONNECTION_LIMIT_REACHED,
+        "Times the server stopped accepting connections at ingress.max_connections"
+    );
+    gauge!(CONNECTIONS).set(0.0);
+    counter!(CONNECTION_LIMIT_REACHED).absolute(0);
+}
+
+/// The server stopped accepting at its connection limit.
+pub(crate) fn connection_limit_reached() {
+    counter!(CONNECTION_LIMIT_REACHED).increment(1);
+}
+
+/// Counts an open connection in [`CONNECTIONS`] while it lives.
+#[derive(Debug)]
+pub(crate) struct OpenConnection(Gauge);
+
+impl OpenConnection {
+    pub(crate) fn new() -> Self {
+        let gauge = gauge!(CONNECTIONS);
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
 
 /// Describes the ingress metrics to the installed recorder.
 pub fn describe_metrics() {

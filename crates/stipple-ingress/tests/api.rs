@@ -869,20 +869,33 @@ async fn a_budget_of_exactly_one_batch_takes_a_batch_whatever_its_size() {
         let config = IngressConfig {
             max_in_flight_bytes: budget,
             max_batch_bytes: batch,
-            max_message_bytes: batch.min(32 * 1024),
+            max_message_bytes: batch,
             ..config()
         };
         let h = Harness::with(config, TestStore::default(), |s| s);
-        h.check(
-            post("/v1/batch")
-                .basic("wk_web:")
-                .json(json!({"batch": [track_item()]}))
-                .build(),
-            200,
-            json!({"success": true}),
-        )
-        .await;
+        // A batch of exactly the limit, as sent and gzipped (which takes the room of what
+        // it inflates to, not of both).
+        let mut item = track_item();
+        let unpadded = json!({"batch": [item.clone()]}).to_string().len();
+        item["properties"]["pad"] = json!("x".repeat(batch - unpadded - r#","pad":"""#.len()));
+        let body = json!({"batch": [item]});
+        assert_eq!(body.to_string().len(), batch);
+        for (sent, gzip) in [(1, false), (2, true)] {
+            let request = post("/v1/batch").basic("wk_web:").json(body.clone());
+            let request = if gzip { request.gzip() } else { request };
+            h.check(request.build(), 200, json!({"success": true}))
+                .await;
+            // Stored, not kept as rejected input (a message id each, so no duplicate).
+            assert_eq!(h.events().await.len(), sent, "budget {budget}, gzip {gzip}");
+        }
     }
+}
+
+/// [`track`] with a property of `kib` KiB: a body of a little more than that.
+fn padded_track(kib: usize) -> Value {
+    let mut item = track();
+    item["properties"]["pad"] = json!("x".repeat(kib * 1024));
+    item
 }
 
 #[tokio::test]
@@ -891,29 +904,35 @@ async fn overload_is_503_with_retry_after() {
         gate: Some(Gate::default()),
         ..TestStore::default()
     };
-    // Room for one batch's worth of bodies: a batch reserves 500 KiB, a track 32 KiB.
+    // Room for 40 KiB of bodies; each request holds what its body holds.
     let config = IngressConfig {
-        max_in_flight_bytes: 500 * 1024,
+        max_in_flight_bytes: 40 * 1024,
+        max_batch_bytes: 40 * 1024,
         ..config()
     };
-    let batch = || {
+    let batch = |kib| {
+        let mut item = padded_track(kib);
+        item["type"] = json!("track");
         post("/v1/batch")
             .basic("wk_web:")
-            .json(json!({"batch": [track_item()]}))
+            .json(json!({"batch": [item]}))
             .build()
     };
     let h = Harness::with(config, store, |s| s);
     let first = {
         let router = h.router.clone();
-        let request = post("/v1/track").basic("wk_web:").json(track()).build();
+        let request = post("/v1/track")
+            .basic("wk_web:")
+            .json(padded_track(25))
+            .build();
         tokio::spawn(tower::ServiceExt::oneshot(router, request))
     };
     let gate = h.store.gate.as_ref().unwrap();
     gate.entered.notified().await;
-    // The track request in flight leaves less than a batch's room.
+    // The 25 KiB in flight leave less than 20 KiB.
     let (headers, _) = h
         .check(
-            batch(),
+            batch(20),
             503,
             json!({"success": false, "code": "overloaded"}),
         )
@@ -933,11 +952,14 @@ async fn overload_is_503_with_retry_after() {
     let first = first.await.unwrap().unwrap();
     assert_eq!(first.status(), 200);
     assert_eq!(h.events().await.len(), 1);
-    // Its room is back: a batch now fits, and while it is in flight nothing else does.
-    let second = tokio::spawn(tower::ServiceExt::oneshot(h.router.clone(), batch()));
+    // Its room is back: the batch now fits, and while it is in flight 25 KiB do not.
+    let second = tokio::spawn(tower::ServiceExt::oneshot(h.router.clone(), batch(20)));
     gate.entered.notified().await;
     h.check(
-        post("/v1/track").basic("wk_web:").json(track()).build(),
+        post("/v1/track")
+            .basic("wk_web:")
+            .json(padded_track(25))
+            .build(),
         503,
         json!({"success": false, "code": "overloaded"}),
     )
@@ -945,6 +967,45 @@ async fn overload_is_503_with_retry_after() {
     gate.release.notify_one();
     assert_eq!(second.await.unwrap().unwrap().status(), 200);
     assert_eq!(h.events().await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_stalled_upload_holds_only_the_room_of_what_it_sent() {
+    // Room for 32 KiB of bodies, one message's limit.
+    let config = IngressConfig {
+        max_in_flight_bytes: 32 * 1024,
+        max_batch_bytes: 32 * 1024,
+        body_timeout: Duration::from_secs(60),
+        ..config()
+    };
+    let h = Harness::with(config, TestStore::default(), |s| s);
+    // A body-key client (the browser library's way) announces a full-size body, sends a
+    // little of it and stalls: its key is unknown until the body is read.
+    let stalled = futures::stream::once(async {
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"writeKey\":\"wk_web\","))
+    })
+    .chain(futures::stream::pending());
+    let request = axum::http::Request::post("/v1/track")
+        .header("content-type", "text/plain")
+        .header("content-length", "32000")
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    let stalled = tokio::spawn(tower::ServiceExt::oneshot(h.router.clone(), request));
+    // Until it has read what was sent (a few polls).
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    // Others are still taken.
+    for _ in 0..3 {
+        h.check(
+            post("/v1/track").basic("wk_web:").json(track()).build(),
+            200,
+            json!({"success": true}),
+        )
+        .await;
+    }
+    assert!(!stalled.is_finished());
+    stalled.abort();
 }
 
 #[tokio::test]

@@ -10,7 +10,9 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use secrecy::SecretString;
 use stipple_core::{MapConfig, Mapper};
 use stipple_delivery::{Delivery, DeliveryConfig, DeliveryHealth};
-use stipple_ingress::{DestinationHealth, DestinationStatus, IngressConfig, IngressState, Source};
+use stipple_ingress::{
+    DestinationHealth, DestinationStatus, IngressConfig, IngressState, ServerConfig, Source,
+};
 use stipple_pointillist::{Backoff, Client, ClientConfig};
 use stipple_store::{SqliteOptions, Store};
 use tokio::sync::watch;
@@ -22,7 +24,7 @@ use crate::config::{Config, LogFormat};
 pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
     let traces = init_logging(&config)?;
-    raise_open_files_limit();
+    raise_open_files_limit(&config);
     let served = super::runtime()?.block_on(serve(config, args.mock));
     if let Some(provider) = traces {
         // Sends the spans still buffered.
@@ -34,18 +36,27 @@ pub(crate) fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Below this many open files a busy ingress runs out (each client connection is one).
-const LOW_OPEN_FILES: u64 = 4096;
+/// Open files the service needs besides client connections: the store's files, delivery's
+/// connections to Pointillist (up to `pointillist.concurrency`), logs and traces.
+const FILES_BESIDES_CONNECTIONS: u64 = 256;
 
 /// Raises the soft limit on open files to the hard limit, as servers do: every client
 /// connection takes a file descriptor, and a soft limit of 1024 (systemd's default, and
-/// many shells') refuses connections long before the machine runs out of anything.
-fn raise_open_files_limit() {
+/// many shells') refuses connections long before the machine runs out of anything. Warns
+/// when even the hard limit leaves too few for `ingress.max_connections`.
+fn raise_open_files_limit(config: &Config) {
+    let needed = u64::try_from(config.ingress.max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(FILES_BESIDES_CONNECTIONS)
+        .saturating_add(u64::try_from(config.pointillist.concurrency).unwrap_or(u64::MAX));
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) if limit < LOW_OPEN_FILES => warn!(
+        Ok(limit) if limit < needed => warn!(
             limit,
-            "the open files limit is low and each client connection takes one: raise it \
-             (LimitNOFILE= in a systemd unit, ulimit -n in a shell)"
+            max_connections = config.ingress.max_connections,
+            "the open files limit is too low for ingress.max_connections (each client \
+             connection takes one, and past the limit connections fail): raise it \
+             (LimitNOFILE= in a systemd unit, ulimit -n in a shell) or lower \
+             ingress.max_connections"
         ),
         Ok(limit) => debug!(limit, "open files limit"),
         Err(e) => warn!(error = %e, "could not raise the open files limit"),
@@ -263,11 +274,15 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     ));
     let delivering = spawn_delivery(pipelines, &stop_rx)?;
     let (signal_tx, signal_rx) = watch::channel(false);
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stopped(signal_rx))
-            .into_future(),
-    );
+    let server = tokio::spawn(stipple_ingress::serve(
+        listener,
+        app,
+        ServerConfig {
+            max_connections: config.ingress.max_connections,
+            header_timeout: config.ingress.header_timeout,
+        },
+        stopped(signal_rx),
+    ));
     tokio::pin!(server);
     let served = tokio::select! {
         served = &mut server => served,
@@ -282,12 +297,12 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
                 Err(_) => {
                     warn!(?grace, "requests still open after the grace period are cut off");
                     server.abort();
-                    Ok(Ok(()))
+                    Ok(())
                 }
             }
         }
     };
-    let served = served.context("the HTTP server task failed")?;
+    served.context("the HTTP server task failed")?;
     // Requests are all answered: now stop delivery and housekeeping.
     let _ = stop_tx.send(true);
     for pipeline in delivering {
@@ -298,7 +313,6 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     if let Some(mock) = mock_server {
         mock.shutdown().await.ok();
     }
-    served.context("the HTTP server failed")?;
     info!("stopped cleanly");
     Ok(())
 }

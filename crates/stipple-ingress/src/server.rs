@@ -1,0 +1,130 @@
+//! The HTTP server around the [`router`](crate::router): accepting connections, with the
+//! limits a server facing the internet needs, and stopping gracefully.
+//!
+//! `axum::serve` sets no timer, so a client could hold a connection for ever by sending
+//! nothing, or its headers a byte at a time. Here each connection is HTTP/1 with a
+//! timeout on reading a request's headers, which also closes a keep-alive connection
+//! left idle that long; and at most [`ServerConfig::max_connections`] are open at once:
+//! at the limit no more are accepted (they wait in the kernel's listen queue) until one
+//! closes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use stipple_store::Throttle;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, error, warn};
+
+use crate::telemetry;
+
+/// How the server treats connections.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Most connections open at once (10,000). Each takes a file descriptor and a few
+    /// KiB; at the limit, new ones wait in the listen queue until one closes.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers, counted from the end of
+    /// the previous request on a keep-alive connection (30 s). A connection over it is
+    /// closed, so an idle keep-alive connection is closed after this long too.
+    pub header_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How often the "connection limit reached" warning is logged at most.
+const LIMIT_WARNINGS_EVERY: Duration = Duration::from_secs(60);
+
+/// Serves `app` on `listener` until `shutdown` completes; then accepts no more
+/// connections, lets each finish the request it is serving (idle ones close at once) and
+/// returns when all have closed. Connections are served on tasks of their own, so a
+/// caller that stops waiting (a grace period ran out) should drop the runtime or let them
+/// be cut off at exit.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    telemetry::describe_server_metrics();
+    let slots = Arc::new(Semaphore::new(
+        config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout);
+    let graceful = GracefulShutdown::new();
+    let at_limit = Throttle::new(LIMIT_WARNINGS_EVERY);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                telemetry::connection_limit_reached();
+                if let Some(held_back) = at_limit.admit() {
+                    warn!(
+                        max_connections = config.max_connections,
+                        held_back,
+                        "connection limit reached: new connections wait until one closes \
+                         (raise ingress.max_connections if clients are honest)"
+                    );
+                }
+                tokio::select! {
+                    slot = Arc::clone(&slots).acquire_owned() => {
+                        slot.expect("the connection semaphore is never closed")
+                    }
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let connection = graceful.watch(
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone())),
+        );
+        tokio::spawn(async move {
+            let _open = telemetry::OpenConnection::new();
+            if let Err(e) = connection.await {
+                debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// What to do when `accept` fails: a client that went away before it was accepted is
+/// nothing; anything else (out of file descriptors, say) is logged and waited out a
+/// little, so as not to spin.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    error!(error = %e, "cannot accept connections; trying again in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}

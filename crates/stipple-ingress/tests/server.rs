@@ -1,0 +1,151 @@
+//! The HTTP server around the router (`stipple_ingress::serve`), over real TCP: the
+//! header timeout, the connection limit and the graceful stop.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Harness, basic};
+use stipple_ingress::{ServerConfig, serve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Far longer than anything here should take: only a broken server reaches it.
+const HANG: Duration = Duration::from_secs(20);
+
+/// A server on a free port: its address, the sender that stops it, and its task.
+async fn start(config: ServerConfig) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let addr = listener.local_addr().expect("its address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let router = Harness::new().router;
+    let task = tokio::spawn(serve(listener, router, config, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, task)
+}
+
+/// A one-event `/v1/track` request, keep-alive.
+fn track_request() -> Vec<u8> {
+    let body = r#"{"userId":"u1","event":"Signed Up"}"#;
+    format!(
+        "POST /v1/track HTTP/1.1\r\nhost: stipple\r\nauthorization: {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        basic("wk_web:"),
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Reads until the connection closes; what was read.
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads one answer's status line and headers (the bodies here are small and come with
+/// them).
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0; 4096];
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.expect("an answer");
+        assert!(
+            n > 0,
+            "closed before an answer: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn headers_sent_too_slowly_or_not_at_all_close_the_connection() {
+    let (addr, _stop, _task) = start(ServerConfig {
+        header_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    })
+    .await;
+    // Half a request's headers, then nothing (a slowloris client).
+    let mut trickling = TcpStream::connect(addr).await.unwrap();
+    trickling
+        .write_all(b"POST /v1/track HTTP/1.1\r\nhost: stipple\r\n")
+        .await
+        .unwrap();
+    // Nothing at all.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    for stream in [&mut trickling, &mut silent] {
+        let read = tokio::time::timeout(HANG, read_to_close(stream)).await;
+        assert!(read.is_ok(), "a connection without headers was kept open");
+    }
+    // A keep-alive connection is served, then closed once idle for the timeout.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(&track_request()).await.unwrap();
+    let answer = read_answer(&mut idle).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let read = tokio::time::timeout(HANG, read_to_close(&mut idle)).await;
+    assert!(read.is_ok(), "an idle keep-alive connection was kept open");
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_a_new_connection_waits_for_one_to_close() {
+    let (addr, _stop, _task) = start(ServerConfig {
+        max_connections: 1,
+        header_timeout: Duration::from_secs(60),
+    })
+    .await;
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first.write_all(&track_request()).await.unwrap();
+    assert!(read_answer(&mut first).await.starts_with("HTTP/1.1 200"));
+    // The kernel completes the second connection, but the server does not take it.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second.write_all(&track_request()).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), read_answer(&mut second)).await;
+    assert!(early.is_err(), "a connection past the limit was served");
+    drop(first);
+    let answer = tokio::time::timeout(HANG, read_answer(&mut second))
+        .await
+        .expect("the waiting connection was not served once a slot was free");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn stopping_finishes_the_request_in_flight_and_closes_idle_connections() {
+    let (addr, stop, task) = start(ServerConfig::default()).await;
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(&track_request()).await.unwrap();
+    assert!(read_answer(&mut idle).await.starts_with("HTTP/1.1 200"));
+    // A request whose body is still arriving when the stop comes.
+    let mut arriving = TcpStream::connect(addr).await.unwrap();
+    let request = track_request();
+    let (head, tail) = request.split_at(request.len() - 5);
+    arriving.write_all(head).await.unwrap();
+    // Its headers are read before the stop (else it would be an idle connection).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    let closed = tokio::time::timeout(HANG, read_to_close(&mut idle)).await;
+    assert!(
+        closed.is_ok(),
+        "an idle connection was kept open after the stop"
+    );
+    arriving.write_all(tail).await.unwrap();
+    let answer = tokio::time::timeout(HANG, read_answer(&mut arriving))
+        .await
+        .expect("the request in flight was not answered");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    tokio::time::timeout(HANG, task)
+        .await
+        .expect("serve did not return once its connections closed")
+        .unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+}
