@@ -3,8 +3,9 @@
 //! The key comes from `Authorization: Basic base64("<writeKey>:")` (the colon may be
 //! missing, a password is ignored) or else from `"writeKey"` in the JSON body. When the
 //! header carries a key it decides alone: a body key is not a second chance. Keys are
-//! compared in constant time against every source, so timing tells nothing about how
-//! much of a guess was right. Keys are never logged.
+//! compared as SHA-256 digests, in constant time, against every source, so timing tells
+//! nothing about how much of a guess was right, nor how long a key is (comparing the
+//! keys themselves stops at the first difference in length). Keys are never logged.
 
 use std::borrow::Cow;
 
@@ -14,6 +15,7 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Source;
@@ -25,10 +27,39 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// The sources and the digests of their write keys, to find a source by its key.
+/// `Debug` shows the sources (names only), not the digests.
+pub(crate) struct Sources {
+    sources: Vec<Source>,
+    digests: Vec<[u8; 32]>,
+}
+
+impl Sources {
+    pub(crate) fn new(sources: &[Source]) -> Self {
+        Self {
+            sources: sources.to_vec(),
+            digests: sources
+                .iter()
+                .map(|s| digest(s.write_key.expose_secret()))
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.sources).finish()
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
 /// The source named by the `Authorization: Basic` header; `None` when the header
 /// carries no key, and the body is to be asked (see [`authenticate_body`]).
 pub(crate) fn authenticate_header<'a>(
-    sources: &'a [Source],
+    sources: &'a Sources,
     headers: &HeaderMap,
 ) -> Result<Option<&'a Source>, IngressError> {
     match basic_username(headers)? {
@@ -39,7 +70,7 @@ pub(crate) fn authenticate_header<'a>(
 
 /// The source named by `"writeKey"` in the JSON body.
 pub(crate) fn authenticate_body<'a>(
-    sources: &'a [Source],
+    sources: &'a Sources,
     body: &[u8],
 ) -> Result<&'a Source, IngressError> {
     let key = body_write_key(body)?.ok_or(IngressError::MissingWriteKey)?;
@@ -94,15 +125,11 @@ fn body_write_key(body: &[u8]) -> Result<Option<String>, IngressError> {
 }
 
 /// The source with write key `key`, looking at every source whatever matches.
-fn find<'a>(sources: &'a [Source], key: &str) -> Option<&'a Source> {
+fn find<'a>(sources: &'a Sources, key: &str) -> Option<&'a Source> {
+    let guess = digest(key);
     let mut found = None;
-    for source in sources {
-        let equal: bool = source
-            .write_key
-            .expose_secret()
-            .as_bytes()
-            .ct_eq(key.as_bytes())
-            .into();
+    for (source, digest) in sources.sources.iter().zip(&sources.digests) {
+        let equal: bool = digest.ct_eq(&guess).into();
         if equal {
             found = Some(source);
         }
@@ -116,8 +143,8 @@ mod tests {
 
     use super::*;
 
-    fn sources() -> Vec<Source> {
-        vec![Source::new("web", "wk_web"), Source::new("app", "wk_app")]
+    fn sources() -> Sources {
+        Sources::new(&[Source::new("web", "wk_web"), Source::new("app", "wk_app")])
     }
 
     fn basic(credentials: &str) -> HeaderMap {
@@ -143,6 +170,17 @@ mod tests {
             .map(|s| s.name.as_str())
             .map_err(|e| e.code());
         assert_eq!(got, expected, "{headers:?} {body}");
+    }
+
+    #[test]
+    fn debug_shows_names_not_keys_nor_digests() {
+        let shown = format!("{:?}", sources());
+        // The sources as they show themselves (their keys redacted), and nothing more.
+        assert_eq!(shown, format!("{:?}", sources().sources));
+        assert!(
+            shown.contains("\"web\"") && !shown.contains("wk_"),
+            "{shown}"
+        );
     }
 
     #[test]

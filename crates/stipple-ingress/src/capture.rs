@@ -69,7 +69,7 @@ pub(crate) async fn handle(
         Endpoint::Batch => config.max_batch_bytes,
     };
     // A key in the header is checked first: a wrong key costs no room and no body read.
-    let header_source = crate::auth::authenticate_header(&config.sources, &headers)?;
+    let header_source = crate::auth::authenticate_header(&state.shared.sources, &headers)?;
     // The body's bytes as they arrive, held until the answer: bounds the bodies in memory.
     let mut room = Reservation::new(state.shared.in_flight.clone());
     // A client that stalls mid-body would hold its room, and shutdown, forever.
@@ -90,7 +90,7 @@ pub(crate) async fn handle(
         })?;
     let source = match header_source {
         Some(source) => source,
-        None => crate::auth::authenticate_body(&config.sources, &bytes)?,
+        None => crate::auth::authenticate_body(&state.shared.sources, &bytes)?,
     };
     let received_at = state.shared.clock.now();
     match endpoint {

@@ -9,6 +9,7 @@ use stipple_store::{Clock, Store, SystemClock};
 use tokio::sync::Semaphore;
 use tower_http::cors::AllowOrigin;
 
+use crate::auth::Sources;
 use crate::body::IN_FLIGHT_UNIT;
 use crate::config::{ConfigError, IngressConfig};
 use crate::telemetry::Counters;
@@ -53,6 +54,8 @@ pub struct IngressState {
 #[derive(Clone)]
 pub(crate) struct Shared {
     pub(crate) config: Arc<IngressConfig>,
+    /// `config.sources`, ready to be found by write key.
+    pub(crate) sources: Arc<Sources>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) destination: Arc<dyn DestinationHealth>,
@@ -76,6 +79,7 @@ impl IngressState {
         let counters = Counters::new(config.sources.iter().map(|s| s.name.as_str()));
         let shared = Shared {
             counters: Arc::new(counters),
+            sources: Arc::new(Sources::new(&config.sources)),
             config: Arc::new(config),
             store,
             clock: Arc::new(SystemClock),
