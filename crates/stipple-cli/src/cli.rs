@@ -108,6 +108,27 @@ pub(crate) enum DeadLetterCommand {
         #[arg(value_name = "ID")]
         ids: Vec<i64>,
     },
+    /// Delete dead letters for good (`store.dead_letter_retention` does it by age, as the
+    /// service runs).
+    Purge {
+        #[command(flatten)]
+        purge: PurgeArgs,
+    },
+}
+
+/// Which kept rows a `purge` command deletes.
+#[derive(Debug, Args)]
+#[group(skip)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["older_than", "all"])))]
+pub(crate) struct PurgeArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Delete those at least this old, e.g. `7d`, `12h`.
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    pub(crate) older_than: Option<std::time::Duration>,
+    /// Delete all of them.
+    #[arg(long)]
+    pub(crate) all: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +137,12 @@ pub(crate) enum RejectedCommand {
     List {
         #[command(flatten)]
         list: ListArgs,
+    },
+    /// Delete rejected input for good (`store.rejected_retention` does it by age, as the
+    /// service runs).
+    Purge {
+        #[command(flatten)]
+        purge: PurgeArgs,
     },
 }
 

@@ -139,6 +139,12 @@ pub(crate) struct SourceSection {
 pub(crate) struct StoreSection {
     pub(crate) url: String,
     pub(crate) synchronous: String,
+    /// How long rejected input is kept; `None` for ever.
+    #[serde(deserialize_with = "retention")]
+    pub(crate) rejected_retention: Option<Duration>,
+    /// How long dead letters are kept; `None` for ever.
+    #[serde(deserialize_with = "retention")]
+    pub(crate) dead_letter_retention: Option<Duration>,
 }
 
 impl Default for StoreSection {
@@ -146,7 +152,24 @@ impl Default for StoreSection {
         Self {
             url: "sqlite://./stipple-data/stipple.db".into(),
             synchronous: "full".into(),
+            rejected_retention: Some(Duration::from_secs(30 * 24 * 60 * 60)),
+            dead_letter_retention: None,
         }
+    }
+}
+
+/// A retention: a duration (`"30d"`), or `"never"` to keep for ever (`None`).
+fn retention<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(Some(d)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{text:?} is not a retention: expected a duration such as \"30d\", or \"never\""
+        ))),
     }
 }
 
@@ -567,6 +590,11 @@ mod tests {
         assert_eq!(c.ingress.shutdown_grace, defaults.ingress.shutdown_grace);
         assert_eq!(c.ingress.header_timeout, defaults.ingress.header_timeout);
         assert_eq!(c.ingress.max_connections, defaults.ingress.max_connections);
+        assert_eq!(
+            c.store.rejected_retention,
+            defaults.store.rejected_retention
+        );
+        assert_eq!(c.store.dead_letter_retention, None);
         assert_eq!(c.ingress.dedup_window, defaults.ingress.dedup_window);
         assert_eq!(c.delivery.backoff_max, defaults.delivery.backoff_max);
         assert_eq!(c.delivery.lease_for, defaults.delivery.lease_for);
@@ -623,6 +651,14 @@ mod tests {
         check(
             &format!("{MINIMAL}[ingress]\nmax_connections = 0\n"),
             "ingress.max_connections",
+        );
+        check(
+            &format!("{MINIMAL}[store]\nrejected_retention = \"0s\"\n"),
+            "never",
+        );
+        check(
+            &format!("{MINIMAL}[store]\ndead_letter_retention = \"sometimes\"\n"),
+            "dead_letter_retention",
         );
         check(
             &format!("{MINIMAL}[delivery]\nlease_for = \"10s\"\n"),

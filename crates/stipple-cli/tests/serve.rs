@@ -179,19 +179,33 @@ fn post(url: &str, body: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().unwrap())
 }
 
-fn admin(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_stipple"))
+/// Runs `stipple ARGS --config DIR/stipple.toml`.
+fn run_admin(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_stipple"))
         .args(args)
         .arg("--config")
         .arg(dir.join("stipple.toml"))
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// An admin command's standard output; it must succeed.
+fn admin(dir: &Path, args: &[&str]) -> String {
+    let out = run_admin(dir, args);
     assert!(
         out.status.success(),
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// An admin command's standard error; it must fail.
+fn admin_fails(dir: &Path, args: &[&str]) -> String {
+    let out = run_admin(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?}: {stderr}");
+    stderr
 }
 
 #[test]
@@ -344,15 +358,41 @@ fn delivers_stops_and_keeps_rejected_input(extra: &str) {
     assert!(first["payload"].as_str().unwrap().contains("u-3"));
     assert!(admin(dir.path(), &["dead-letters", "list"]).contains("no dead letters"));
     // Requeueing an id that names no dead letter says so, and fails.
+    let stderr = admin_fails(dir.path(), &["dead-letters", "requeue", "424242"]);
+    assert!(
+        stderr.contains("1 of the ids named no dead letter"),
+        "{stderr}"
+    );
+    // Purges: by age (nothing is a day old), then all; one of the two must be said.
+    let purge = |what: &str, how: &[&str]| {
+        let mut args = vec![what, "purge"];
+        args.extend_from_slice(how);
+        admin(dir.path(), &args)
+    };
+    assert_eq!(
+        purge("rejected", &["--older-than", "1d"]),
+        "deleted 0 rejected input(s)\n"
+    );
+    assert_eq!(
+        purge("rejected", &["--all"]),
+        "deleted 1 rejected input(s)\n"
+    );
+    assert_eq!(
+        purge("dead-letters", &["--all"]),
+        "deleted 0 dead letter(s)\n"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&admin(dir.path(), &["status", "--json"])).unwrap();
+    assert_eq!(stats["rejected"], 0);
     let out = Command::new(env!("CARGO_BIN_EXE_stipple"))
-        .args(["dead-letters", "requeue", "424242", "--config"])
+        .args(["rejected", "purge", "--config"])
         .arg(dir.path().join("stipple.toml"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("1 of the ids named no dead letter"),
+        stderr.contains("--older-than") && stderr.contains("--all"),
         "{stderr}"
     );
 }

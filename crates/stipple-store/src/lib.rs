@@ -226,6 +226,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Rejected inputs, oldest first.
     async fn rejected(&self, limit: usize) -> Result<Vec<StoredRejection>, StoreError>;
 
+    /// Deletes the rejected inputs received `older_than` ago or earlier (all of them
+    /// with zero); returns how many went.
+    async fn purge_rejected(&self, older_than: Duration) -> Result<u64, StoreError>;
+
+    /// Deletes the dead letters dead-lettered `older_than` ago or earlier (all of them
+    /// with zero); returns how many went.
+    async fn purge_dead_letters(&self, older_than: Duration) -> Result<u64, StoreError>;
+
     /// Counts.
     async fn stats(&self) -> Result<Stats, StoreError>;
 

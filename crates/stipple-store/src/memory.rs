@@ -32,6 +32,7 @@ struct Inner {
     dedup: HashMap<(String, String), Micros>,
     last_dead_id: EventId,
     dead: BTreeMap<EventId, Dead>,
+    last_rejected_id: EventId,
     rejected: Vec<StoredRejection>,
 }
 
@@ -175,7 +176,8 @@ impl Store for MemoryStore {
             }
         }
         for input in append.rejected {
-            let id = EventId::try_from(inner.rejected.len()).unwrap_or(EventId::MAX) + 1;
+            inner.last_rejected_id += 1;
+            let id = inner.last_rejected_id;
             inner.rejected.push(StoredRejection {
                 id,
                 input,
@@ -297,6 +299,22 @@ impl Store for MemoryStore {
 
     async fn rejected(&self, limit: usize) -> Result<Vec<StoredRejection>, StoreError> {
         Ok(self.lock().rejected.iter().take(limit).cloned().collect())
+    }
+
+    async fn purge_rejected(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let cutoff = from_micros(self.now().saturating_sub(duration_micros(older_than)));
+        let mut inner = self.lock();
+        let before = inner.rejected.len();
+        inner.rejected.retain(|r| r.received_at > cutoff);
+        Ok((before - inner.rejected.len()) as u64)
+    }
+
+    async fn purge_dead_letters(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let cutoff = self.now().saturating_sub(duration_micros(older_than));
+        let mut inner = self.lock();
+        let before = inner.dead.len();
+        inner.dead.retain(|_, dead| dead.dead_at > cutoff);
+        Ok((before - inner.dead.len()) as u64)
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {

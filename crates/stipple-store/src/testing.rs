@@ -86,6 +86,12 @@ impl Store for TestStore {
     async fn rejected(&self, limit: usize) -> Result<Vec<StoredRejection>, StoreError> {
         self.inner.rejected(limit).await
     }
+    async fn purge_rejected(&self, older_than: Duration) -> Result<u64, StoreError> {
+        self.inner.purge_rejected(older_than).await
+    }
+    async fn purge_dead_letters(&self, older_than: Duration) -> Result<u64, StoreError> {
+        self.inner.purge_dead_letters(older_than).await
+    }
     async fn stats(&self) -> Result<Stats, StoreError> {
         self.inner.stats().await
     }

@@ -50,6 +50,8 @@ suite!(
     dead_letter_list_and_requeue,
     requeue_all_moves_more_than_one_chunk,
     rejected_inputs_are_kept_and_listed,
+    purges_delete_only_what_is_older,
+    purges_delete_more_than_one_chunk,
     stats_count_every_table,
     expire_dedup_forgets_only_old_keys,
     expire_dedup_removes_more_than_one_chunk,
@@ -557,6 +559,83 @@ mod cases {
         assert_eq!(stats(store).await.rejected, 3);
         // Rejected input is never leased for delivery.
         assert_eq!(lease_ids(store, 10).await, vec!["ok"]);
+    }
+
+    pub(crate) async fn purges_delete_only_what_is_older(h: &Harness) {
+        let store = &*h.store;
+        let reason = || DeadLetterReason {
+            status: Some(422),
+            detail: "no".into(),
+        };
+        // At 0 s, 10 s and 20 s: a rejected input and a dead letter each.
+        for (i, code) in ["a", "b", "c"].into_iter().enumerate() {
+            if i > 0 {
+                h.clock.advance(Duration::from_secs(10));
+            }
+            let append = Append {
+                events: vec![event("web", code)],
+                rejected: vec![rejection(None, code)],
+            };
+            append_ok(store, append, DAY).await;
+            let leased = store.lease(1, HOUR).await.expect("lease");
+            store
+                .dead_letter(leased[0].id, reason())
+                .await
+                .expect("dead letter");
+        }
+        // At 25 s: older than 10 s are those of 0 s and 10 s.
+        h.clock.advance(Duration::from_secs(5));
+        let ten = Duration::from_secs(10);
+        assert_eq!(store.purge_rejected(ten).await.expect("purge"), 2);
+        let kept = store.rejected(10).await.expect("rejected");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].input.code, "c");
+        assert_eq!(stats(store).await.dead_letters, 3, "dead letters untouched");
+        assert_eq!(store.purge_dead_letters(ten).await.expect("purge"), 2);
+        let dead = store.dead_letters(10).await.expect("dead letters");
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].message_id, "c");
+        assert_eq!(
+            stats(store).await,
+            Stats {
+                queued: 0,
+                dead_letters: 1,
+                rejected: 1
+            }
+        );
+        // Nothing more is that old.
+        assert_eq!(store.purge_rejected(ten).await.expect("purge"), 0);
+        // Ids are never given twice, purged or not.
+        let append = Append {
+            events: Vec::new(),
+            rejected: vec![rejection(None, "d")],
+        };
+        append_ok(store, append, DAY).await;
+        let listed = store.rejected(10).await.expect("rejected");
+        assert!(listed[1].id > listed[0].id, "{listed:?}");
+        // Zero: everything.
+        assert_eq!(store.purge_rejected(Duration::ZERO).await.expect("all"), 2);
+        assert_eq!(
+            store.purge_dead_letters(Duration::ZERO).await.expect("all"),
+            1
+        );
+        assert_eq!(stats(store).await, Stats::default());
+    }
+
+    pub(crate) async fn purges_delete_more_than_one_chunk(h: &Harness) {
+        let n = 5_100;
+        let append = Append {
+            events: Vec::new(),
+            rejected: (0..n).map(|_| rejection(None, "invalid_json")).collect(),
+        };
+        append_ok(&*h.store, append, DAY).await;
+        h.clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            h.store.purge_rejected(Duration::ZERO).await.expect("purge"),
+            n as u64
+        );
+        assert_eq!(stats(&*h.store).await.rejected, 0);
+        assert!(h.store.rejected(1).await.expect("rejected").is_empty());
     }
 
     pub(crate) async fn stats_count_every_table(h: &Harness) {

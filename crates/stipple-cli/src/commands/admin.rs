@@ -1,5 +1,6 @@
-//! The admin commands: `status`, `dead-letters list|requeue`, `rejected list`. They open
-//! the store named by the configuration (or `--store`), next to a running service or not.
+//! The admin commands: `status`, `dead-letters list|requeue|purge`, `rejected
+//! list|purge`. They open the store named by the configuration (or `--store`), next to a
+//! running service or not.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use stipple_store::{SqliteOptions, Store};
 
-use crate::cli::{DeadLetterCommand, RejectedCommand, StoreArgs};
+use crate::cli::{DeadLetterCommand, PurgeArgs, RejectedCommand, StoreArgs};
 use crate::config::Config;
 
 fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
@@ -98,8 +99,26 @@ pub(crate) fn dead_letters(command: &DeadLetterCommand) -> anyhow::Result<ExitCo
                 return Ok(ExitCode::FAILURE);
             }
         }
+        DeadLetterCommand::Purge { purge: args } => {
+            let deleted = purge(args, |store, age| async move {
+                store.purge_dead_letters(age).await
+            })?;
+            println!("deleted {deleted} dead letter(s)");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a purge for `args` (`--all` is an age of zero); how many rows went.
+fn purge<F, Fut>(args: &PurgeArgs, run: F) -> anyhow::Result<u64>
+where
+    F: FnOnce(Arc<dyn Store>, std::time::Duration) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, stipple_store::StoreError>>,
+{
+    // clap requires one of the two; without `--older-than` it is `--all`.
+    let age = args.older_than.unwrap_or_default();
+    let store = open_store(&args.store)?;
+    Ok(super::runtime()?.block_on(run(store, age))?)
 }
 
 pub(crate) fn rejected(command: &RejectedCommand) -> anyhow::Result<ExitCode> {
@@ -134,6 +153,13 @@ pub(crate) fn rejected(command: &RejectedCommand) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+        }
+        RejectedCommand::Purge { purge: args } => {
+            let deleted = purge(
+                args,
+                |store, age| async move { store.purge_rejected(age).await },
+            )?;
+            println!("deleted {deleted} rejected input(s)");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -269,7 +269,11 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     let housekeeping = tokio::spawn(housekeeping(
         store.clone(),
         metrics,
-        config.ingress.dedup_window,
+        Keeping {
+            dedup_window: config.ingress.dedup_window,
+            rejected: config.store.rejected_retention,
+            dead_letters: config.store.dead_letter_retention,
+        },
         stop_rx.clone(),
     ));
     let delivering = spawn_delivery(pipelines, &stop_rx)?;
@@ -366,11 +370,22 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Periodic chores: forget expired dedup keys, keep histogram summaries fresh.
+/// How long the store keeps what it keeps.
+struct Keeping {
+    dedup_window: Duration,
+    /// `None`: for ever.
+    rejected: Option<Duration>,
+    /// `None`: for ever.
+    dead_letters: Option<Duration>,
+}
+
+/// Periodic chores: keep histogram summaries fresh (every 10 s); every 10 minutes, from
+/// the start, forget expired dedup keys and delete rejected input and dead letters past
+/// their retention.
 async fn housekeeping(
     store: Arc<dyn Store>,
     metrics: PrometheusHandle,
-    dedup_window: Duration,
+    keeping: Keeping,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -382,13 +397,37 @@ async fn housekeeping(
         }
         metrics.run_upkeep();
         rounds += 1;
-        if rounds % 60 == 1 {
-            match store.expire_dedup(dedup_window).await {
-                Ok(n) if n > 0 => info!(expired = n, "forgot expired dedup keys"),
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "cannot expire dedup keys; will try again"),
-            }
+        if rounds % 60 != 1 {
+            continue;
         }
+        done(
+            store.expire_dedup(keeping.dedup_window).await,
+            "forgot expired dedup keys",
+            "cannot expire dedup keys; will try again",
+        );
+        if let Some(age) = keeping.rejected {
+            done(
+                store.purge_rejected(age).await,
+                "deleted rejected input past store.rejected_retention",
+                "cannot delete old rejected input; will try again",
+            );
+        }
+        if let Some(age) = keeping.dead_letters {
+            done(
+                store.purge_dead_letters(age).await,
+                "deleted dead letters past store.dead_letter_retention",
+                "cannot delete old dead letters; will try again",
+            );
+        }
+    }
+}
+
+/// Logs what a chore removed (nothing is not news), or why it failed.
+fn done(result: Result<u64, stipple_store::StoreError>, removed: &str, failed: &str) {
+    match result {
+        Ok(0) => {}
+        Ok(n) => info!(n, "{removed}"),
+        Err(e) => warn!(error = %e, "{failed}"),
     }
 }
 
@@ -407,7 +446,78 @@ impl DestinationHealth for Health {
 
 #[cfg(test)]
 mod tests {
-    use super::share;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use stipple_store::{
+        Append, DeadLetterReason, ManualClock, MemoryStore, NewEvent, RejectedInput, Store,
+    };
+
+    use super::{Keeping, housekeeping, share};
+
+    #[tokio::test]
+    async fn housekeeping_deletes_what_is_past_its_retention_at_start() {
+        const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::with_clock(clock.clone()));
+        let keep = |store: &Arc<dyn Store>, id: &str| {
+            let store = Arc::clone(store);
+            let id = id.to_owned();
+            async move {
+                let append = Append {
+                    events: vec![NewEvent {
+                        source: "web".into(),
+                        message_id: id.clone(),
+                        payload: b"{}".to_vec(),
+                    }],
+                    rejected: vec![RejectedInput {
+                        source: "web".into(),
+                        index: None,
+                        code: "invalid_json".into(),
+                        message: "no".into(),
+                        payload: b"{".to_vec(),
+                    }],
+                };
+                store.append(append, DAY).await.unwrap();
+                let leased = store.lease(1, DAY).await.unwrap();
+                let reason = DeadLetterReason {
+                    status: Some(400),
+                    detail: "no".into(),
+                };
+                store.dead_letter(leased[0].id, reason).await.unwrap();
+            }
+        };
+        keep(&store, "old").await;
+        clock.advance(40 * DAY);
+        keep(&store, "new").await;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
+        let keeping = Keeping {
+            dedup_window: DAY,
+            rejected: Some(30 * DAY),
+            dead_letters: Some(30 * DAY),
+        };
+        let task = tokio::spawn(housekeeping(Arc::clone(&store), metrics, keeping, stopped));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let left = || async {
+            let stats = store.stats().await.unwrap();
+            (stats.rejected, stats.dead_letters)
+        };
+        while left().await != (1, 1) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing was deleted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        // The new ones stay.
+        assert_eq!(store.rejected(10).await.unwrap().len(), 1);
+        assert_eq!(store.dead_letters(10).await.unwrap()[0].message_id, "new");
+    }
 
     #[test]
     fn concurrency_is_shared_out_evenly_and_whole() {

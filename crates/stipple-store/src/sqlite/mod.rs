@@ -318,6 +318,27 @@ impl SqliteStore {
         }
         answer.await.map_err(|_| StoreError::Closed)?
     }
+
+    /// Deletes the rows of `kept` from `older_than` ago or earlier, a transaction of
+    /// [`ops::CHUNK`] rows at a time (so appends are not held up meanwhile); returns how
+    /// many went. A lost chunk leaves its rows, for the next purge.
+    async fn purge(&self, kept: ops::Kept, older_than: Duration) -> Result<u64, StoreError> {
+        let age = duration_micros(older_than);
+        let mut total = 0;
+        loop {
+            let deleted = self
+                .call(ops::CHUNK, Reply::Committed, move |db, now| {
+                    let delta = ops::purge(&db.conn, kept, now.saturating_sub(age), ops::CHUNK)?;
+                    let deleted = -(delta.rejected + delta.dead_letters);
+                    Ok((u64::try_from(deleted).unwrap_or(0), delta))
+                })
+                .await?;
+            total += deleted;
+            if deleted < ops::CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
 }
 
 /// Takes the lock file next to the store (`PATH.lock`), held until the store closes: a
@@ -524,6 +545,14 @@ impl Store for SqliteStore {
             ops::rejected(&db.conn, limit).map(no_delta)
         })
         .await
+    }
+
+    async fn purge_rejected(&self, older_than: Duration) -> Result<u64, StoreError> {
+        self.purge(ops::Kept::Rejected, older_than).await
+    }
+
+    async fn purge_dead_letters(&self, older_than: Duration) -> Result<u64, StoreError> {
+        self.purge(ops::Kept::DeadLetters, older_than).await
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {

@@ -84,6 +84,17 @@ const SELECT_REJECTED: &str = "
 SELECT id, source, item_index, code, message, payload, received_at FROM rejected
 ORDER BY id LIMIT ?1";
 
+/// Up to `?2` rejected inputs received at or before `?1`, oldest first (ids follow arrival,
+/// so the old ones are at the start of the table: no index needed).
+const PURGE_REJECTED: &str = "
+DELETE FROM rejected WHERE id IN
+(SELECT id FROM rejected WHERE received_at <= ?1 ORDER BY id LIMIT ?2)";
+
+/// Up to `?2` dead letters dead-lettered at or before `?1`, oldest first.
+const PURGE_DEAD: &str = "
+DELETE FROM dead_letters WHERE id IN
+(SELECT id FROM dead_letters WHERE dead_at <= ?1 ORDER BY id LIMIT ?2)";
+
 const TOUCH: &str = "
 INSERT INTO meta (key, value) VALUES ('last_write_check', ?1)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value";
@@ -352,6 +363,41 @@ pub(super) fn rejected(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<
             })
         })?
         .collect()
+}
+
+/// What a purge deletes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Kept {
+    /// Rejected inputs, by the time they were received.
+    Rejected,
+    /// Dead letters, by the time they were dead-lettered.
+    DeadLetters,
+}
+
+/// Deletes up to `limit` rows of `kept` from at or before `before`.
+pub(super) fn purge(
+    conn: &Connection,
+    kept: Kept,
+    before: Micros,
+    limit: usize,
+) -> rusqlite::Result<Delta> {
+    let sql = match kept {
+        Kept::Rejected => PURGE_REJECTED,
+        Kept::DeadLetters => PURGE_DEAD,
+    };
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let deleted = conn.prepare_cached(sql)?.execute(params![before, limit])?;
+    let gone = -i64::try_from(deleted).unwrap_or(i64::MAX);
+    Ok(match kept {
+        Kept::Rejected => Delta {
+            rejected: gone,
+            ..Delta::default()
+        },
+        Kept::DeadLetters => Delta {
+            dead_letters: gone,
+            ..Delta::default()
+        },
+    })
 }
 
 /// A small real write, to prove the database still takes them.
