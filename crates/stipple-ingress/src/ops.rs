@@ -9,6 +9,38 @@ use serde_json::json;
 use tracing::warn;
 
 use crate::state::IngressState;
+
+/// How long one check of the store answers `/readyz` (on the clock's monotonic time): a
+/// flood of probes costs the store one durable write a second, not one each, and a
+/// change of state shows within that.
+const READY_CHECK_REUSED_FOR_MICROS: i64 = 1_000_000;
+
+/// The last check of the store for `/readyz`: when (monotonic microseconds) and what it
+/// found. Behind an async mutex, so that probes arriving while a check runs wait for it
+/// rather than start their own.
+#[derive(Debug, Default)]
+pub(crate) struct ReadyCheck(tokio::sync::Mutex<Option<(i64, Result<(), String>)>>);
+
+impl ReadyCheck {
+    /// Whether the store can write, from a check made less than a second ago if any.
+    async fn store_writable(&self, state: &IngressState) -> Result<(), String> {
+        let mut last = self.0.lock().await;
+        let now = state.shared.clock.monotonic_micros();
+        if let Some((at, found)) = &*last {
+            if (0..READY_CHECK_REUSED_FOR_MICROS).contains(&(now - at)) {
+                return found.clone();
+            }
+        }
+        let found = state
+            .shared
+            .store
+            .check_writable()
+            .await
+            .map_err(|e| e.to_string());
+        *last = Some((now, found.clone()));
+        found
+    }
+}
 use crate::telemetry::{DEAD_LETTERS, QUEUED, REJECTED_STORED, STORE_COMMITS, STORE_SYNCS};
 
 /// 200 while the process can answer and its store works or may recover by itself (a full
@@ -31,13 +63,14 @@ pub(crate) async fn healthz(State(state): State<IngressState>) -> Response {
 /// load balancer or Kubernetes readiness probe would then take every instance out of
 /// rotation and the clients would drop what they could not send, the one loss the
 /// queue is there to prevent. Alert on the body or on `stipple_delivery_paused` instead.
+/// The store's check is a durable write, made at most once a second ([`ReadyCheck`]).
 pub(crate) async fn readyz(State(state): State<IngressState>) -> Response {
-    let store = state.shared.store.check_writable().await;
+    let store = state.shared.ready_check.store_writable(&state).await;
     let destination = state.shared.destination.status();
     let ready = store.is_ok();
     let store = match store {
         Ok(()) => json!({ "ok": true, "detail": "writable" }),
-        Err(e) => json!({ "ok": false, "detail": e.to_string() }),
+        Err(e) => json!({ "ok": false, "detail": e }),
     };
     let status = if ready {
         StatusCode::OK

@@ -12,6 +12,7 @@ use tower_http::cors::AllowOrigin;
 use crate::auth::Sources;
 use crate::body::IN_FLIGHT_UNIT;
 use crate::config::{ConfigError, IngressConfig};
+use crate::ops::ReadyCheck;
 use crate::telemetry::Counters;
 
 /// Whether the destination (Pointillist) is being delivered to, for `/readyz`.
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<IngressConfig>,
     /// `config.sources`, ready to be found by write key.
     pub(crate) sources: Arc<Sources>,
+    /// The last store check `/readyz` made.
+    pub(crate) ready_check: Arc<ReadyCheck>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) destination: Arc<dyn DestinationHealth>,
@@ -80,6 +83,7 @@ impl IngressState {
         let shared = Shared {
             counters: Arc::new(counters),
             sources: Arc::new(Sources::new(&config.sources)),
+            ready_check: Arc::default(),
             config: Arc::new(config),
             store,
             clock: Arc::new(SystemClock),

@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
-use common::{Gate, Harness, TestStore, basic, config, get, options, post};
+use common::{Gate, Harness, TestStore, basic, config, get, now, options, post};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
-use stipple_ingress::{DestinationHealth, DestinationStatus, IngressConfig};
+use stipple_ingress::{
+    DestinationHealth, DestinationStatus, IngressConfig, IngressState, ManualClock,
+};
 
 fn track() -> Value {
     json!({"userId": "u1", "event": "Signed Up", "properties": {"plan": "pro"}})
@@ -1136,6 +1138,35 @@ fn with_flag(flag: impl FnOnce(&TestStore) -> &AtomicBool) -> Harness {
     let store = TestStore::default();
     flag(&store).store(true, Ordering::SeqCst);
     Harness::with(config(), store, |s| s)
+}
+
+#[tokio::test]
+async fn readyz_checks_the_store_at_most_once_a_second() {
+    let clock = Arc::new(ManualClock::new(now()));
+    let store = Arc::new(TestStore::default());
+    let state = IngressState::new(config(), store.clone())
+        .unwrap()
+        .with_clock(clock.clone());
+    let router = stipple_ingress::router(state);
+    let ready = || async {
+        let request = get("/readyz").build();
+        let answer = tower::ServiceExt::oneshot(router.clone(), request).await;
+        answer.unwrap().status()
+    };
+    let checks = || store.writable_checks.load(Ordering::SeqCst);
+    // A flood of probes within a second: one durable write.
+    let probes: Vec<_> = (0..20).map(|_| ready()).collect();
+    for status in futures::future::join_all(probes).await {
+        assert_eq!(status, 200);
+    }
+    assert_eq!(checks(), 1);
+    // A store that stops taking writes shows once the second is over.
+    store.fail_writable.store(true, Ordering::SeqCst);
+    assert_eq!(ready().await, 200);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(ready().await, 503);
+    assert_eq!(ready().await, 503);
+    assert_eq!(checks(), 2);
 }
 
 #[tokio::test]

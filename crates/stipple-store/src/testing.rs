@@ -1,7 +1,7 @@
 //! Test support (feature `test-util`): a [`MemoryStore`] whose calls can be made to fail
 //! or be held at a [`Gate`], for tests of the crates built on a store.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -38,6 +38,8 @@ pub struct TestStore {
     pub fail_append: AtomicBool,
     /// While set, `check_writable` fails as a read-only database would.
     pub fail_writable: AtomicBool,
+    /// Calls of `check_writable` so far.
+    pub writable_checks: AtomicU64,
     /// While set, `fatal` reports a failure only a restart clears (a failed fsync).
     pub fatal: AtomicBool,
     /// Holds each `append` before it runs.
@@ -99,6 +101,7 @@ impl Store for TestStore {
         self.inner.expire_dedup(dedup_window).await
     }
     async fn check_writable(&self) -> Result<(), StoreError> {
+        self.writable_checks.fetch_add(1, Ordering::SeqCst);
         if self.fail_writable.load(Ordering::SeqCst) {
             return Err(StoreError::Database("database is read-only".into()));
         }
