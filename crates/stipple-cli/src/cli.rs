@@ -23,7 +23,8 @@ pub(crate) enum Command {
     ///
     /// Settings come from the TOML file given with --config, and every key can be set
     /// or overridden by an environment variable `STIPPLE_<SECTION>__<KEY>`, e.g.
-    /// STIPPLE_POINTILLIST__API_TOKEN. See docs/configuration.md.
+    /// STIPPLE_POINTILLIST__API_TOKEN; a source's write key by
+    /// `STIPPLE_SOURCES__<NAME>__WRITE_KEY`. See docs/configuration.md.
     Serve(ServeArgs),
     /// Map Segment messages to Pointillist events, offline.
     ///

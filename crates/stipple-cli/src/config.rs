@@ -266,6 +266,100 @@ fn settings_from_env(
     Ok(settings)
 }
 
+/// What starts a source's variable, `STIPPLE_SOURCES__<NAME>__WRITE_KEY`.
+const ENV_SOURCES: &str = "STIPPLE_SOURCES__";
+/// What ends it.
+const ENV_SOURCE_KEY: &str = "__WRITE_KEY";
+
+/// The settings apart from `STIPPLE_SOURCES__<NAME>__WRITE_KEY`, and those as
+/// `(NAME, write key)`: `[[sources]]` is a list, which the `config` crate's environment
+/// source cannot reach into.
+#[allow(clippy::type_complexity)]
+fn split_source_keys(
+    settings: config::Map<String, String>,
+) -> anyhow::Result<(config::Map<String, String>, Vec<(String, String)>)> {
+    let mut rest = config::Map::new();
+    let mut keys = Vec::new();
+    for (var, value) in settings {
+        let Some(tail) = var.strip_prefix(ENV_SOURCES) else {
+            rest.insert(var, value);
+            continue;
+        };
+        match tail.strip_suffix(ENV_SOURCE_KEY) {
+            Some(name) if !name.is_empty() => keys.push((name.to_owned(), value)),
+            _ => bail!(
+                "the environment variable {var} is not a setting: a source's write key is \
+                 STIPPLE_SOURCES__<NAME>__WRITE_KEY, NAME being the source's name upper-cased, \
+                 e.g. STIPPLE_SOURCES__WEB__WRITE_KEY"
+            ),
+        }
+    }
+    Ok((rest, keys))
+}
+
+/// A source's name as it appears in its variable: upper-cased, and anything but a letter
+/// or a digit as `_` (`web-app` is `WEB_APP`).
+fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `merged`'s `[[sources]]` with the write keys from the environment: a key sets (or
+/// overrides) that of the source of its name, or adds a source of that name lower-cased
+/// when the file has none.
+fn with_source_keys(
+    merged: &config::Config,
+    keys: Vec<(String, String)>,
+) -> anyhow::Result<Vec<config::Map<String, config::Value>>> {
+    let mut sources: Vec<config::Map<String, config::Value>> = match merged.get("sources") {
+        Ok(sources) => sources,
+        Err(config::ConfigError::NotFound(_)) => Vec::new(),
+        Err(e) => bail!("invalid configuration: {e}"),
+    };
+    let names: Vec<String> = sources
+        .iter()
+        .map(|s| {
+            s.get("name")
+                .and_then(|n| n.clone().into_string().ok())
+                .unwrap_or_default()
+        })
+        .collect();
+    for (var_name, key) in keys {
+        let named: Vec<usize> = (0..names.len())
+            .filter(|&i| env_name(&names[i]) == var_name)
+            .collect();
+        let source = match named.as_slice() {
+            [] => {
+                let mut source = config::Map::new();
+                source.insert("name".to_owned(), var_name.to_ascii_lowercase().into());
+                sources.push(source);
+                sources.last_mut()
+            }
+            [i] => sources.get_mut(*i),
+            _ => bail!(
+                "STIPPLE_SOURCES__{var_name}__WRITE_KEY could be any of the sources {}: \
+                 give them names that differ in more than case and punctuation",
+                named
+                    .iter()
+                    .map(|&i| format!("{:?}", names[i]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        if let Some(source) = source {
+            source.insert("write_key".to_owned(), key.into());
+        }
+    }
+    Ok(sources)
+}
+
 /// Checks that the file is TOML, saying where it is not without quoting it (the line
 /// may hold a token or a write key, and errors are printed and logged).
 fn check_toml(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -361,7 +455,24 @@ impl Config {
     }
 
     fn read(path: Option<&Path>, env: config::Map<String, String>) -> anyhow::Result<Config> {
-        Self::merged(path, env)?
+        let merged = Self::merged(path, env)?;
+        // Said here, with both places a key may come from (the deserialiser would say
+        // only "missing field").
+        if let Ok(sources) = merged.get::<Vec<config::Map<String, config::Value>>>("sources") {
+            for (i, source) in sources.iter().enumerate() {
+                let name = source
+                    .get("name")
+                    .and_then(|n| n.clone().into_string().ok());
+                if let (Some(name), None) = (name, source.get("write_key")) {
+                    bail!(
+                        "sources[{i}] ({name:?}) has no write_key: set it in the file or as \
+                         STIPPLE_SOURCES__{}__WRITE_KEY",
+                        env_name(&name)
+                    );
+                }
+            }
+        }
+        merged
             .try_deserialize()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
     }
@@ -382,6 +493,7 @@ impl Config {
             check_toml(path, &text)?;
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
+        let (env, source_keys) = split_source_keys(env)?;
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator(ENV_PREFIX_SEPARATOR)
@@ -390,8 +502,17 @@ impl Config {
                 .try_parsing(false)
                 .source(Some(env)),
         );
-        builder
+        let merged = builder
             .build()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if source_keys.is_empty() {
+            return Ok(merged);
+        }
+        let sources = with_source_keys(&merged, source_keys)?;
+        config::Config::builder()
+            .add_source(merged)
+            .set_override("sources", sources)
+            .and_then(|builder| builder.build())
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
     }
 
@@ -797,6 +918,77 @@ mod tests {
         assert!(err.contains("store.synchronous"), "{err}");
         std::fs::write(&path, "[store]\nurl = 5\nuri = \"x\"\n").unwrap();
         assert!(Config::load_store_only(Some(&path)).is_err());
+    }
+
+    #[test]
+    fn write_keys_come_from_the_environment_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stipple.toml");
+        let keys = |c: &Config| -> Vec<(String, String)> {
+            c.sources
+                .iter()
+                .map(|s| (s.name.clone(), s.write_key.expose_secret().to_owned()))
+                .collect()
+        };
+        // A source in the file without its key; another whose key is overridden; a
+        // third only in the environment.
+        std::fs::write(
+            &path,
+            "[pointillist]\napi_token = \"t\"\n[[sources]]\nname = \"web-app\"\n\
+             [[sources]]\nname = \"ios\"\nwrite_key = \"from-file\"\n",
+        )
+        .unwrap();
+        let env = vars(&[
+            ("STIPPLE_SOURCES__WEB_APP__WRITE_KEY", "0123"),
+            ("STIPPLE_SOURCES__IOS__WRITE_KEY", "from-env"),
+            ("STIPPLE_SOURCES__ANDROID__WRITE_KEY", "k3"),
+        ]);
+        let c = Config::load_with_env(Some(&path), Some(env)).unwrap();
+        let mut got = keys(&c);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("android".to_owned(), "k3".to_owned()),
+                ("ios".to_owned(), "from-env".to_owned()),
+                ("web-app".to_owned(), "0123".to_owned()),
+            ]
+        );
+        // No file at all.
+        let env = vars(&[
+            ("STIPPLE_POINTILLIST__API_TOKEN", "t"),
+            ("STIPPLE_SOURCES__WEB__WRITE_KEY", "wk"),
+        ]);
+        let c = Config::load_with_env(None, Some(env)).unwrap();
+        assert_eq!(keys(&c), [("web".to_owned(), "wk".to_owned())]);
+        // A source with its key nowhere says where it may go.
+        let err = Config::load_with_env(Some(&path), Some(config::Map::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("(\"web-app\") has no write_key")
+                && err.contains("STIPPLE_SOURCES__WEB_APP__WRITE_KEY"),
+            "{err}"
+        );
+        // Anything else under STIPPLE_SOURCES__ is refused by name, its value unsaid.
+        for var in ["STIPPLE_SOURCES__WEB__NAME", "STIPPLE_SOURCES____WRITE_KEY"] {
+            let err = Config::load_with_env(Some(&path), Some(vars(&[(var, "s3cr3t")])))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(var) && !err.contains("s3cr3t"), "{err}");
+        }
+        // Two sources the same variable would name.
+        std::fs::write(
+            &path,
+            "[pointillist]\napi_token = \"t\"\n[[sources]]\nname = \"web-app\"\n\
+             write_key = \"a\"\n[[sources]]\nname = \"web_app\"\nwrite_key = \"b\"\n",
+        )
+        .unwrap();
+        let env = vars(&[("STIPPLE_SOURCES__WEB_APP__WRITE_KEY", "c")]);
+        let err = Config::load_with_env(Some(&path), Some(env))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("could be any of"), "{err}");
     }
 
     #[test]

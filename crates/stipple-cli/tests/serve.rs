@@ -153,6 +153,8 @@ fn environment_variables_set_what_the_file_does_not() {
             ("STIPPLE_POINTILLIST__EVENT_SOURCE", Path::new("web-app")),
             ("STIPPLE_POINTILLIST__ACTOR_TYPE", Path::new("visitor")),
             ("STIPPLE_CONFIG", &config),
+            // A source only the environment names, and its key.
+            ("STIPPLE_SOURCES__IOS__WRITE_KEY", Path::new("wk-ios")),
         ],
     );
     let (status, _) = post(
@@ -160,10 +162,25 @@ fn environment_variables_set_what_the_file_does_not() {
         r#"{"type":"track","event":"Signed Up","userId":"u-1"}"#,
     );
     assert_eq!(status, 200);
-    let events = delivered(&service, 1);
-    assert_eq!(events[0]["eventSource"], "web-app", "{events:?}");
+    let answer = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/track", service.ingress))
+        .basic_auth("wk-ios", None::<&str>)
+        .body(r#"{"event":"Opened","userId":"u-2"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let events = delivered(&service, 2);
+    let signed_up = events
+        .iter()
+        .find(|e| e["eventType"] == "Signed Up")
+        .unwrap();
+    assert_eq!(signed_up["eventSource"], "web-app", "{events:?}");
     assert_eq!(
-        events[0]["actors"]["visitor"]["userId"], "u-1",
+        signed_up["actors"]["visitor"]["userId"], "u-1",
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e["eventType"] == "Opened"),
         "{events:?}"
     );
 }
