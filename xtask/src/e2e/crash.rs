@@ -10,6 +10,7 @@ use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
 use super::check::Checks;
+use super::expect::{Expected, TimeRule, around};
 use super::harness::{Harness, Poll, by_message_id, nap, tail, wait_for};
 
 /// Events per batch request in the crash test.
@@ -24,6 +25,47 @@ const LOAD_SPREAD: Duration = Duration::from_secs(3);
 fn track(h: &Harness, tag: &str, n: usize) -> Value {
     json!({"type": "track", "userId": format!("{tag}-user-{}", n % 7), "event": "Load", "messageId": h.id(tag, n),
         "properties": {"n": n}})
+}
+
+/// Checks every delivered copy of each of `messages` (by messageId) against the
+/// mapping's oracle, the event time by `time`: what survived a kill or a stop must also
+/// be what was sent.
+fn check_contents(
+    checks: &mut Checks,
+    name: &str,
+    messages: &[Value],
+    delivered: &[Value],
+    time: &TimeRule,
+) {
+    let by_id = by_message_id(delivered);
+    let mut compared = 0;
+    let mut problems = Vec::new();
+    for message in messages {
+        let Some(id) = message["messageId"].as_str() else {
+            continue;
+        };
+        let expected = Expected::of(message, time.clone());
+        for event in by_id.get(id).into_iter().flatten() {
+            compared += 1;
+            if let Err(p) = expected.compare(event, true) {
+                problems.push(format!("{id}: {p}"));
+            }
+        }
+    }
+    checks.expect(
+        name,
+        compared > 0 && problems.is_empty(),
+        if problems.is_empty() {
+            format!("{compared} deliveries as the mapping says")
+        } else {
+            format!("{} wrong, e.g. {}", problems.len(), problems[0])
+        },
+    );
+}
+
+/// The event time of events the ingress stamped between `from` and now.
+fn stamped_since(from: chrono::DateTime<chrono::Utc>) -> TimeRule {
+    around(from, chrono::Utc::now(), chrono::TimeDelta::seconds(2))
 }
 
 /// Sends `total` events in batches from a few threads until told to stop or until a
@@ -131,6 +173,7 @@ pub(crate) fn crash(h: &mut Harness, checks: &mut Checks, total: usize) -> anyho
     h.fresh()?;
     // Slow deliveries, so that many events are queued or in flight when the kill comes.
     h.set_faults(json!({"latency": "200ms"}))?;
+    let started_load = chrono::Utc::now();
     let load = Load::start(h, "crash", total)?;
     let kill_after = total / 2;
     let waited = wait_for(
@@ -199,6 +242,14 @@ pub(crate) fn crash(h: &mut Harness, checks: &mut Checks, total: usize) -> anyho
                     started.elapsed().as_secs_f64()
                 ),
             );
+            let sent: Vec<Value> = (0..total).map(|n| track(h, "crash", n)).collect();
+            check_contents(
+                checks,
+                "crash: what is delivered after the restart is what was sent",
+                &sent,
+                &events,
+                &stamped_since(started_load),
+            );
         }
         Err(e) => checks.fail(
             "crash: every event answered 200 before the kill is delivered",
@@ -245,6 +296,7 @@ pub(crate) fn sigterm(
 ) -> anyhow::Result<()> {
     h.fresh()?;
     h.set_faults(json!({"latency": "500ms"}))?;
+    let started_sending = chrono::Utc::now();
     let events: Vec<Value> = (0..200).map(|n| track(h, "sigterm", n)).collect();
     let mut acked = BTreeSet::new();
     for batch in events.chunks(BATCH) {
@@ -302,10 +354,19 @@ pub(crate) fn sigterm(
     h.clear_faults()?;
     h.start_serve()?;
     match h.wait_delivered(&acked, Duration::from_secs(60)) {
-        Ok(_) => checks.pass(
-            "sigterm: everything accepted is delivered after a restart",
-            format!("{} events", acked.len()),
-        ),
+        Ok(delivered) => {
+            checks.pass(
+                "sigterm: everything accepted is delivered after a restart",
+                format!("{} events", acked.len()),
+            );
+            check_contents(
+                checks,
+                "sigterm: what is delivered after the restart is what was sent",
+                &events,
+                &delivered,
+                &stamped_since(started_sending),
+            );
+        }
         Err(e) => checks.fail(
             "sigterm: everything accepted is delivered after a restart",
             format!("{e:#}"),
