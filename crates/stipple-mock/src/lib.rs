@@ -17,10 +17,11 @@
 //! | route | does |
 //! |---|---|
 //! | `GET /mock/events` | the accepted events, a JSON array |
-//! | `DELETE /mock/events` | forgets the events and zeroes the counters (204) |
+//! | `DELETE /mock/events` | forgets the events and refusals and zeroes the counters (204) |
 //! | `GET /mock/faults` | the faults in force, as [`Faults`] JSON |
 //! | `PUT /mock/faults` | replaces the faults (400 if a rate is outside 0..=1) |
 //! | `GET /mock/stats` | the counters, as [`MockStats`] JSON |
+//! | `GET /mock/refusals` | each request an injected fault refused: its event's `messageId`, the status, when (a JSON array of [`Refusal`]) |
 #![forbid(unsafe_code)]
 
 mod contract;
@@ -31,4 +32,4 @@ mod state;
 
 pub use faults::{Faults, InvalidFaults};
 pub use server::{MockServer, serve};
-pub use state::{MockConfig, MockStats};
+pub use state::{MockConfig, MockStats, Refusal};

@@ -24,7 +24,7 @@ use tracing::debug;
 use crate::contract::check_event;
 use crate::faults::{Faults, Injected};
 use crate::listener::{Connection, DroppingListener};
-use crate::state::{Counted, MockConfig, MockStats, Shared};
+use crate::state::{Counted, MockConfig, MockStats, Refusal, Shared};
 
 /// The header that carries the API token.
 const API_TOKEN: &str = "apitoken";
@@ -144,6 +144,12 @@ impl MockServer {
         self.shared.stats()
     }
 
+    /// The requests injected faults refused since the start or the last reset, in order
+    /// (also `GET /mock/refusals`).
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.shared.refusals()
+    }
+
     /// Stops accepting, lets requests in flight finish, and waits for the server to end.
     pub async fn shutdown(self) -> io::Result<()> {
         // The server may have ended already; then there is nobody to tell.
@@ -182,6 +188,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/mock/events", get(get_events).delete(delete_events))
         .route("/mock/faults", get(get_faults).put(put_faults))
         .route("/mock/stats", get(get_stats))
+        .route("/mock/refusals", get(get_refusals))
         .with_state(shared)
 }
 
@@ -255,8 +262,25 @@ async fn post_event(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    // Cheap (reference counted), for the refusals' log.
+    let raw = body.as_ref().ok().cloned();
     let answer = answer_event(&shared, &headers, body);
     shared.count(answer.counted());
+    let injected = match &answer {
+        EventAnswer::Dropped => Some(0),
+        EventAnswer::ServerError(status) => Some(status.as_u16()),
+        EventAnswer::Throttled { .. } => Some(StatusCode::TOO_MANY_REQUESTS.as_u16()),
+        EventAnswer::Unauthorized(reason) if *reason == UNAUTHORIZED_WINDOW => {
+            Some(StatusCode::UNAUTHORIZED.as_u16())
+        }
+        _ => None,
+    };
+    if let Some(status) = injected {
+        let message_id = raw
+            .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
+            .and_then(|event| event["labels"]["messageId"].as_str().map(str::to_owned));
+        shared.refused(message_id, status);
+    }
     match &answer {
         EventAnswer::Accepted => {}
         EventAnswer::Dropped => connection.drop_without_answer(),
@@ -264,6 +288,9 @@ async fn post_event(
     }
     answer
 }
+
+/// Why the `unauthorized_for` fault answers 401.
+const UNAUTHORIZED_WINDOW: &str = "injected fault: unauthorized for a while";
 
 fn answer_event(
     shared: &Shared,
@@ -290,7 +317,7 @@ fn answer_event(
         None => {}
     }
     if unauthorized {
-        return EventAnswer::Unauthorized("injected fault: unauthorized for a while");
+        return EventAnswer::Unauthorized(UNAUTHORIZED_WINDOW);
     }
     if let Err(answer) = check_token(shared.token(), headers) {
         return answer;
@@ -388,4 +415,10 @@ async fn put_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
 
 async fn get_stats(State(shared): State<Arc<Shared>>) -> Json<MockStats> {
     Json(shared.stats())
+}
+
+/// `GET /mock/refusals`: the requests injected faults refused since the last reset, in
+/// order.
+async fn get_refusals(State(shared): State<Arc<Shared>>) -> Json<Vec<Refusal>> {
+    Json(shared.refusals())
 }

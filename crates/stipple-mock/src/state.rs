@@ -65,6 +65,19 @@ pub struct MockStats {
     pub dropped: u64,
 }
 
+/// A request an injected fault refused (429, 5xx, 401 of the `unauthorized_for` window,
+/// or a dropped connection): which event it carried and when, so that a test can see how
+/// a client spaced its attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The `messageId` label of the event sent, when the body had one.
+    pub message_id: Option<String>,
+    /// The status answered; 0 for a dropped connection.
+    pub status: u16,
+    /// Milliseconds since the mock started or was last reset.
+    pub at_ms: u64,
+}
+
 /// The faults in force, with the `unauthorized_for` window turned into a deadline.
 #[derive(Debug)]
 struct FaultState {
@@ -127,6 +140,8 @@ pub(crate) struct Shared {
     faults: Mutex<FaultState>,
     events: Mutex<Vec<Value>>,
     counters: Counters,
+    /// Since when `refusals` count their time, and the refusals.
+    refusals: Mutex<(Instant, Vec<Refusal>)>,
 }
 
 impl Shared {
@@ -143,6 +158,7 @@ impl Shared {
             faults: Mutex::new(FaultState::new(config.faults)),
             events: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            refusals: Mutex::new((Instant::now(), Vec::new())),
         })
     }
 
@@ -204,10 +220,26 @@ impl Shared {
         self.events.lock().clone()
     }
 
-    /// Forgets the recorded events and zeroes the counters; faults stay.
+    /// Notes a request an injected fault refused.
+    pub(crate) fn refused(&self, message_id: Option<String>, status: u16) {
+        let mut refusals = self.refusals.lock();
+        let at_ms = u64::try_from(refusals.0.elapsed().as_millis()).unwrap_or(u64::MAX);
+        refusals.1.push(Refusal {
+            message_id,
+            status,
+            at_ms,
+        });
+    }
+
+    pub(crate) fn refusals(&self) -> Vec<Refusal> {
+        self.refusals.lock().1.clone()
+    }
+
+    /// Forgets the recorded events and refusals and zeroes the counters; faults stay.
     pub(crate) fn reset(&self) {
         let mut events = self.events.lock();
         events.clear();
+        *self.refusals.lock() = (Instant::now(), Vec::new());
         for counter in self.counters.all() {
             counter.store(0, Ordering::Relaxed);
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use stipple_mock::{Faults, MockConfig, MockServer, MockStats, serve};
+use stipple_mock::{Faults, MockConfig, MockServer, MockStats, Refusal, serve};
 
 const TOKEN: &str = "test-token";
 
@@ -329,6 +329,22 @@ async fn throttling_answers_429_with_retry_after() {
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(response.headers()["retry-after"], "7");
     assert_eq!(mock.stats().throttled, 1);
+    // Each refusal is logged with the event it carried, also over HTTP.
+    let refusals: Vec<Refusal> = reqwest::get(format!("{}/mock/refusals", mock.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(refusals, mock.refusals());
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0].status, 429);
+    assert_eq!(
+        refusals[0].message_id.as_deref(),
+        valid_event()["labels"]["messageId"].as_str()
+    );
+    mock.reset();
+    assert!(mock.refusals().is_empty());
 }
 
 #[tokio::test]

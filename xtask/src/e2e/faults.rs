@@ -4,7 +4,7 @@
 //! destination unhealthy for the credentials problem, and for 5xx or dropped connections
 //! once enough have failed in a row that delivery pauses for an outage.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -141,6 +141,7 @@ fn throttled(h: &mut Harness, checks: &mut Checks) -> anyhow::Result<()> {
     let delivered = delivered_count(h, &ids)?;
     let (status, body) = h.readyz()?;
     let throttled = h.mock_stat("throttled")?;
+    let refusals = h.mock_refusals()?;
     h.clear_faults()?;
     let window = set.elapsed();
     checks.expect(
@@ -156,6 +157,28 @@ fn throttled(h: &mut Harness, checks: &mut Checks) -> anyhow::Result<()> {
         format!(
             "{throttled} attempts for {EVENTS} events in {:.1}s (at most {bound} if each waits 1s)",
             window.as_secs_f64()
+        ),
+    );
+    // And per event: no attempt sooner than 1 s after that event's last 429 (the mock
+    // logs each with its time, to the millisecond; 50 ms of slack for the clocks).
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut gaps = Vec::new();
+    for refusal in refusals.iter().filter(|r| r["status"] == 429) {
+        let (Some(id), Some(at)) = (refusal["message_id"].as_str(), refusal["at_ms"].as_u64())
+        else {
+            continue;
+        };
+        if let Some(before) = last.insert(id.to_owned(), at) {
+            gaps.push(at.saturating_sub(before));
+        }
+    }
+    let shortest = gaps.iter().min().copied();
+    checks.expect(
+        "429: no event is sent again sooner than its Retry-After",
+        !gaps.is_empty() && shortest.is_some_and(|ms| ms >= 950),
+        format!(
+            "{} repeat attempts; the shortest {shortest:?} ms after the same event's 429",
+            gaps.len()
         ),
     );
     checks.expect(

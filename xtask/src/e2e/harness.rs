@@ -490,6 +490,16 @@ level = "info"
             .json()?)
     }
 
+    /// `GET /mock/refusals`: each request a fault refused, `{messageId, status, at_ms}`.
+    pub(crate) fn mock_refusals(&self) -> anyhow::Result<Vec<Value>> {
+        Ok(self
+            .http
+            .get(format!("{}/mock/refusals", self.mock_url))
+            .send()?
+            .error_for_status()?
+            .json()?)
+    }
+
     /// One counter of the mock.
     pub(crate) fn mock_stat(&self, name: &str) -> anyhow::Result<u64> {
         self.mock_stats()?[name]
