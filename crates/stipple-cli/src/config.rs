@@ -416,12 +416,14 @@ impl Config {
     /// `[store]`: the other sections are neither read nor checked (a service's file that
     /// does not start is just when `stipple status` helps), and keep their defaults.
     pub(crate) fn load_store_only(path: Option<&Path>) -> anyhow::Result<Config> {
-        let store =
-            match Self::merged(path, Self::env_settings(None)?)?.get::<StoreSection>("store") {
-                Ok(store) => store,
-                Err(config::ConfigError::NotFound(_)) => StoreSection::default(),
-                Err(e) => bail!("invalid configuration: {e}"),
-            };
+        // The sources' variables are not read either (their mistakes are serve's to say).
+        let mut env = Self::env_settings(None)?;
+        env.retain(|var, _| !var.starts_with(ENV_SOURCES));
+        let store = match Self::merged(path, env)?.get::<StoreSection>("store") {
+            Ok(store) => store,
+            Err(config::ConfigError::NotFound(_)) => StoreSection::default(),
+            Err(e) => bail!("invalid configuration: {e}"),
+        };
         let config = Config {
             store,
             ..Config::default()

@@ -135,14 +135,10 @@ pub(crate) async fn read(
         Encoding::Identity => limit,
         Encoding::Gzip => limit.saturating_add(limit / 64).saturating_add(1024),
     };
-    let announced = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if announced.is_some_and(|len| len > raw_cap as u64) {
+    if announced_length(headers).is_some_and(|len| len > raw_cap as u64) {
         return Err(BodyError::TooLarge);
     }
-    let raw = collect(body, raw_cap, room).await?;
+    let raw = collect(body, raw_cap, limit, room).await?;
     match encoding {
         Encoding::Identity => Ok(raw),
         Encoding::Gzip => {
@@ -158,7 +154,32 @@ pub(crate) async fn read(
     }
 }
 
-async fn collect(mut body: Body, cap: usize, room: &mut Reservation) -> Result<Vec<u8>, BodyError> {
+/// The body's `Content-Length`, when it announces one.
+pub(crate) fn announced_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// Whether the budget has room now for a body announced as `headers` say, up to `limit`
+/// (true when none is announced): a request that cannot fit is better refused before
+/// its upload than halfway through it. Nothing is reserved.
+pub(crate) fn may_fit(budget: &Semaphore, headers: &HeaderMap, limit: usize) -> bool {
+    announced_length(headers).is_none_or(|len| {
+        let bytes = usize::try_from(len).unwrap_or(usize::MAX).min(limit);
+        budget.available_permits() >= bytes.div_ceil(IN_FLIGHT_UNIT)
+    })
+}
+
+/// Reads at most `cap` bytes, reserving them as they come (a gzip body's slack beyond
+/// `limit`, `cap - limit`, is not reserved: the budget holds one body at `limit`).
+async fn collect(
+    mut body: Body,
+    cap: usize,
+    limit: usize,
+    room: &mut Reservation,
+) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
     while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
@@ -167,7 +188,7 @@ async fn collect(mut body: Body, cap: usize, room: &mut Reservation) -> Result<V
             if len > cap {
                 return Err(BodyError::TooLarge);
             }
-            room.cover(len)?;
+            room.cover(len.min(limit))?;
             out.extend_from_slice(&data);
         }
     }
@@ -349,5 +370,35 @@ mod tests {
         assert_eq!(inflated.await, Err(BodyError::NoRoom));
         drop(room);
         assert_eq!(budget.available_permits(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_gzip_body_at_the_limit_fits_a_budget_of_the_limit() {
+        // Incompressible: gzip makes it larger than the limit, inflated it is within.
+        let mut state = 1u32;
+        let data: Vec<u8> = (0..2040)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 24) as u8
+            })
+            .collect();
+        let packed = gzip(&data);
+        assert!(packed.len() > 2048, "{}", packed.len());
+        let budget = Arc::new(Semaphore::new(2));
+        let mut room = Reservation::new(Arc::clone(&budget));
+        let none = HeaderMap::new();
+        let read_body = read(Body::from(packed), &none, Encoding::Gzip, 2048, &mut room);
+        assert_eq!(read_body.await, Ok(data));
+    }
+
+    #[test]
+    fn an_announced_body_must_fit_the_room_left() {
+        let budget = Semaphore::new(4);
+        let announcing = |len: &str| headers(&[(header::CONTENT_LENGTH, len)]);
+        assert!(may_fit(&budget, &HeaderMap::new(), 1 << 20));
+        assert!(may_fit(&budget, &announcing("4096"), 1 << 20));
+        assert!(!may_fit(&budget, &announcing("4097"), 1 << 20));
+        // Counted up to the limit: more is refused as too large later, not as no room.
+        assert!(may_fit(&budget, &announcing("999999"), 4096));
     }
 }

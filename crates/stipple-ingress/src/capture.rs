@@ -70,6 +70,9 @@ pub(crate) async fn handle(
     };
     // A key in the header is checked first: a wrong key costs no room and no body read.
     let header_source = crate::auth::authenticate_header(&state.shared.sources, &headers)?;
+    if !body::may_fit(&state.shared.in_flight, &headers, limit) {
+        return Err(IngressError::Overloaded);
+    }
     // The body's bytes as they arrive, held until the answer: bounds the bodies in memory.
     let mut room = Reservation::new(state.shared.in_flight.clone());
     // A client that stalls mid-body would hold its room, and shutdown, forever.

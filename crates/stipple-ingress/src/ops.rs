@@ -37,7 +37,10 @@ impl ReadyCheck {
             .check_writable()
             .await
             .map_err(|e| e.to_string());
-        *last = Some((now, found.clone()));
+        // Timed from its end: probes that waited through a slow check (a slow fsync)
+        // take its answer rather than each make another.
+        let ended = state.shared.clock.monotonic_micros();
+        *last = Some((ended, found.clone()));
         found
     }
 }

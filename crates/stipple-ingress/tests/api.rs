@@ -931,6 +931,21 @@ async fn overload_is_503_with_retry_after() {
     };
     let gate = h.store.gate.as_ref().unwrap();
     gate.entered.notified().await;
+    // A body announced too large for the room left is refused before any of it is read
+    // (this one would never finish arriving).
+    let never = futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+    let announced = axum::http::Request::post("/v1/batch")
+        .header("authorization", basic("wk_web:"))
+        .header("content-type", "application/json")
+        .header("content-length", "20000")
+        .body(Body::from_stream(never))
+        .unwrap();
+    let (status, _, body) = h.send(announced).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (503, &json!("overloaded")),
+        "{body}"
+    );
     // The 25 KiB in flight leave less than 20 KiB.
     let (headers, _) = h
         .check(

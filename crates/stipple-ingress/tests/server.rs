@@ -4,9 +4,10 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Harness, basic};
+use common::{Gate, Harness, TestStore, basic, config};
 use stipple_ingress::{ServerConfig, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,11 +19,18 @@ const HANG: Duration = Duration::from_secs(20);
 
 /// A server on a free port: its address, the sender that stops it, and its task.
 async fn start(config: ServerConfig) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+    start_with(config, Harness::new()).await
+}
+
+/// [`start`], serving `harness`'s router.
+async fn start_with(
+    config: ServerConfig,
+    harness: Harness,
+) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let addr = listener.local_addr().expect("its address");
     let (stop, stopped) = oneshot::channel::<()>();
-    let router = Harness::new().router;
-    let task = tokio::spawn(serve(listener, router, config, async {
+    let task = tokio::spawn(serve(listener, harness.router, config, async {
         let _ = stopped.await;
     }));
     (addr, stop, task)
@@ -121,24 +129,31 @@ async fn at_the_connection_limit_a_new_connection_waits_for_one_to_close() {
 
 #[tokio::test]
 async fn stopping_finishes_the_request_in_flight_and_closes_idle_connections() {
-    let (addr, stop, task) = start(ServerConfig::default()).await;
+    // Appends wait at a gate: a request is known to be in flight once it reaches it.
+    let store = TestStore {
+        gate: Some(Gate::default()),
+        ..TestStore::default()
+    };
+    let harness = Harness::with(config(), store, |s| s);
+    let store = Arc::clone(&harness.store);
+    let gate = store.gate.as_ref().expect("a gate");
+    let (addr, stop, task) = start_with(ServerConfig::default(), harness).await;
     let mut idle = TcpStream::connect(addr).await.unwrap();
     idle.write_all(&track_request()).await.unwrap();
+    gate.entered.notified().await;
+    gate.release.notify_one();
     assert!(read_answer(&mut idle).await.starts_with("HTTP/1.1 200"));
-    // A request whose body is still arriving when the stop comes.
+    // A request in flight (at the store) when the stop comes.
     let mut arriving = TcpStream::connect(addr).await.unwrap();
-    let request = track_request();
-    let (head, tail) = request.split_at(request.len() - 5);
-    arriving.write_all(head).await.unwrap();
-    // Its headers are read before the stop (else it would be an idle connection).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    arriving.write_all(&track_request()).await.unwrap();
+    gate.entered.notified().await;
     stop.send(()).unwrap();
     let closed = tokio::time::timeout(HANG, read_to_close(&mut idle)).await;
     assert!(
         closed.is_ok(),
         "an idle connection was kept open after the stop"
     );
-    arriving.write_all(tail).await.unwrap();
+    gate.release.notify_one();
     let answer = tokio::time::timeout(HANG, read_answer(&mut arriving))
         .await
         .expect("the request in flight was not answered");

@@ -226,12 +226,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Rejected inputs, oldest first.
     async fn rejected(&self, limit: usize) -> Result<Vec<StoredRejection>, StoreError>;
 
-    /// Deletes the rejected inputs received `older_than` ago or earlier (all of them
-    /// with zero); returns how many went.
+    /// Deletes the rejected inputs received `older_than` ago or earlier, oldest first,
+    /// stopping at the first younger one (so a purge reads only what it deletes; after a
+    /// step back of the clock some may wait for a later purge); all of them with zero.
+    /// Returns how many went.
     async fn purge_rejected(&self, older_than: Duration) -> Result<u64, StoreError>;
 
-    /// Deletes the dead letters dead-lettered `older_than` ago or earlier (all of them
-    /// with zero); returns how many went.
+    /// Deletes the dead letters dead-lettered `older_than` ago or earlier, as
+    /// [`Store::purge_rejected`] does rejected inputs.
     async fn purge_dead_letters(&self, older_than: Duration) -> Result<u64, StoreError>;
 
     /// Counts.

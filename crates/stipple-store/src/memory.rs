@@ -85,6 +85,15 @@ impl MemoryStore {
         }
     }
 
+    /// What a purge of `older_than` deletes up to: everything for zero.
+    fn purge_cutoff(&self, older_than: Duration) -> Micros {
+        if older_than.is_zero() {
+            Micros::MAX
+        } else {
+            self.now().saturating_sub(duration_micros(older_than))
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every mutation below completes or leaves the maps consistent, so a poisoned lock is usable.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
@@ -302,19 +311,31 @@ impl Store for MemoryStore {
     }
 
     async fn purge_rejected(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let cutoff = from_micros(self.now().saturating_sub(duration_micros(older_than)));
+        let cutoff = self.purge_cutoff(older_than);
         let mut inner = self.lock();
-        let before = inner.rejected.len();
-        inner.rejected.retain(|r| r.received_at > cutoff);
-        Ok((before - inner.rejected.len()) as u64)
+        // As the SQLite store: oldest first, stopping at the first younger one.
+        let old = inner
+            .rejected
+            .iter()
+            .take_while(|r| to_micros(r.received_at) <= cutoff)
+            .count();
+        inner.rejected.drain(..old);
+        Ok(old as u64)
     }
 
     async fn purge_dead_letters(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let cutoff = self.now().saturating_sub(duration_micros(older_than));
+        let cutoff = self.purge_cutoff(older_than);
         let mut inner = self.lock();
-        let before = inner.dead.len();
-        inner.dead.retain(|_, dead| dead.dead_at > cutoff);
-        Ok((before - inner.dead.len()) as u64)
+        let old: Vec<EventId> = inner
+            .dead
+            .iter()
+            .take_while(|(_, dead)| dead.dead_at <= cutoff)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &old {
+            inner.dead.remove(id);
+        }
+        Ok(old.len() as u64)
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {

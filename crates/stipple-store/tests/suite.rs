@@ -52,6 +52,7 @@ suite!(
     rejected_inputs_are_kept_and_listed,
     purges_delete_only_what_is_older,
     purges_delete_more_than_one_chunk,
+    a_purge_stops_at_the_first_younger_row,
     stats_count_every_table,
     expire_dedup_forgets_only_old_keys,
     expire_dedup_removes_more_than_one_chunk,
@@ -613,13 +614,39 @@ mod cases {
         append_ok(store, append, DAY).await;
         let listed = store.rejected(10).await.expect("rejected");
         assert!(listed[1].id > listed[0].id, "{listed:?}");
-        // Zero: everything.
+        // Zero: everything, even what the clock would say is not yet received.
+        h.clock.set(common::start());
         assert_eq!(store.purge_rejected(Duration::ZERO).await.expect("all"), 2);
         assert_eq!(
             store.purge_dead_letters(Duration::ZERO).await.expect("all"),
             1
         );
         assert_eq!(stats(store).await, Stats::default());
+    }
+
+    pub(crate) async fn a_purge_stops_at_the_first_younger_row(h: &Harness) {
+        let store = &*h.store;
+        let one = |code: &str| Append {
+            events: Vec::new(),
+            rejected: vec![rejection(None, code)],
+        };
+        // At 10 s; then the clock steps back to 0 s.
+        h.clock.advance(Duration::from_secs(10));
+        append_ok(store, one("late"), DAY).await;
+        h.clock.set(common::start());
+        append_ok(store, one("early"), DAY).await;
+        // At 30 s, older than 25 s is only "early", behind the younger "late": it waits.
+        h.clock.advance(Duration::from_secs(30));
+        let older = Duration::from_secs(25);
+        assert_eq!(store.purge_rejected(older).await.expect("purge"), 0);
+        // Once "late" is old enough too, both go.
+        assert_eq!(
+            store
+                .purge_rejected(Duration::from_secs(20))
+                .await
+                .expect("purge"),
+            2
+        );
     }
 
     pub(crate) async fn purges_delete_more_than_one_chunk(h: &Harness) {

@@ -490,7 +490,7 @@ level = "info"
             .json()?)
     }
 
-    /// `GET /mock/refusals`: each request a fault refused, `{messageId, status, at_ms}`.
+    /// `GET /mock/refusals`: each request a fault refused, `{message_id, status, at_ms}`.
     pub(crate) fn mock_refusals(&self) -> anyhow::Result<Vec<Value>> {
         Ok(self
             .http

@@ -266,7 +266,7 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     // Scripts read this line for the port (with listen = "127.0.0.1:0").
     println!("stipple listening on http://{addr}");
 
-    let housekeeping = tokio::spawn(housekeeping(
+    let mut housekeeping = tokio::spawn(housekeeping(
         store.clone(),
         metrics,
         Keeping {
@@ -313,7 +313,14 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
         let _ = pipeline.await;
     }
     info!("delivery stopped");
-    let _ = housekeeping.await;
+    // A purge may be in its chunks (each its own transaction): it is not waited for
+    // beyond a moment, and what it did not reach waits for the next start.
+    if tokio::time::timeout(Duration::from_secs(1), &mut housekeeping)
+        .await
+        .is_err()
+    {
+        housekeeping.abort();
+    }
     if let Some(mock) = mock_server {
         mock.shutdown().await.ok();
     }

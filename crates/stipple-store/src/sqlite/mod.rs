@@ -324,11 +324,19 @@ impl SqliteStore {
     /// many went. A lost chunk leaves its rows, for the next purge.
     async fn purge(&self, kept: ops::Kept, older_than: Duration) -> Result<u64, StoreError> {
         let age = duration_micros(older_than);
+        // Zero is everything, whatever the clock says (not "up to now").
+        let before = move |now: Micros| {
+            if age == 0 {
+                Micros::MAX
+            } else {
+                now.saturating_sub(age)
+            }
+        };
         let mut total = 0;
         loop {
             let deleted = self
                 .call(ops::CHUNK, Reply::Committed, move |db, now| {
-                    let delta = ops::purge(&db.conn, kept, now.saturating_sub(age), ops::CHUNK)?;
+                    let delta = ops::purge(&db.conn, kept, before(now), ops::CHUNK)?;
                     let deleted = -(delta.rejected + delta.dead_letters);
                     Ok((u64::try_from(deleted).unwrap_or(0), delta))
                 })

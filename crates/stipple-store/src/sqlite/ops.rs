@@ -84,16 +84,16 @@ const SELECT_REJECTED: &str = "
 SELECT id, source, item_index, code, message, payload, received_at FROM rejected
 ORDER BY id LIMIT ?1";
 
-/// Up to `?2` rejected inputs received at or before `?1`, oldest first (ids follow arrival,
-/// so the old ones are at the start of the table: no index needed).
-const PURGE_REJECTED: &str = "
-DELETE FROM rejected WHERE id IN
-(SELECT id FROM rejected WHERE received_at <= ?1 ORDER BY id LIMIT ?2)";
+/// The ids and times of the oldest `?1` rejected inputs, in id order (ids follow
+/// arrival), for a purge to find how far to go without reading the whole table.
+const OLDEST_REJECTED: &str = "SELECT id, received_at FROM rejected ORDER BY id LIMIT ?1";
 
-/// Up to `?2` dead letters dead-lettered at or before `?1`, oldest first.
-const PURGE_DEAD: &str = "
-DELETE FROM dead_letters WHERE id IN
-(SELECT id FROM dead_letters WHERE dead_at <= ?1 ORDER BY id LIMIT ?2)";
+/// The same for dead letters.
+const OLDEST_DEAD: &str = "SELECT id, dead_at FROM dead_letters ORDER BY id LIMIT ?1";
+
+const DELETE_REJECTED_TO: &str = "DELETE FROM rejected WHERE id <= ?1";
+
+const DELETE_DEAD_TO: &str = "DELETE FROM dead_letters WHERE id <= ?1";
 
 const TOUCH: &str = "
 INSERT INTO meta (key, value) VALUES ('last_write_check', ?1)
@@ -374,27 +374,45 @@ pub(super) enum Kept {
     DeadLetters,
 }
 
-/// Deletes up to `limit` rows of `kept` from at or before `before`.
+/// Deletes, oldest first, up to `limit` rows of `kept` from at or before `before`,
+/// stopping at the first younger one: rows are in arrival order, so this reads at most
+/// `limit` rows however long the table is (a row older than a younger one before it, after
+/// a step back of the clock, waits for a later purge).
 pub(super) fn purge(
     conn: &Connection,
     kept: Kept,
     before: Micros,
     limit: usize,
 ) -> rusqlite::Result<Delta> {
-    let sql = match kept {
-        Kept::Rejected => PURGE_REJECTED,
-        Kept::DeadLetters => PURGE_DEAD,
+    let (oldest, delete) = match kept {
+        Kept::Rejected => (OLDEST_REJECTED, DELETE_REJECTED_TO),
+        Kept::DeadLetters => (OLDEST_DEAD, DELETE_DEAD_TO),
     };
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let deleted = conn.prepare_cached(sql)?.execute(params![before, limit])?;
-    let gone = -i64::try_from(deleted).unwrap_or(i64::MAX);
+    let mut last = None;
+    let mut count = 0i64;
+    {
+        let mut select = conn.prepare_cached(oldest)?;
+        let mut rows = select.query([limit])?;
+        while let Some(row) = rows.next()? {
+            let (id, at): (EventId, Micros) = (row.get(0)?, row.get(1)?);
+            if at > before {
+                break;
+            }
+            last = Some(id);
+            count += 1;
+        }
+    }
+    if let Some(last) = last {
+        conn.prepare_cached(delete)?.execute([last])?;
+    }
     Ok(match kept {
         Kept::Rejected => Delta {
-            rejected: gone,
+            rejected: -count,
             ..Delta::default()
         },
         Kept::DeadLetters => Delta {
-            dead_letters: gone,
+            dead_letters: -count,
             ..Delta::default()
         },
     })
