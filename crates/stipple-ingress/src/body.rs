@@ -40,7 +40,13 @@ pub(crate) enum BodyError {
 }
 
 /// The in-flight budget is counted in permits of this many bytes.
-pub(crate) const IN_FLIGHT_UNIT: usize = 1024;
+const IN_FLIGHT_UNIT: usize = 1024;
+
+/// The permits `bytes` take: whole units, rounded up (the budget's own size too, so that
+/// a budget of one batch always holds one).
+pub(crate) fn units(bytes: usize) -> usize {
+    bytes.div_ceil(IN_FLIGHT_UNIT)
+}
 
 /// Room taken from the in-flight budget for one request, given back when dropped (with
 /// the answer).
@@ -59,7 +65,7 @@ impl Reservation {
     /// Grows the reservation to cover `bytes` in all (rounded up to whole units); an
     /// error, with the reservation as it was, when the budget has no room.
     fn cover(&mut self, bytes: usize) -> Result<(), BodyError> {
-        let wanted = u32::try_from(bytes.div_ceil(IN_FLIGHT_UNIT)).unwrap_or(u32::MAX);
+        let wanted = u32::try_from(units(bytes)).unwrap_or(u32::MAX);
         if wanted <= self.units {
             return Ok(());
         }
@@ -168,7 +174,7 @@ pub(crate) fn announced_length(headers: &HeaderMap) -> Option<u64> {
 pub(crate) fn may_fit(budget: &Semaphore, headers: &HeaderMap, limit: usize) -> bool {
     announced_length(headers).is_none_or(|len| {
         let bytes = usize::try_from(len).unwrap_or(usize::MAX).min(limit);
-        budget.available_permits() >= bytes.div_ceil(IN_FLIGHT_UNIT)
+        budget.available_permits() >= units(bytes)
     })
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use tower_http::cors::AllowOrigin;
 
 use crate::auth::Sources;
-use crate::body::IN_FLIGHT_UNIT;
+use crate::body::units;
 use crate::config::{ConfigError, IngressConfig};
 use crate::ops::ReadyCheck;
 use crate::telemetry::Counters;
@@ -75,10 +75,7 @@ impl IngressState {
         let cors_origin = config.validate()?;
         // Rounded up, as each request's reservation is (`body::Reservation`): a budget that
         // `validate` found at least one batch then always holds one.
-        let permits = config
-            .max_in_flight_bytes
-            .div_ceil(IN_FLIGHT_UNIT)
-            .min(Semaphore::MAX_PERMITS);
+        let permits = units(config.max_in_flight_bytes).min(Semaphore::MAX_PERMITS);
         let counters = Counters::new(config.sources.iter().map(|s| s.name.as_str()));
         let shared = Shared {
             counters: Arc::new(counters),

@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::time::Duration;
 
-use axum::body::Body;
-use common::{Gate, Harness, TestStore, basic, config, get, now, options, post};
-use futures::StreamExt as _;
+use common::{Gate, Harness, TestStore, basic, config, get, now, options, post, stalled_body};
 use serde_json::{Value, json};
 use stipple_ingress::{
     DestinationHealth, DestinationStatus, IngressConfig, IngressState, ManualClock,
@@ -933,12 +931,11 @@ async fn overload_is_503_with_retry_after() {
     gate.entered.notified().await;
     // A body announced too large for the room left is refused before any of it is read
     // (this one would never finish arriving).
-    let never = futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
     let announced = axum::http::Request::post("/v1/batch")
         .header("authorization", basic("wk_web:"))
         .header("content-type", "application/json")
         .header("content-length", "20000")
-        .body(Body::from_stream(never))
+        .body(stalled_body(b""))
         .unwrap();
     let (status, _, body) = h.send(announced).await;
     assert_eq!(
@@ -998,14 +995,11 @@ async fn a_stalled_upload_holds_only_the_room_of_what_it_sent() {
     let h = Harness::with(config, TestStore::default(), |s| s);
     // A body-key client (the browser library's way) announces a full-size body, sends a
     // little of it and stalls: its key is unknown until the body is read.
-    let stalled = futures::stream::once(async {
-        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"writeKey\":\"wk_web\","))
-    })
-    .chain(futures::stream::pending());
+    let stalled = stalled_body(b"{\"writeKey\":\"wk_web\",");
     let request = axum::http::Request::post("/v1/track")
         .header("content-type", "text/plain")
         .header("content-length", "32000")
-        .body(Body::from_stream(stalled))
+        .body(stalled)
         .unwrap();
     let stalled = tokio::spawn(tower::ServiceExt::oneshot(h.router.clone(), request));
     // Until it has read what was sent (a few polls).
@@ -1293,14 +1287,11 @@ async fn a_stalled_body_is_answered_503_retry_after_and_frees_its_slot() {
     };
     let h = Harness::with(config, TestStore::default(), |s| s);
     // Half a message, then nothing: the client stalls mid-body.
-    let stalled = futures::stream::once(async {
-        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"userId\":"))
-    })
-    .chain(futures::stream::pending());
+    let stalled = stalled_body(b"{\"userId\":");
     let request = axum::http::Request::post("/v1/track")
         .header("authorization", basic("wk_web:"))
         .header("content-type", "application/json")
-        .body(Body::from_stream(stalled))
+        .body(stalled)
         .unwrap();
     let (status, headers, body) = h.send(request).await;
     // Not a 4xx: Segment's libraries would drop the data rather than send it again.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::clock::{Clock, SystemClock};
-use crate::time::{Micros, duration_micros, from_micros, to_micros};
+use crate::time::{Micros, duration_micros, from_micros, purge_cutoff, to_micros};
 use crate::{
     Append, Appended, DeadLetter, DeadLetterReason, EventId, Leased, Stats, Store, StoreError,
     StoredRejection,
@@ -82,15 +82,6 @@ impl MemoryStore {
         Self {
             clock,
             inner: Mutex::new(Inner::default()),
-        }
-    }
-
-    /// What a purge of `older_than` deletes up to: everything for zero.
-    fn purge_cutoff(&self, older_than: Duration) -> Micros {
-        if older_than.is_zero() {
-            Micros::MAX
-        } else {
-            self.now().saturating_sub(duration_micros(older_than))
         }
     }
 
@@ -311,7 +302,7 @@ impl Store for MemoryStore {
     }
 
     async fn purge_rejected(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let cutoff = self.purge_cutoff(older_than);
+        let cutoff = purge_cutoff(self.now(), older_than);
         let mut inner = self.lock();
         // As the SQLite store: oldest first, stopping at the first younger one.
         let old = inner
@@ -324,7 +315,7 @@ impl Store for MemoryStore {
     }
 
     async fn purge_dead_letters(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let cutoff = self.purge_cutoff(older_than);
+        let cutoff = purge_cutoff(self.now(), older_than);
         let mut inner = self.lock();
         let old: Vec<EventId> = inner
             .dead

@@ -22,3 +22,13 @@ pub(crate) fn from_micros(us: Micros) -> DateTime<Utc> {
 pub(crate) fn duration_micros(d: Duration) -> Micros {
     Micros::try_from(d.as_micros()).unwrap_or(Micros::MAX)
 }
+
+/// What a purge of rows `older_than` old deletes up to, at `now`: everything for zero,
+/// whatever the clock says.
+pub(crate) fn purge_cutoff(now: Micros, older_than: Duration) -> Micros {
+    if older_than.is_zero() {
+        Micros::MAX
+    } else {
+        now.saturating_sub(duration_micros(older_than))
+    }
+}

@@ -154,6 +154,17 @@ pub fn contains(actual: &Value, expected: &Value) -> bool {
     }
 }
 
+/// A body that sends `first` and then nothing, for ever: a client stalled mid-upload.
+pub fn stalled_body(first: &'static [u8]) -> Body {
+    use futures::StreamExt as _;
+    let stream =
+        futures::stream::once(
+            async move { Ok::<_, std::io::Error>(bytes::Bytes::from_static(first)) },
+        )
+        .chain(futures::stream::pending());
+    Body::from_stream(stream)
+}
+
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
     encoder.write_all(data).unwrap();

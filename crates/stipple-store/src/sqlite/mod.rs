@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::writer::{Call, Db, Delta, Reply, Shared, Work};
 use crate::clock::{Clock, SystemClock};
-use crate::time::{Micros, duration_micros, to_micros};
+use crate::time::{Micros, duration_micros, purge_cutoff, to_micros};
 use crate::{
     Append, Appended, DeadLetter, DeadLetterReason, EventId, Leased, Stats, Store, StoreError,
     StoredRejection,
@@ -323,20 +323,12 @@ impl SqliteStore {
     /// [`ops::CHUNK`] rows at a time (so appends are not held up meanwhile); returns how
     /// many went. A lost chunk leaves its rows, for the next purge.
     async fn purge(&self, kept: ops::Kept, older_than: Duration) -> Result<u64, StoreError> {
-        let age = duration_micros(older_than);
-        // Zero is everything, whatever the clock says (not "up to now").
-        let before = move |now: Micros| {
-            if age == 0 {
-                Micros::MAX
-            } else {
-                now.saturating_sub(age)
-            }
-        };
         let mut total = 0;
         loop {
             let deleted = self
                 .call(ops::CHUNK, Reply::Committed, move |db, now| {
-                    let delta = ops::purge(&db.conn, kept, before(now), ops::CHUNK)?;
+                    let delta =
+                        ops::purge(&db.conn, kept, purge_cutoff(now, older_than), ops::CHUNK)?;
                     let deleted = -(delta.rejected + delta.dead_letters);
                     Ok((u64::try_from(deleted).unwrap_or(0), delta))
                 })
