@@ -1179,6 +1179,52 @@ async fn readyz_checks_the_store_at_most_once_a_second() {
 }
 
 #[tokio::test]
+async fn probes_that_wait_through_a_slow_check_take_its_answer() {
+    let clock = Arc::new(ManualClock::new(now()));
+    let store = Arc::new(TestStore {
+        writable_gate: Some(Gate::default()),
+        ..TestStore::default()
+    });
+    let state = IngressState::new(config(), store.clone())
+        .unwrap()
+        .with_clock(clock.clone());
+    let router = stipple_ingress::router(state);
+    let ready = || {
+        let router = router.clone();
+        tokio::spawn(async move {
+            let request = get("/readyz").build();
+            let answer = tower::ServiceExt::oneshot(router, request).await;
+            answer.unwrap().status()
+        })
+    };
+    let gate = store.writable_gate.as_ref().unwrap();
+    let first = ready();
+    gate.entered.notified().await;
+    // More probes queue behind the check, which takes two seconds (a slow fsync).
+    let waiting: Vec<_> = (0..5).map(|_| ready()).collect();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    clock.advance(Duration::from_secs(2));
+    gate.release.notify_one();
+    let wait = Duration::from_secs(5);
+    let answered = async move {
+        let mut statuses = vec![first.await.unwrap()];
+        for probe in waiting {
+            statuses.push(probe.await.unwrap());
+        }
+        statuses
+    };
+    let statuses = tokio::time::timeout(wait, answered)
+        .await
+        .expect("a probe made a check of its own after the slow one (it waits at the gate)");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // Timed from its end, the check still stands for them: each would otherwise have
+    // waited for a check of its own, one after another.
+    assert_eq!(store.writable_checks.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn healthz_and_readyz() {
     let h = Harness::new();
     h.check(get("/healthz").build(), 200, Value::Null).await;

@@ -29,7 +29,8 @@ impl Gate {
 }
 
 /// A [`MemoryStore`] whose `append` and `check_writable` can be made to fail, and whose
-/// `append` and `lease` can be held at a [`Gate`]; every other call goes straight through.
+/// `append`, `lease` and `check_writable` can be held at a [`Gate`]; every other call
+/// goes straight through.
 #[derive(Debug, Default)]
 pub struct TestStore {
     /// The store every call reaches in the end.
@@ -47,6 +48,8 @@ pub struct TestStore {
     /// Holds each `lease` after it has run: the events are leased, the caller has not
     /// got them yet.
     pub lease_gate: Option<Gate>,
+    /// Holds each `check_writable` before it runs (a slow fsync).
+    pub writable_gate: Option<Gate>,
 }
 
 #[async_trait::async_trait]
@@ -102,6 +105,9 @@ impl Store for TestStore {
     }
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.writable_checks.fetch_add(1, Ordering::SeqCst);
+        if let Some(gate) = &self.writable_gate {
+            gate.pass().await;
+        }
         if self.fail_writable.load(Ordering::SeqCst) {
             return Err(StoreError::Database("database is read-only".into()));
         }
