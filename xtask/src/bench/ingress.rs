@@ -12,8 +12,8 @@ use super::report::{self, Goal, Row};
 use super::{BATCH_SIZE, Bench};
 
 impl Bench<'_> {
-    /// Part 1.
-    pub(super) async fn ingress(&self) -> anyhow::Result<Vec<Row>> {
+    /// Part 1; with `track_only`, only the measurement the `/v1/track` goal is judged on.
+    pub(super) async fn ingress(&self, track_only: bool) -> anyhow::Result<Vec<Row>> {
         let args = self.args;
         let bare = self.start_bare().await?;
         let batch = Arc::new(Template::batch(BATCH_SIZE)?);
@@ -32,10 +32,16 @@ impl Bench<'_> {
         let mut rows = Vec::new();
         // Paused: the mock answers 401, delivery pauses and only ingress and the store
         // work. Running: delivery competes for the cores and the store, as in production.
-        for (paused, name, label) in [
+        let passes = [
             (true, "ingress-paused", "delivery paused"),
             (false, "ingress-running", "delivery running"),
-        ] {
+        ];
+        let passes = if track_only {
+            &passes[..1]
+        } else {
+            &passes[..]
+        };
+        for &(paused, name, label) in passes {
             let (dir, mock, config) = self.part_with_mock(name, paused).await?;
             let mut serve =
                 procs::start_serve(&self.stipple, &config, &dir.join("serve.log")).await?;
@@ -48,39 +54,47 @@ impl Bench<'_> {
             let before = self.mock_stats(&mock).await?;
             let clock = Instant::now();
 
-            let requests = args.events.div_ceil(BATCH_SIZE as u64);
-            let batch_runs = self
-                .paired_load(
-                    &mut serve,
-                    &bare,
-                    "/v1/batch",
-                    self.plan(&batch, requests, args.connections),
-                    label,
-                )
-                .await?;
-            rows.push(
-                Row::paired(
-                    "ingress",
-                    format!("/v1/batch {durable}, {label}"),
-                    "events/s",
-                    batch_runs.ours.clone(),
-                    "bare axum",
-                    batch_runs.theirs.clone(),
-                    Goal::AtLeast(100_000.0),
-                )
-                .with_note(batch_runs.note.clone()),
-            );
-            rows.push(batch_runs.cpu_row(&format!("/v1/batch server CPU per event, {label}")));
-            rows.push(batch_runs.latency_row(&format!("/v1/batch answer time p99, {label}")));
+            if !track_only {
+                let requests = args.events.div_ceil(BATCH_SIZE as u64);
+                let batch_runs = self
+                    .paired_load(
+                        &mut serve,
+                        &bare,
+                        "/v1/batch",
+                        self.plan(&batch, requests, args.connections),
+                        label,
+                    )
+                    .await?;
+                rows.push(
+                    Row::paired(
+                        "ingress",
+                        format!("/v1/batch {durable}, {label}"),
+                        "events/s",
+                        batch_runs.ours.clone(),
+                        "bare axum",
+                        batch_runs.theirs.clone(),
+                        Goal::AtLeast(100_000.0),
+                    )
+                    .with_note(batch_runs.note.clone()),
+                );
+                rows.push(batch_runs.cpu_row(&format!("/v1/batch server CPU per event, {label}")));
+                rows.push(batch_runs.latency_row(&format!("/v1/batch answer time p99, {label}")));
+            }
             // /v1/track twice: with as many connections as the batch runs, where each
             // client waits for an fsync per request and so the rate is capped at about
             // connections / fsync time whatever the CPU; and with many clients (a track
             // endpoint's usual load: browsers and servers sending one event each), where
             // fsyncs are shared and the CPU decides. The goal is judged on the second.
-            for (connections, goal) in [
+            let tracks = [
                 (args.connections, Goal::None),
                 (args.track_connections, Goal::RatioAtLeast(0.5)),
-            ] {
+            ];
+            let tracks = if track_only {
+                &tracks[1..]
+            } else {
+                &tracks[..]
+            };
+            for &(connections, goal) in tracks {
                 let runs = self
                     .paired_load(
                         &mut serve,

@@ -50,7 +50,8 @@ const POLL: Duration = Duration::from_millis(20);
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
-    /// Parts to run (default all): ingress, delivery, memory; repeat or separate with commas.
+    /// Parts to run (default all but track, which ingress holds): ingress, track, delivery,
+    /// memory; repeat or separate with commas.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
     /// Length of each measured ingress run, stipple's and the baseline's alike, in seconds.
@@ -105,8 +106,14 @@ pub(crate) struct BenchArgs {
 /// A part of the bench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Part {
+    /// `/v1/batch` and `/v1/track`, delivery paused and running.
     Ingress,
+    /// The `/v1/track` goal alone (`--track-connections`, delivery paused): part of
+    /// `ingress`, for quick comparisons of two builds.
+    Track,
+    /// The delivery rate to the mock against a bare client.
     Delivery,
+    /// Peak memory and disk with a million events queued.
     Memory,
 }
 
@@ -196,7 +203,14 @@ async fn bench(target_dir: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let wanted = |part| args.only.is_empty() || args.only.contains(&part);
     let mut rows = Vec::new();
     if wanted(Part::Ingress) {
-        rows.extend(bench.ingress().await.context("the ingress part failed")?);
+        rows.extend(
+            bench
+                .ingress(false)
+                .await
+                .context("the ingress part failed")?,
+        );
+    } else if args.only.contains(&Part::Track) {
+        rows.extend(bench.ingress(true).await.context("the track part failed")?);
     }
     if wanted(Part::Delivery) {
         rows.extend(bench.delivery().await.context("the delivery part failed")?);
