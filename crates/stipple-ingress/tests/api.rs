@@ -1149,14 +1149,19 @@ fn with_flag(flag: impl FnOnce(&TestStore) -> &AtomicBool) -> Harness {
     Harness::with(config(), store, |s| s)
 }
 
+/// A router over `store` whose clock only moves when the test moves it.
+fn router_on_manual_clock(store: Arc<TestStore>) -> (Arc<ManualClock>, axum::Router) {
+    let clock = Arc::new(ManualClock::new(now()));
+    let state = IngressState::new(config(), store)
+        .expect("the test config is valid")
+        .with_clock(clock.clone());
+    (clock, stipple_ingress::router(state))
+}
+
 #[tokio::test]
 async fn readyz_checks_the_store_at_most_once_a_second() {
-    let clock = Arc::new(ManualClock::new(now()));
     let store = Arc::new(TestStore::default());
-    let state = IngressState::new(config(), store.clone())
-        .unwrap()
-        .with_clock(clock.clone());
-    let router = stipple_ingress::router(state);
+    let (clock, router) = router_on_manual_clock(store.clone());
     let ready = || async {
         let request = get("/readyz").build();
         let answer = tower::ServiceExt::oneshot(router.clone(), request).await;
@@ -1180,15 +1185,11 @@ async fn readyz_checks_the_store_at_most_once_a_second() {
 
 #[tokio::test]
 async fn probes_that_wait_through_a_slow_check_take_its_answer() {
-    let clock = Arc::new(ManualClock::new(now()));
     let store = Arc::new(TestStore {
         writable_gate: Some(Gate::default()),
         ..TestStore::default()
     });
-    let state = IngressState::new(config(), store.clone())
-        .unwrap()
-        .with_clock(clock.clone());
-    let router = stipple_ingress::router(state);
+    let (clock, router) = router_on_manual_clock(store.clone());
     let ready = || {
         let router = router.clone();
         tokio::spawn(async move {
