@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 
 use crate::JsonMap;
 
@@ -210,21 +211,41 @@ impl fmt::Display for MessageType {
 
 /// An identifier (`userId`, `anonymousId`, `groupId`, `previousId`): clients send
 /// strings, some send numbers. Kept as sent; [`Id::to_text`] gives the decimal text.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Id {
     /// A string identifier.
     String(String),
-    /// A numeric identifier.
-    Number(serde_json::Number),
+    /// A numeric identifier, as the client wrote it (its JSON text): every digit of an
+    /// integer too long for 64 bits is kept.
+    Number(Box<RawValue>),
+}
+
+impl PartialEq for Id {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Id::String(a), Id::String(b)) => a == b,
+            (Id::Number(a), Id::Number(b)) => a.get() == b.get(),
+            _ => false,
+        }
+    }
 }
 
 impl Id {
+    /// A numeric identifier from its JSON text; `None` when `json` is not a finite JSON
+    /// number.
+    pub fn number(json: &str) -> Option<Self> {
+        if classify(json) != Ok(Raw::Number) {
+            return None;
+        }
+        RawValue::from_string(json.to_owned()).ok().map(Id::Number)
+    }
+
     /// The identifier as text; `None` when it is an empty string.
     pub fn to_text(&self) -> Option<String> {
         match self {
             Id::String(s) if s.is_empty() => None,
             Id::String(s) => Some(s.clone()),
-            Id::Number(n) => Some(decimal_text(n)),
+            Id::Number(n) => Some(decimal_text(n.get()).into_owned()),
         }
     }
 
@@ -233,7 +254,7 @@ impl Id {
         match self {
             Id::String(s) if s.is_empty() => None,
             Id::String(s) => Some(s),
-            Id::Number(n) => Some(decimal_text(&n)),
+            Id::Number(n) => Some(decimal_text(n.get()).into_owned()),
         }
     }
 
@@ -253,26 +274,77 @@ impl Serialize for Id {
 }
 
 impl<'de> Deserialize<'de> for Id {
+    /// Reads the value's JSON text (a copy: this works from a `serde_json::Value` too),
+    /// so that a number keeps every digit the client sent.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        IdText::deserialize(d).map(IdText::into_id)
+        let raw = Box::<RawValue>::deserialize(d)?;
+        match classify(raw.get()).map_err(de::Error::custom)? {
+            Raw::Number => Ok(Id::Number(raw)),
+            // Without escapes the text between the quotes is the string itself: kept in
+            // the copy already made.
+            Raw::String if !raw.get().contains('\\') => {
+                let mut text = String::from(Box::<str>::from(raw));
+                text.pop();
+                text.remove(0);
+                Ok(Id::String(text))
+            }
+            Raw::String => serde_json::from_str(raw.get())
+                .map(Id::String)
+                .map_err(de::Error::custom),
+        }
     }
 }
 
-/// A numeric identifier as the contract has it, "its decimal text": `1000` for `1e3` or
-/// `1000.0` (not serde_json's `1000.0`), every digit for a number past 2^64 (not an
-/// exponent). Digits past a float's precision (about 17) are not kept by JSON readers
-/// anyway: send such identifiers as strings.
-fn decimal_text(n: &serde_json::Number) -> String {
-    match n.as_f64() {
-        Some(f) if !n.is_u64() && !n.is_i64() => format!("{f}"),
-        _ => n.to_string(),
+/// What an identifier's JSON text holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Raw {
+    String,
+    Number,
+}
+
+/// Sorts an identifier's JSON text (one valid JSON value, as serde_json captured it):
+/// a string or a finite number; anything else is an error, worded as serde words a
+/// value of the wrong type.
+fn classify(json: &str) -> Result<Raw, String> {
+    let wrong = |what: &str| {
+        Err(format!(
+            "invalid type: {what}, expected a string or a number"
+        ))
+    };
+    match json.as_bytes().first() {
+        Some(b'"') => Ok(Raw::String),
+        Some(b'-' | b'0'..=b'9') => match json.parse::<f64>() {
+            Ok(f) if f.is_finite() => Ok(Raw::Number),
+            _ => Err("identifier is not a finite number".into()),
+        },
+        Some(b't' | b'f') => wrong(&format!("boolean `{json}`")),
+        Some(b'[') => wrong("sequence"),
+        Some(b'{') => wrong("map"),
+        _ => wrong("null"),
     }
 }
 
-/// An identifier as read: text borrowed from the input where possible, or a number.
+/// A numeric identifier as the contract has it, "its decimal text", from the number's
+/// JSON text: an integer as written, every digit kept (JSON writes integers with no
+/// sign but `-`, no leading zeros and no exponent); any other number as the shortest
+/// decimal that reads back as the same 64-bit float, with no exponent: `1000` for `1e3`
+/// or `1000.0`, `2.5` for `2.5`.
+fn decimal_text(json: &str) -> std::borrow::Cow<'_, str> {
+    if json.bytes().all(|b| b == b'-' || b.is_ascii_digit()) {
+        return json.into();
+    }
+    match json.parse::<f64>() {
+        Ok(f) => format!("{f}").into(),
+        // Not a number: `classify` lets none through.
+        Err(_) => json.into(),
+    }
+}
+
+/// An identifier as read by the fast paths: text borrowed from the input where
+/// possible, or a number's JSON text. Reads JSON text only (`serde_json::from_str`).
 pub(crate) enum IdText<'a> {
     Text(std::borrow::Cow<'a, str>),
-    Number(serde_json::Number),
+    Number(&'a str),
 }
 
 impl<'a> IdText<'a> {
@@ -281,48 +353,22 @@ impl<'a> IdText<'a> {
         match self {
             IdText::Text(s) if s.is_empty() => None,
             IdText::Text(s) => Some(s.clone()),
-            IdText::Number(n) => Some(decimal_text(n).into()),
-        }
-    }
-
-    fn into_id(self) -> Id {
-        match self {
-            IdText::Text(s) => Id::String(s.into_owned()),
-            IdText::Number(n) => Id::Number(n),
+            IdText::Number(n) => Some(decimal_text(n)),
         }
     }
 }
 
 impl<'de> Deserialize<'de> for IdText<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct IdVisitor;
-        impl<'de> Visitor<'de> for IdVisitor {
-            type Value = IdText<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or a number")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(IdText::Text(v.into()))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(IdText::Text(v.to_owned().into()))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(IdText::Text(v.into()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(IdText::Number(v.into()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(IdText::Number(v.into()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                serde_json::Number::from_f64(v)
-                    .map(IdText::Number)
-                    .ok_or_else(|| E::custom("identifier is not a finite number"))
-            }
+        let raw = <&'de RawValue>::deserialize(d)?.get();
+        match classify(raw).map_err(de::Error::custom)? {
+            Raw::Number => Ok(IdText::Number(raw)),
+            // Without escapes the text between the quotes is the string itself.
+            Raw::String if !raw.contains('\\') => Ok(IdText::Text(raw[1..raw.len() - 1].into())),
+            Raw::String => serde_json::from_str::<String>(raw)
+                .map(|s| IdText::Text(s.into()))
+                .map_err(de::Error::custom),
         }
-        d.deserialize_any(IdVisitor)
     }
 }
 
@@ -461,7 +507,8 @@ mod tests {
             "integrations": {"All": false}, "timestamp": "2026-01-01T00:00:00Z"
         });
         let message: Message = serde_json::from_value(input.clone()).unwrap();
-        assert_eq!(message.user_id, Some(Id::Number(42.into())));
+        assert_eq!(message.user_id, Id::number("42"));
+        assert!(message.user_id.is_some());
         assert_eq!(serde_json::to_value(&message).unwrap(), input);
     }
 

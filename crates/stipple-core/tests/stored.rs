@@ -140,3 +140,53 @@ fn unsorted_escaped_and_spaced_input_is_stored_canonically() {
         br#"{"properties":{"a":2,"b":1}}"#
     );
 }
+
+/// A numeric id is stored as the client wrote it, on both paths: every digit of one too
+/// long for 64 bits, so that delivery maps it to its full decimal text.
+#[test]
+fn numeric_ids_are_stored_as_written() {
+    let text = r#"{"type":"track","event":"E","userId":123456789012345678901234567890,
+        "anonymousId":1e3,"groupId":-0,"previousId":2.50,"timestamp":"2026-11-28T12:00:00Z"}"#;
+    assert_same(text).unwrap();
+    let stored = String::from_utf8(fast(text).unwrap()).unwrap();
+    for written in [
+        r#""userId":123456789012345678901234567890"#,
+        r#""anonymousId":1e3"#,
+        r#""groupId":-0"#,
+        r#""previousId":2.50"#,
+    ] {
+        assert!(stored.contains(written), "{written} not in {stored}");
+    }
+    let mapper = stipple_core::Mapper::new(stipple_core::MapConfig::default());
+    let event: Value =
+        serde_json::from_slice(&mapper.map_json(stored.as_bytes()).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        event["actors"]["customer"],
+        json!({"userId": "123456789012345678901234567890", "anonymousId": "1000"})
+    );
+}
+
+/// An id of another JSON type is refused alike on both paths, with serde's wording.
+#[test]
+fn ids_of_other_types_are_refused() {
+    for (id, wording) in [
+        (
+            "true",
+            "invalid type: boolean `true`, expected a string or a number",
+        ),
+        (
+            "[1]",
+            "invalid type: sequence, expected a string or a number",
+        ),
+        (
+            r#"{"a":1}"#,
+            "invalid type: map, expected a string or a number",
+        ),
+        ("1e400", "identifier is not a finite number"),
+    ] {
+        let text = format!(r#"{{"type":"track","event":"E","userId":{id}}}"#);
+        assert!(fast(&text).is_none(), "{text}");
+        let error = Input::parse(text.as_bytes()).err().unwrap();
+        assert!(error.message.contains(wording), "{text}: {}", error.message);
+    }
+}
