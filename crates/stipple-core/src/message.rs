@@ -280,15 +280,14 @@ impl<'de> Deserialize<'de> for Id {
         let raw = Box::<RawValue>::deserialize(d)?;
         match classify(raw.get()).map_err(de::Error::custom)? {
             Raw::Number => Ok(Id::Number(raw)),
-            // Without escapes the text between the quotes is the string itself: kept in
-            // the copy already made.
-            Raw::String if !raw.get().contains('\\') => {
+            // Kept in the copy already made.
+            Raw::PlainString => {
                 let mut text = String::from(Box::<str>::from(raw));
                 text.pop();
                 text.remove(0);
                 Ok(Id::String(text))
             }
-            Raw::String => serde_json::from_str(raw.get())
+            Raw::EscapedString => serde_json::from_str(raw.get())
                 .map(Id::String)
                 .map_err(de::Error::custom),
         }
@@ -298,7 +297,10 @@ impl<'de> Deserialize<'de> for Id {
 /// What an identifier's JSON text holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Raw {
-    String,
+    /// A string without escapes: the text between its quotes is the string itself.
+    PlainString,
+    /// A string with escapes, to be read by serde_json.
+    EscapedString,
     Number,
 }
 
@@ -312,7 +314,11 @@ fn classify(json: &str) -> Result<Raw, String> {
         ))
     };
     match json.as_bytes().first() {
-        Some(b'"') => Ok(Raw::String),
+        Some(b'"') if json.contains('\\') => Ok(Raw::EscapedString),
+        Some(b'"') => Ok(Raw::PlainString),
+        // Finite whatever its digits, without reading it as a float (a 64-bit float
+        // holds integers up to about 1.8e308).
+        Some(_) if is_integer(json) && json.len() <= 300 => Ok(Raw::Number),
         Some(b'-' | b'0'..=b'9') => match json.parse::<f64>() {
             Ok(f) if f.is_finite() => Ok(Raw::Number),
             _ => Err("identifier is not a finite number".into()),
@@ -330,7 +336,7 @@ fn classify(json: &str) -> Result<Raw, String> {
 /// decimal that reads back as the same 64-bit float, with no exponent: `1000` for `1e3`
 /// or `1000.0`, `2.5` for `2.5`.
 fn decimal_text(json: &str) -> std::borrow::Cow<'_, str> {
-    if json.bytes().all(|b| b == b'-' || b.is_ascii_digit()) {
+    if is_integer(json) {
         return json.into();
     }
     match json.parse::<f64>() {
@@ -338,6 +344,12 @@ fn decimal_text(json: &str) -> std::borrow::Cow<'_, str> {
         // Not a number: `classify` lets none through.
         Err(_) => json.into(),
     }
+}
+
+/// Whether a JSON number's text is an integer (digits, after an optional `-`).
+fn is_integer(json: &str) -> bool {
+    let digits = json.strip_prefix('-').unwrap_or(json);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// An identifier as read by the fast paths: text borrowed from the input where
@@ -363,9 +375,8 @@ impl<'de> Deserialize<'de> for IdText<'de> {
         let raw = <&'de RawValue>::deserialize(d)?.get();
         match classify(raw).map_err(de::Error::custom)? {
             Raw::Number => Ok(IdText::Number(raw)),
-            // Without escapes the text between the quotes is the string itself.
-            Raw::String if !raw.contains('\\') => Ok(IdText::Text(raw[1..raw.len() - 1].into())),
-            Raw::String => serde_json::from_str::<String>(raw)
+            Raw::PlainString => Ok(IdText::Text(raw[1..raw.len() - 1].into())),
+            Raw::EscapedString => serde_json::from_str::<String>(raw)
                 .map(|s| IdText::Text(s.into()))
                 .map_err(de::Error::custom),
         }
