@@ -24,8 +24,9 @@ const FIELDS: [&str; 6] = [
     "numbers",
 ];
 
-/// Checks one request body and hands back the accepted event.
-pub(crate) fn check_event(body: &[u8]) -> Result<Value, Violation> {
+/// Checks one request body, whose `actors` must hold `primary`, and hands back the
+/// accepted event.
+pub(crate) fn check_event(body: &[u8], primary: &str) -> Result<Value, Violation> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| violation(format!("body is not valid JSON: {e}")))?;
     let Value::Object(event) = &value else {
@@ -46,7 +47,7 @@ pub(crate) fn check_event(body: &[u8]) -> Result<Value, Violation> {
     non_empty_string(event, "eventSource")?;
     non_empty_string(event, "eventType")?;
     check_event_time(required(event, "eventTime")?)?;
-    check_actors(required(event, "actors")?)?;
+    check_actors(required(event, "actors")?, primary)?;
     if let Some(labels) = event.get("labels") {
         check_attributes(labels, "labels", "a string", Value::is_string)?;
     }
@@ -126,9 +127,15 @@ fn days_in_month(year: u32, month: u32) -> u32 {
     }
 }
 
-/// `actors`: actor type -> identifier name -> value, nothing empty.
-fn check_actors(value: &Value) -> Result<(), Violation> {
+/// `actors`: actor type -> identifier name -> value, nothing empty, the primary actor
+/// always there (the contract: "`actors` always holds the primary actor").
+fn check_actors(value: &Value, primary: &str) -> Result<(), Violation> {
     let actors = non_empty_object(value, "actors")?;
+    if !actors.contains_key(primary) {
+        return Err(violation(format!(
+            "`actors` must hold the primary actor `{primary}`"
+        )));
+    }
     for (actor_type, identifiers) in actors {
         if actor_type.is_empty() {
             return Err(violation("`actors` holds an empty actor type"));

@@ -32,4 +32,4 @@ mod state;
 
 pub use faults::{Faults, InvalidFaults};
 pub use server::{MockServer, serve};
-pub use state::{MockConfig, MockStats, Refusal};
+pub use state::{DEFAULT_ACTOR_TYPE, MockConfig, MockStats, Refusal};

@@ -76,7 +76,7 @@ impl std::fmt::Debug for MockServer {
 impl MockServer {
     /// Binds `addr` (use port 0 for any free port) and serves on the current tokio
     /// runtime. Fails outside a runtime, when the address cannot be bound, or when the
-    /// token is empty.
+    /// token or the actor type is empty.
     pub fn start(addr: SocketAddr, config: MockConfig) -> io::Result<MockServer> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             io::Error::other("MockServer::start must be called inside a tokio runtime")
@@ -337,7 +337,7 @@ fn answer_event(
             ));
         }
     };
-    match check_event(&body) {
+    match check_event(&body, shared.actor_type()) {
         Ok(event) => {
             shared.record(event);
             EventAnswer::Accepted

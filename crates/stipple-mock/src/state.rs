@@ -10,11 +10,17 @@ use serde_json::Value;
 
 use crate::faults::Faults;
 
+/// The primary actor type a mock expects unless told otherwise: Pointillist's default.
+pub const DEFAULT_ACTOR_TYPE: &str = "customer";
+
 /// How a mock server starts.
 #[derive(Clone)]
 pub struct MockConfig {
     /// The API token every `POST /event` must carry in its `apiToken` header.
     pub token: String,
+    /// The primary actor type every event's `actors` must hold (default `customer`, as
+    /// `pointillist.actor_type`).
+    pub actor_type: String,
     /// Faults injected from the start (default: none).
     pub faults: Faults,
     /// Keep accepted events for [`MockServer::events`](crate::MockServer::events) and
@@ -28,6 +34,7 @@ impl MockConfig {
     pub fn new(token: impl Into<String>) -> Self {
         MockConfig {
             token: token.into(),
+            actor_type: DEFAULT_ACTOR_TYPE.to_owned(),
             faults: Faults::default(),
             record: true,
         }
@@ -38,6 +45,7 @@ impl fmt::Debug for MockConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MockConfig")
             .field("token", &"[REDACTED]")
+            .field("actor_type", &self.actor_type)
             .field("faults", &self.faults)
             .field("record", &self.record)
             .finish()
@@ -136,6 +144,7 @@ impl Counters {
 /// Everything the handlers share. No `Debug`: it holds the token and every event.
 pub(crate) struct Shared {
     token: String,
+    actor_type: String,
     record: bool,
     faults: Mutex<FaultState>,
     events: Mutex<Vec<Value>>,
@@ -152,8 +161,15 @@ impl Shared {
                 "the mock's api token must not be empty; pass the token clients will send",
             ));
         }
+        if config.actor_type.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the mock's primary actor type must not be empty",
+            ));
+        }
         Ok(Shared {
             token: config.token,
+            actor_type: config.actor_type,
             record: config.record,
             faults: Mutex::new(FaultState::new(config.faults)),
             events: Mutex::new(Vec::new()),
@@ -164,6 +180,11 @@ impl Shared {
 
     pub(crate) fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The actor type every event must name.
+    pub(crate) fn actor_type(&self) -> &str {
+        &self.actor_type
     }
 
     /// Replaces the faults; an `unauthorized_for` window starts now.

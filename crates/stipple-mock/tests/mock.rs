@@ -154,8 +154,15 @@ async fn contract_violations_are_answered_400_with_the_reason() {
             "`actors.customer.userId` must not be empty",
         ),
         (
-            with("actors", Some(json!({"": {"userId": "u"}}))),
+            with(
+                "actors",
+                Some(json!({"customer": {"userId": "u"}, "": {"userId": "u"}})),
+            ),
             "empty actor type",
+        ),
+        (
+            with("actors", Some(json!({"account": {"groupId": "g-1"}}))),
+            "`actors` must hold the primary actor `customer`",
         ),
         (
             with("labels", Some(json!({}))),
@@ -197,6 +204,38 @@ async fn contract_violations_are_answered_400_with_the_reason() {
     assert_eq!(stats.accepted, 0);
     assert_eq!(stats.rejected, stats.requests);
     assert!(mock.events().is_empty());
+}
+
+#[tokio::test]
+async fn the_primary_actor_type_is_the_one_configured() {
+    let mock = start(MockConfig {
+        actor_type: "person".into(),
+        ..MockConfig::new(TOKEN)
+    });
+    let mut event = valid_event();
+    let (status, answer) = post(&mock, &event.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        answer["error"],
+        "`actors` must hold the primary actor `person`"
+    );
+    event["actors"] = json!({ "person": { "userId": "u-1" } });
+    let (status, _) = post(&mock, &event.to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(mock.events(), vec![event]);
+}
+
+#[tokio::test]
+async fn an_empty_primary_actor_type_is_refused() {
+    let refused = MockServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        MockConfig {
+            actor_type: String::new(),
+            ..MockConfig::new(TOKEN)
+        },
+    );
+    let error = refused.expect_err("an empty actor type is refused");
+    assert!(error.to_string().contains("actor type"), "{error}");
 }
 
 #[tokio::test]

@@ -171,7 +171,12 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
             .unwrap_or_else(|| SecretString::from("mock-token"));
         let server = stipple_mock::MockServer::start(
             "127.0.0.1:0".parse()?,
-            stipple_mock::MockConfig::new(secrecy::ExposeSecret::expose_secret(&token).to_owned()),
+            stipple_mock::MockConfig {
+                actor_type: config.pointillist.actor_type.clone(),
+                ..stipple_mock::MockConfig::new(
+                    secrecy::ExposeSecret::expose_secret(&token).to_owned(),
+                )
+            },
         )
         .context("cannot start the in-process mock Pointillist")?;
         warn!(url = %server.url(), "--mock: delivering to the in-process mock Pointillist; nothing reaches Pointillist (see GET {}/mock/events)", server.url());
