@@ -42,10 +42,10 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List or requeue events Pointillist refused or that ran out of retries.
+    /// List, requeue or purge events Pointillist refused or that ran out of retries.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
-    /// List input the ingress refused (bad batch items, invalid messages), kept as received.
+    /// List or purge input the ingress refused (bad batch items, invalid messages), as received.
     #[command(subcommand)]
     Rejected(RejectedCommand),
     /// Run a mock Pointillist server for tests and first tries.
