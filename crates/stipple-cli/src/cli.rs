@@ -177,7 +177,12 @@ pub(crate) struct MockArgs {
     pub(crate) token: String,
     /// The primary actor type every event's `actors` must hold (`pointillist.actor_type`
     /// of the service that delivers here).
-    #[arg(long, default_value = stipple_mock::DEFAULT_ACTOR_TYPE, value_name = "TYPE")]
+    #[arg(
+        long,
+        default_value = stipple_mock::DEFAULT_ACTOR_TYPE,
+        value_name = "TYPE",
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
     pub(crate) actor_type: String,
     /// Share of requests (0 to 1) answered with a 5xx.
     #[arg(long, default_value_t = 0.0, value_name = "SHARE")]

@@ -155,17 +155,22 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(config: MockConfig) -> std::io::Result<Self> {
-        if config.token.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
+        for (value, refusal) in [
+            (
+                &config.token,
                 "the mock's api token must not be empty; pass the token clients will send",
-            ));
-        }
-        if config.actor_type.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
+            ),
+            (
+                &config.actor_type,
                 "the mock's primary actor type must not be empty",
-            ));
+            ),
+        ] {
+            if value.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    refusal,
+                ));
+            }
         }
         Ok(Shared {
             token: config.token,

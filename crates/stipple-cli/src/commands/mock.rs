@@ -20,9 +20,6 @@ pub(crate) fn run(args: MockArgs) -> anyhow::Result<ExitCode> {
     if args.token.is_empty() {
         anyhow::bail!("--token must not be empty: it is the API token the mock expects");
     }
-    if args.actor_type.is_empty() {
-        anyhow::bail!("--actor-type must not be empty: it is the primary actor type events name");
-    }
     let config = MockConfig {
         token: args.token,
         actor_type: args.actor_type,
