@@ -31,7 +31,8 @@
 //! little better with delivery paused, but worse with delivery running (`/v1/track` at
 //! 256 connections 0.34-0.43 against 0.45-0.52 of the bare handler, `/v1/batch`
 //! 82,000-106,000 events/s against 99,000-129,000, delivery 10-18% slower), even with
-//! leases and acks committing aside while an fsync ran. See docs/operations.md (Sizing).
+//! leases and acks committing aside while an fsync ran and a third tokio worker. See
+//! docs/operations.md (Sizing).
 //!
 //! Why only appends wait for the fsync. Recovery after a power loss keeps a *prefix* of
 //! the committed transactions (WAL frames are checksummed in a chain, and SQLite fsyncs
