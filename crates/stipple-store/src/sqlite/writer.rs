@@ -27,11 +27,11 @@
 //! Why threads, and not the callers themselves taking turns at committing and fsyncing
 //! on their own tokio workers (which spares the hand-offs: measured on `/v1/track` with a
 //! store that only fsyncs, 0.53-0.60 of the bare handler against 0.46-0.50 with a thread):
-//! built in full and measured against this design in the same runs, that store did a
-//! little better with delivery paused, but worse with delivery running (`/v1/track` at
-//! 256 connections 0.34-0.43 against 0.45-0.52 of the bare handler, `/v1/batch`
-//! 82,000-106,000 events/s against 99,000-129,000, delivery 10-18% slower), even with
-//! leases and acks committing aside while an fsync ran and a third tokio worker. See
+//! built in full and measured against this design in the same runs (five variants, nine
+//! pairs), that store did better with delivery paused (`/v1/track` at 256 connections,
+//! median 0.45 of the bare handler against 0.41) but worse with delivery running (median
+//! 0.39 against 0.45, `/v1/batch` 94,000 events/s against 112,000), even with leases and
+//! acks committing aside while an fsync ran, or a third tokio worker. See
 //! docs/operations.md (Sizing).
 //!
 //! Why only appends wait for the fsync. Recovery after a power loss keeps a *prefix* of
