@@ -172,7 +172,8 @@ pub(crate) struct MockArgs {
         long,
         env = "STIPPLE_MOCK_TOKEN",
         value_name = "TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
     )]
     pub(crate) token: String,
     /// The primary actor type every event's `actors` must hold (`pointillist.actor_type`

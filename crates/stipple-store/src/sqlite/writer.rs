@@ -25,14 +25,9 @@
 //! that commit as durable as SQLite's own `synchronous=FULL` would.
 //!
 //! Why threads, and not the callers themselves taking turns at committing and fsyncing
-//! on their own tokio workers (which spares the hand-offs: measured on `/v1/track` with a
-//! store that only fsyncs, 0.53-0.60 of the bare handler against 0.46-0.50 with a thread):
-//! built in full and measured against this design in the same runs (five variants, nine
-//! pairs), that store did better with delivery paused (`/v1/track` at 256 connections,
-//! median 0.45 of the bare handler against 0.41) but worse with delivery running (median
-//! 0.39 against 0.45, `/v1/batch` 94,000 events/s against 112,000), even with leases and
-//! acks committing aside while an fsync ran, or a third tokio worker. See
-//! docs/operations.md (Sizing).
+//! on their own tokio workers, which spares the hand-offs: built in full and measured
+//! against this design in the same runs, that store did better with delivery paused and
+//! worse with delivery running. The figures are in docs/operations.md (Sizing).
 //!
 //! Why only appends wait for the fsync. Recovery after a power loss keeps a *prefix* of
 //! the committed transactions (WAL frames are checksummed in a chain, and SQLite fsyncs
