@@ -12,6 +12,7 @@
 
 mod checkpoint;
 mod dedup;
+mod fsync;
 mod leases;
 mod ops;
 mod schema;
@@ -39,8 +40,6 @@ use crate::{
 
 /// Requests waiting for the writer thread before callers wait to send theirs.
 const CHANNEL_CAPACITY: usize = 4096;
-/// Committed groups that may wait for an fsync before the writer waits too.
-const SYNC_BACKLOG: usize = 64;
 /// WAL pages written before SQLite copies them back into the database file, on an admin
 /// connection (a service leaves that to its checkpointer thread, see `checkpoint`).
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 4000;
@@ -50,8 +49,9 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 4000;
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
     /// An append is answered only once the write-ahead log holding it is fsynced, so it
-    /// survives a power loss. The fsync runs beside the writer, which meanwhile commits
-    /// the next group. Leases, acks, retries, releases, dead-lettering, requeues and
+    /// survives a power loss. The fsync runs beside the writer (on the worker of one of
+    /// the appends waiting for it, or a thread of its own), which meanwhile commits the
+    /// next group. Leases, acks, retries, releases, dead-lettering, requeues and
     /// dedup expiry are answered at commit either way: a power loss can undo the last of
     /// them, which costs at most a redelivery (see the crate's invariants). The default.
     #[default]
@@ -138,6 +138,8 @@ pub struct SqliteStore {
     role: Role,
     requests: mpsc::Sender<Box<dyn Work>>,
     shared: Arc<Shared>,
+    /// Runs the fsyncs that answer appends ([`Synchronous::Full`] only).
+    durability: Option<Arc<fsync::Durability>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -182,7 +184,7 @@ impl SqliteStore {
         configure(path, &conn, &options)?;
         schema::migrate(&mut conn, options.role == Role::Service)?;
         let now = to_micros(options.clock.now());
-        // A first write, so that the write-ahead log exists for the syncer to open.
+        // A first write, so that the write-ahead log exists to be opened for fsyncs.
         ops::touch(&conn, now).map_err(|e| open_error(path, e))?;
         let counts = conn
             .query_row(writer::SELECT_COUNTS, [], |row| {
@@ -207,7 +209,7 @@ impl SqliteStore {
         let shared = Arc::new(Shared::default());
         shared.publish(counts);
 
-        let syncer = match options.synchronous {
+        let durability = match options.synchronous {
             Synchronous::Normal => None,
             Synchronous::Full => {
                 let wal = wal_path(path);
@@ -218,15 +220,11 @@ impl SqliteStore {
                     .map_err(|e| {
                         StoreError::Open(format!("cannot open the log {}: {e}", wal.display()))
                     })?;
-                let (syncer, committed) = std::sync::mpsc::sync_channel(SYNC_BACKLOG);
-                let thread_shared = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name("stipple-store-sync".into())
-                    .spawn(move || writer::sync(&wal, &file, committed, thread_shared))
-                    .map_err(|e| {
+                let durability =
+                    fsync::Durability::start(wal, file, Arc::clone(&shared)).map_err(|e| {
                         StoreError::Open(format!("cannot start the store sync thread: {e}"))
                     })?;
-                Some(syncer)
+                Some(durability)
             }
         };
         let checkpoints = match options.role {
@@ -239,6 +237,7 @@ impl SqliteStore {
         let (requests, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         let clock = options.clock;
         let thread_shared = Arc::clone(&shared);
+        let thread_durability = durability.clone();
         std::thread::Builder::new()
             .name("stipple-store-writer".into())
             .spawn(move || {
@@ -250,7 +249,7 @@ impl SqliteStore {
                     checkpoints,
                     _service_lock: service_lock,
                 };
-                writer::run(db, clock, receiver, thread_shared, syncer);
+                writer::run(db, clock, receiver, thread_shared, thread_durability);
             })
             .map_err(|e| StoreError::Open(format!("cannot start the store writer thread: {e}")))?;
         Ok(Self {
@@ -259,6 +258,7 @@ impl SqliteStore {
             role: options.role,
             requests,
             shared,
+            durability,
         })
     }
 
@@ -316,7 +316,11 @@ impl SqliteStore {
                 writer.unpark();
             }
         }
-        answer.await.map_err(|_| StoreError::Closed)?
+        let answered = match (&self.durability, reply_when) {
+            (Some(durability), Reply::Durable) => durability.wait(answer).await,
+            _ => answer.await,
+        };
+        answered.map_err(|_| StoreError::Closed)?
     }
 
     /// Deletes the rows of `kept` from `older_than` ago or earlier, a transaction of
@@ -395,7 +399,7 @@ fn configure(path: &Path, conn: &Connection, options: &SqliteOptions) -> Result<
             path.display()
         )));
     }
-    // Full durability comes from the syncer thread (see `writer`), not from SQLite.
+    // Full durability comes from the fsyncs of `fsync` (see `writer`), not from SQLite.
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(error)?;
     conn.pragma_update(None, "cache_size", -i64::from(options.cache_size_kib))
@@ -666,17 +670,155 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_failed_fsync_fails_its_appends_and_every_later_request_for_good() {
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// A store of the default options in a new temporary directory, which must be kept
+    /// for as long as the store.
+    fn temp_store() -> (tempfile::TempDir, Arc<SqliteStore>) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store =
             SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).expect("open");
-        let day = Duration::from_secs(86_400);
-        store.append(one("a"), day).await.expect("append");
+        (dir, Arc::new(store))
+    }
+
+    /// Appends `one(id)` on a task of its own.
+    fn spawn_append(
+        store: &Arc<SqliteStore>,
+        id: &str,
+    ) -> tokio::task::JoinHandle<Result<crate::Appended, StoreError>> {
+        let (store, append) = (Arc::clone(store), one(id));
+        tokio::spawn(async move { store.append(append, DAY).await })
+    }
+
+    /// Waits until the writer has committed `n` transactions since open.
+    async fn committed(store: &SqliteStore, n: u64) {
+        for _ in 0..2000 {
+            if store.commit_count() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("commit {n} never came");
+    }
+
+    /// Appends `n` events at once, each from a task of its own; fails unless all are
+    /// answered stored.
+    async fn append_at_once(store: &Arc<SqliteStore>, prefix: &str, n: usize) {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| spawn_append(store, &format!("{prefix}-{i}")))
+            .collect();
+        for task in tasks {
+            task.await.expect("task").expect("append");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_two_workers_a_waiting_append_runs_the_fsync() {
+        let (_dir, store) = temp_store();
+        append_at_once(&store, "a", 200).await;
+        let led = store.shared.led.load(Ordering::Relaxed);
+        assert!(led > 0, "no append led an fsync");
+        assert!(led <= store.sync_count());
+        assert_eq!(store.stats().await.expect("stats").queued, 200);
+    }
+
+    #[tokio::test]
+    async fn on_one_thread_the_syncer_runs_every_fsync() {
+        let (_dir, store) = temp_store();
+        append_at_once(&store, "a", 50).await;
+        assert!(store.sync_count() > 0);
+        assert_eq!(
+            store.shared.led.load(Ordering::Relaxed),
+            0,
+            "an fsync blocked the only thread"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_fsync_blocks_one_worker_at_most() {
+        let (_dir, store) = temp_store();
+        store.append(one("warm"), DAY).await.expect("append");
+        let syncs = store.sync_count();
+        // The disk stalls: whoever runs the next fsync waits there.
+        store.shared.hold_syncs.store(true, Ordering::Release);
+        let append = |id: &str| spawn_append(&store, id);
+        let mut a = append("a");
+        let mut b = append("b");
+        let mut c = append("c");
+        // Each commits in a group of its own behind the stalled fsync; the request that
+        // leads a later one must leave it to the fsync running rather than block the
+        // other worker too. (Waited for on this thread, which is no worker, so that a
+        // failure is not a hang; the hold is let go first, so that the workers end.)
+        let (ran, runs) = std::sync::mpsc::channel();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = ran.send(());
+        });
+        let free = runs.recv_timeout(Duration::from_secs(10)).is_ok();
+        if !free {
+            store.shared.hold_syncs.store(false, Ordering::Release);
+        }
+        assert!(free, "no worker was left to run other tasks");
+        let mut leases = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.lease(10, Duration::from_secs(60)).await })
+        };
+        let leased = within(10_000, &mut leases)
+            .await
+            .expect("leases answered during the stall")
+            .expect("lease");
+        assert!(!leased.is_empty(), "the warm event at least");
+        for task in [&mut a, &mut b, &mut c] {
+            assert!(
+                within(50, task).await.is_none(),
+                "answered before its fsync"
+            );
+        }
+
+        store.shared.hold_syncs.store(false, Ordering::Release);
+        for task in [a, b, c] {
+            task.await.expect("task").expect("append");
+        }
+        assert!(store.sync_count() > syncs);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_whose_waiting_requests_all_went_away_is_still_fsynced() {
+        let (_dir, store) = temp_store();
+        store.append(one("warm"), DAY).await.expect("append");
+        store.shared.hold_syncs.store(true, Ordering::Release);
+        let append = |id: &str| spawn_append(&store, id);
+        let committed = |n: u64| committed(&store, n);
+        let start = store.commit_count();
+        // "a" leads the held fsync; "b" commits behind it and waits for the next one.
+        let a = append("a");
+        committed(start + 1).await;
+        let b = append("b");
+        committed(start + 2).await;
+        // "b"'s client goes away: nobody waits for its group but "a", busy with its own.
+        b.abort();
+        let _ = b.await;
+        store.shared.hold_syncs.store(false, Ordering::Release);
+        a.await.expect("task").expect("append");
+        // "b"'s group is fsynced all the same (by the syncer), and nothing is left waiting.
+        for _ in 0..2000 {
+            if store.shared.syncing.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(store.shared.syncing.load(Ordering::SeqCst), 0);
+        assert_eq!(store.stats().await.expect("stats").queued, 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_fails_its_appends_and_every_later_request_for_good() {
+        let (_dir, store) = temp_store();
+        store.append(one("a"), DAY).await.expect("append");
         assert_eq!(store.fatal(), None);
 
         store.shared.fail_next_sync.store(true, Ordering::Release);
-        let failed = store.append(one("b"), day).await;
+        let failed = store.append(one("b"), DAY).await;
         assert!(
             failed.is_err_and(|e| e.to_string().contains("fsync")),
             "the append its fsync covered is not answered as stored"
@@ -684,36 +826,21 @@ mod tests {
         let fatal = store.fatal().expect("fatal after a failed fsync");
         assert!(fatal.contains("restart stipple"), "{fatal}");
         // Every later request fails too, though the next fsync would succeed.
-        assert!(store.append(one("c"), day).await.is_err());
+        assert!(store.append(one("c"), DAY).await.is_err());
         assert!(store.check_writable().await.is_err());
         assert!(store.lease(10, Duration::from_secs(60)).await.is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn appends_committed_while_an_fsync_fails_are_not_answered_stored() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(
-            SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).expect("open"),
-        );
-        let day = Duration::from_secs(86_400);
+        let (_dir, store) = temp_store();
         // "a"'s fsync fails, and is held until "b" has committed behind it: "b"'s own
         // fsync then succeeds (Linux reports a lost write-back once), yet its frames
         // follow the lost ones in the log.
         store.shared.fail_next_sync.store(true, Ordering::Release);
         store.shared.hold_after_sync.store(true, Ordering::Release);
-        let committed = async |n: u64| {
-            for _ in 0..2000 {
-                if store.commit_count() >= n {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            panic!("commit {n} never came");
-        };
-        let append = |id: &'static str| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move { store.append(one(id), day).await })
-        };
+        let committed = |n: u64| committed(&store, n);
+        let append = |id: &str| spawn_append(&store, id);
         let start = store.commit_count();
         let mut a = append("a");
         committed(start + 1).await;
@@ -732,10 +859,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_appends_wait_for_the_fsync() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(
-            SqliteStore::open(&dir.path().join("s.db"), SqliteOptions::default()).expect("open"),
-        );
+        let (_dir, store) = temp_store();
         let events = |prefix: &str, n: usize| Append {
             events: (0..n)
                 .map(|i| crate::NewEvent {
@@ -746,8 +870,7 @@ mod tests {
                 .collect(),
             rejected: Vec::new(),
         };
-        let day = Duration::from_secs(86_400);
-        store.append(events("a", 6), day).await.expect("append");
+        store.append(events("a", 6), DAY).await.expect("append");
         let syncs = store.sync_count();
         assert!(syncs >= 1, "the append waited for an fsync");
 
@@ -755,7 +878,7 @@ mod tests {
         store.shared.hold_syncs.store(true, Ordering::Release);
         let mut held = {
             let store = Arc::clone(&store);
-            tokio::spawn(async move { store.append(events("b", 2), day).await })
+            tokio::spawn(async move { store.append(events("b", 2), DAY).await })
         };
         assert!(
             within(500, &mut held).await.is_none(),
@@ -784,7 +907,7 @@ mod tests {
                 assert_eq!(store.requeue_dead_letters(Some(&[dead[0].id])).await?, 1);
                 store.requeue_dead_letters(None).await?;
                 store.rejected(10).await?;
-                store.expire_dedup(day).await?;
+                store.expire_dedup(DAY).await?;
                 Ok::<_, StoreError>(())
             })
         };

@@ -16,18 +16,19 @@
 //! adds what it changed to the `counts` row and reads it back, for `stats`.
 //!
 //! SQLite itself runs with `synchronous=NORMAL` (no fsync on commit). With
-//! [`Synchronous::Full`](super::Synchronous::Full) a second thread fsyncs the
-//! write-ahead log after each commit that holds an append and only then answers it,
-//! while the writer gathers the appends that arrive meanwhile into the next group (one
-//! commit per fsync) and runs every other request at once: fsync latency then costs
-//! answer time, not throughput. The WAL holds every committed frame in order and recovery keeps each
-//! transaction whose frames are all on disk, so an fsync of the WAL after COMMIT makes
-//! that commit as durable as SQLite's own `synchronous=FULL` would.
+//! [`Synchronous::Full`](super::Synchronous::Full) the writer hands each commit that
+//! holds an append to `fsync` ([`Durability`]), where the write-ahead log is fsynced
+//! (by one of the waiting requests, or a second thread) before it is answered, while
+//! the writer gathers the appends that arrive meanwhile into the next group (one commit
+//! per fsync) and runs every other request at once: fsync latency then costs answer
+//! time, not throughput. The WAL holds every committed frame in order and recovery
+//! keeps each transaction whose frames are all on disk, so an fsync of the WAL after
+//! COMMIT makes that commit as durable as SQLite's own `synchronous=FULL` would.
 //!
-//! Why threads, and not the callers themselves taking turns at committing and fsyncing
-//! on their own tokio workers, which spares the hand-offs: built in full and measured
-//! against this design in the same runs, that store did better with delivery paused and
-//! worse with delivery running. The figures are in docs/operations.md (Sizing).
+//! Why a writer thread, and not the callers themselves taking turns at committing on
+//! their own tokio workers, which spares a hand-off: built in full and measured against
+//! this design in the same runs, that store did better with delivery paused and worse
+//! with delivery running. The figures are in docs/operations.md (Sizing).
 //!
 //! Why only appends wait for the fsync. Recovery after a power loss keeps a *prefix* of
 //! the committed transactions (WAL frames are checksummed in a chain, and SQLite fsyncs
@@ -46,9 +47,7 @@
 //!   the next expiry takes them.
 //! - reads (listings): they may show a commit that is then lost.
 //!
-//! A failed fsync makes every later request fail (`broken`), and the appends of groups
-//! already waiting for a later fsync too, even when that fsync succeeds (Linux reports a
-//! lost write-back once, and their frames follow the lost ones in the log); requests
+//! A failed fsync makes every later request fail (`broken`, see `fsync`); requests
 //! answered at commit before it are like those lost to a power loss above.
 //!
 //! Ordering: a lease may hand out an event whose append has committed but whose fsync
@@ -61,8 +60,6 @@
 //! before a commit it depends on is durable, cannot happen: appends depend on no other
 //! request, and the fsync that answers an append covers every commit before it.
 
-use std::fs::File;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -71,6 +68,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::dedup::DedupIndex;
+use super::fsync::Durability;
 use crate::clock::Clock;
 use crate::time::{Micros, to_micros};
 use crate::{STORE_WARNINGS_EVERY, StoreError, Throttle};
@@ -79,6 +77,8 @@ use crate::{STORE_WARNINGS_EVERY, StoreError, Throttle};
 const MAX_GROUP_REQUESTS: usize = 1024;
 /// A group stops taking requests once their weights (≈ rows written) reach this.
 const MAX_GROUP_WEIGHT: usize = 20_000;
+/// Committed groups that may wait for an fsync before the writer waits too.
+const SYNC_BACKLOG: usize = 64;
 /// Longest a group of appends waits for an fsync in progress to end (see [`run`]).
 const MAX_GATHER: Duration = Duration::from_millis(2);
 
@@ -113,21 +113,24 @@ pub(super) struct Shared {
     pub(super) syncs: AtomicU64,
     /// Set when an fsync failed: from then on every request fails.
     pub(super) broken: AtomicBool,
-    /// Groups handed to the syncer whose fsync has not ended yet: counted up by the
-    /// writer as it hands one over (not by the syncer once awake, which would leave a
-    /// window in which the writer commits small groups that wait for the same fsync).
+    /// Groups handed over for an fsync that has not ended yet: counted up as the writer
+    /// hands one over (not once an fsync starts, which would leave a window in which the
+    /// writer commits small groups that wait for the same fsync).
     pub(super) syncing: AtomicUsize,
-    /// The writer thread, woken by the syncer when an fsync ends.
+    /// The writer thread, woken when an fsync ends.
     pub(super) writer: OnceLock<std::thread::Thread>,
-    /// While set, the syncer waits before its next fsync (to test who waits for it).
+    /// While set, the next fsync waits before it runs (to test who waits for it).
     #[cfg(test)]
     pub(super) hold_syncs: AtomicBool,
-    /// While set, the syncer waits after an fsync, before it tells anyone how it went.
+    /// While set, an fsync waits after it ran, before it tells anyone how it went.
     #[cfg(test)]
     pub(super) hold_after_sync: AtomicBool,
-    /// When set, the syncer's next fsync fails (to test what follows).
+    /// When set, the next fsync fails (to test what follows).
     #[cfg(test)]
     pub(super) fail_next_sync: AtomicBool,
+    /// Fsyncs run by a waiting request rather than the syncer thread.
+    #[cfg(test)]
+    pub(super) led: AtomicU64,
 }
 
 impl Shared {
@@ -159,7 +162,7 @@ type Finish = Box<dyn FnOnce(Result<(), &str>) + Send>;
 /// When a request is answered (the module docs explain which need which).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Reply {
-    /// Once its commit is durable: after the syncer's fsync with
+    /// Once its commit is durable: after an fsync with
     /// [`Synchronous::Full`](super::Synchronous::Full). Appends (the ingress answers 200
     /// on them) and the readiness check.
     Durable,
@@ -235,7 +238,7 @@ where
 /// A committed group's answers: those sent at once, and those sent once the commit is
 /// durable.
 pub(super) struct Answers {
-    /// [`Reply::Committed`] requests (and, without a syncer, all of them).
+    /// [`Reply::Committed`] requests (and, without fsyncs, all of them).
     committed: Vec<Finish>,
     /// [`Reply::Durable`] requests.
     durable: Vec<Finish>,
@@ -244,7 +247,7 @@ pub(super) struct Answers {
 
 impl Answers {
     /// Answers every caller; `error` overrides success.
-    fn send(self, error: Option<&str>) {
+    pub(super) fn send(self, error: Option<&str>) {
         let ended = match error.or(self.commit_error.as_deref()) {
             Some(e) => Err(e),
             None => Ok(()),
@@ -266,14 +269,14 @@ impl Answers {
     }
 }
 
-/// The writer thread's loop: ends when every store handle is gone. With `syncer`, answers
-/// go there to wait for an fsync; without, they go out once SQLite has committed.
+/// The writer thread's loop: ends when every store handle is gone. With `durability`,
+/// answers go there to wait for an fsync; without, they go out once SQLite has committed.
 pub(super) fn run(
     mut db: Db,
     clock: Arc<dyn Clock>,
     mut requests: mpsc::Receiver<Box<dyn Work>>,
     shared: Arc<Shared>,
-    syncer: Option<std::sync::mpsc::SyncSender<Answers>>,
+    durability: Option<Arc<Durability>>,
 ) {
     let _ = shared.writer.set(std::thread::current());
     let mut group: Vec<Box<dyn Work>> = Vec::with_capacity(MAX_GROUP_REQUESTS);
@@ -285,7 +288,7 @@ pub(super) fn run(
         // commit: gathering them into one group until the fsync ends costs them no
         // time and spares a commit per small group (the writer's largest cost per
         // single-event append). Anything else in the group goes at once.
-        if syncer.is_some() {
+        if durability.is_some() {
             let deadline = Instant::now() + MAX_GATHER;
             while shared.syncing.load(Ordering::Acquire) > 0
                 && weight < MAX_GROUP_WEIGHT
@@ -296,7 +299,7 @@ pub(super) fn run(
                 if now >= deadline {
                     break;
                 }
-                // Woken by the syncer when its fsync ends.
+                // Woken when the fsync ends.
                 std::thread::park_timeout(deadline - now);
                 weight = take_waiting(&mut requests, &mut group, weight);
             }
@@ -313,19 +316,15 @@ pub(super) fn run(
         if let (None, Some(checkpoints)) = (&answers.commit_error, &mut db.checkpoints) {
             checkpoints.wrote(weight);
         }
-        match &syncer {
-            Some(syncer) if answers.commit_error.is_none() => {
+        match &durability {
+            Some(durability) if answers.commit_error.is_none() => {
                 // Committed: leases, acks and the like go out now, before any fsync.
                 answers.send_committed();
                 // Only a group with an append (or readiness check) needs the fsync; a
                 // later one covers this group's frames too (the WAL is written in order).
                 if !answers.durable.is_empty() {
-                    shared.syncing.fetch_add(1, Ordering::AcqRel);
-                    if let Err(unsent) = syncer.send(answers) {
-                        shared.syncing.fetch_sub(1, Ordering::AcqRel);
-                        // The syncer only stops when this thread does; answer anyway.
-                        unsent.0.send(Some(BROKEN));
-                    }
+                    wait_for_backlog(&shared);
+                    durability.hand_over(answers);
                 }
             }
             _ => answers.send(None),
@@ -334,7 +333,21 @@ pub(super) fn run(
             checkpoints.restart_if_asked(&db.conn);
         }
     }
+    if let Some(durability) = &durability {
+        durability.close();
+    }
     tracing::debug!("store writer stopping: no handle left");
+}
+
+/// Waits while [`SYNC_BACKLOG`] committed groups wait for an fsync (a stalled disk), so
+/// that the requests behind them wait in the channel rather than pile up in memory.
+fn wait_for_backlog(shared: &Shared) {
+    while shared.syncing.load(Ordering::SeqCst) >= SYNC_BACKLOG
+        && !shared.broken.load(Ordering::Acquire)
+    {
+        // Woken when an fsync ends; the timeout only guards against a lost wake-up.
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
 }
 
 /// Moves the requests waiting in the channel into `group` (of weight `weight`), up to
@@ -363,73 +376,6 @@ static FAILURES: Throttle = Throttle::new(STORE_WARNINGS_EVERY);
 /// The answer to every request once an fsync has failed.
 pub(super) const BROKEN: &str = "an fsync of the store's write-ahead log failed, so what it holds is \
                       uncertain: check the disk and restart stipple";
-
-/// The syncer thread's loop: fsyncs the write-ahead log once for all the groups with
-/// appends committed since the last fsync, then answers their appends. The writer
-/// meanwhile runs the next group, so fsync time does not stop appends.
-pub(super) fn sync(
-    wal: &Path,
-    file: &File,
-    committed: std::sync::mpsc::Receiver<Answers>,
-    shared: Arc<Shared>,
-) {
-    let mut pending = Vec::new();
-    while let Ok(first) = committed.recv() {
-        #[cfg(test)]
-        wait_while(&shared.hold_syncs);
-        pending.push(first);
-        while let Ok(next) = committed.try_recv() {
-            pending.push(next);
-        }
-        // SQLite keeps reusing this one file until the connection closes.
-        let started = Instant::now();
-        #[cfg(test)]
-        let synced = if shared.fail_next_sync.swap(false, Ordering::AcqRel) {
-            Err(std::io::Error::other("injected fsync failure"))
-        } else {
-            file.sync_data()
-        };
-        #[cfg(not(test))]
-        let synced = file.sync_data();
-        #[cfg(test)]
-        wait_while(&shared.hold_after_sync);
-        let error = match synced {
-            // An fsync that succeeds after one failed proves nothing: Linux reports a
-            // lost write-back once per file, and these frames follow the lost ones in
-            // the log, which recovery stops reading at the first bad frame.
-            Ok(()) if shared.broken.load(Ordering::Acquire) => Some(BROKEN),
-            Ok(()) => {
-                metrics::histogram!(crate::FSYNC_SECONDS).record(started.elapsed());
-                shared.syncs.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Err(e) => {
-                tracing::error!(error = %e, wal = %wal.display(), "store fsync failed");
-                // After a failed fsync the kernel may have dropped the dirty pages:
-                // nothing written since can be promised durable.
-                shared.broken.store(true, Ordering::Release);
-                Some(BROKEN)
-            }
-        };
-        let ended = pending.len();
-        for answers in pending.drain(..) {
-            answers.send(error);
-        }
-        shared.syncing.fetch_sub(ended, Ordering::AcqRel);
-        if let Some(writer) = shared.writer.get() {
-            writer.unpark();
-        }
-    }
-}
-
-/// Holds the syncer back while a test sets `hold`.
-#[cfg(test)]
-#[allow(clippy::disallowed_methods)] // the syncer's own thread, not a tokio worker
-fn wait_while(hold: &AtomicBool) {
-    while hold.load(Ordering::Acquire) {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-}
 
 /// Runs `group` in one transaction; returns the answers, to send once it is durable.
 /// A request that fails is answered at once and the transaction run again without it;
@@ -855,21 +801,30 @@ mod tests {
     }
 
     #[test]
-    fn a_group_handed_to_the_syncer_counts_as_syncing_at_once() {
+    #[allow(clippy::disallowed_methods)] // a plain test thread, not a tokio worker
+    fn a_group_handed_over_counts_as_syncing_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("log");
+        std::fs::write(&log, b"").expect("log file");
         let shared = Arc::new(Shared::default());
+        // The fsync is held back until the test lets it go.
+        shared.hold_syncs.store(true, Ordering::Release);
+        let file = std::fs::File::open(&log).expect("log file");
+        let durability = Durability::start(log, file, Arc::clone(&shared)).expect("syncer");
         let (requests, receiver) = mpsc::channel(16);
-        // The test plays the syncer: what the writer hands over waits here.
-        let (syncer, committed) = std::sync::mpsc::sync_channel(16);
         let writer = {
             let shared = Arc::clone(&shared);
             let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Utc::now()));
-            std::thread::spawn(move || run(db(), clock, receiver, shared, Some(syncer)))
+            std::thread::spawn(move || run(db(), clock, receiver, shared, Some(durability)))
         };
-        let wait = Duration::from_secs(10);
         let (a, mut a_answer) = put_answered("a", false, Reply::Durable);
         requests.blocking_send(a).expect("writer running");
-        let first = committed.recv_timeout(wait).expect("a handed over");
-        // Counted by the writer as it hands over, not once the syncer wakes: appends
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shared.commits.load(Ordering::Acquire) == 0 {
+            assert!(Instant::now() < deadline, "a never committed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Counted by the writer as it hands over, not once an fsync starts: appends
         // that come meanwhile are gathered for the next fsync, not committed alone.
         assert_eq!(shared.syncing.load(Ordering::Acquire), 1);
         assert!(
@@ -879,15 +834,10 @@ mod tests {
 
         let (b, b_answer) = put_answered("b", false, Reply::Durable);
         requests.blocking_send(b).expect("writer running");
-        // The fsync ends, as the syncer ends one.
-        first.send(None);
-        shared.syncing.fetch_sub(1, Ordering::AcqRel);
-        shared.writer.get().expect("writer thread").unpark();
-        assert!(matches!(a_answer.try_recv(), Ok(Ok(()))));
-        let second = committed.recv_timeout(wait).expect("b handed over");
-        assert_eq!(shared.syncing.load(Ordering::Acquire), 1);
-        second.send(None);
+        shared.hold_syncs.store(false, Ordering::Release);
+        assert!(matches!(a_answer.blocking_recv(), Ok(Ok(()))));
         assert!(matches!(b_answer.blocking_recv(), Ok(Ok(()))));
+        assert_eq!(shared.syncs.load(Ordering::Acquire), 2, "one fsync a group");
         drop(requests);
         writer.join().expect("writer ends with its last handle");
     }
