@@ -681,6 +681,15 @@ mod tests {
         (dir, Arc::new(store))
     }
 
+    /// Lets `store` lead the fsync of groups of one request, as of many.
+    fn lead_groups_of_one(store: &SqliteStore) {
+        store
+            .durability
+            .as_ref()
+            .expect("synchronous=full")
+            .set_min_led_requests(1);
+    }
+
     /// Appends `one(id)` on a task of its own.
     fn spawn_append(
         store: &Arc<SqliteStore>,
@@ -722,6 +731,33 @@ mod tests {
         assert_eq!(store.stats().await.expect("stats").queued, 200);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn groups_of_few_requests_or_many_rows_are_fsynced_by_the_syncer() {
+        let (_dir, store) = temp_store();
+        // One request: nobody else to wake.
+        store.append(one("lone"), DAY).await.expect("append");
+        // Many rows: a long fsync.
+        let events = (0..fsync::MAX_LED_ROWS + 1)
+            .map(|i| crate::NewEvent {
+                source: "web".into(),
+                message_id: format!("big-{i}"),
+                payload: b"{}".to_vec(),
+            })
+            .collect();
+        let append = Append {
+            events,
+            rejected: Vec::new(),
+        };
+        lead_groups_of_one(&store);
+        store.append(append, DAY).await.expect("append");
+        assert_eq!(store.sync_count(), 2);
+        assert_eq!(
+            store.shared.led.load(Ordering::Relaxed),
+            0,
+            "a worker was held for little"
+        );
+    }
+
     #[tokio::test]
     async fn on_one_thread_the_syncer_runs_every_fsync() {
         let (_dir, store) = temp_store();
@@ -735,20 +771,28 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::disallowed_methods)] // waits on the test's own thread, not a worker
     async fn a_stalled_fsync_blocks_one_worker_at_most() {
         let (_dir, store) = temp_store();
+        lead_groups_of_one(&store);
         store.append(one("warm"), DAY).await.expect("append");
         let syncs = store.sync_count();
         // The disk stalls: whoever runs the next fsync waits there.
         store.shared.hold_syncs.store(true, Ordering::Release);
-        let append = |id: &str| spawn_append(&store, id);
-        let mut a = append("a");
-        let mut b = append("b");
-        let mut c = append("c");
         // Each commits in a group of its own behind the stalled fsync; the request that
         // leads a later one must leave it to the fsync running rather than block the
-        // other worker too. (Waited for on this thread, which is no worker, so that a
-        // failure is not a hang; the hold is let go first, so that the workers end.)
+        // other worker too. (Waited for on this thread, which is no worker, with no
+        // timer of the runtime's, so that a failure is not a hang; the hold is let go
+        // first, so that the workers end.)
+        let start = store.commit_count();
+        let mut tasks = Vec::new();
+        for (n, id) in (1..).zip(["a", "b", "c"]) {
+            tasks.push(spawn_append(&store, id));
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while store.commit_count() < start + n && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         let (ran, runs) = std::sync::mpsc::channel();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -768,7 +812,8 @@ mod tests {
             .expect("leases answered during the stall")
             .expect("lease");
         assert!(!leased.is_empty(), "the warm event at least");
-        for task in [&mut a, &mut b, &mut c] {
+        assert_eq!(store.commit_count(), start + 4, "three appends and a lease");
+        for task in &mut tasks {
             assert!(
                 within(50, task).await.is_none(),
                 "answered before its fsync"
@@ -776,7 +821,7 @@ mod tests {
         }
 
         store.shared.hold_syncs.store(false, Ordering::Release);
-        for task in [a, b, c] {
+        for task in tasks {
             task.await.expect("task").expect("append");
         }
         assert!(store.sync_count() > syncs);
@@ -785,6 +830,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_whose_waiting_requests_all_went_away_is_still_fsynced() {
         let (_dir, store) = temp_store();
+        lead_groups_of_one(&store);
         store.append(one("warm"), DAY).await.expect("append");
         store.shared.hold_syncs.store(true, Ordering::Release);
         let append = |id: &str| spawn_append(&store, id);

@@ -257,6 +257,11 @@ impl Answers {
         }
     }
 
+    /// How many callers wait for an fsync.
+    pub(super) fn waiting(&self) -> usize {
+        self.durable.len()
+    }
+
     /// Answers the callers that need not wait for an fsync; keeps the others.
     fn send_committed(&mut self) {
         let ended = match self.commit_error.as_deref() {
@@ -324,7 +329,7 @@ pub(super) fn run(
                 // later one covers this group's frames too (the WAL is written in order).
                 if !answers.durable.is_empty() {
                     wait_for_backlog(&shared);
-                    durability.hand_over(answers);
+                    durability.hand_over(answers, weight);
                 }
             }
             _ => answers.send(None),
