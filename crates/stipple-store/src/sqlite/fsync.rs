@@ -7,9 +7,9 @@
 //! requests waiting for an answer then runs the fsync on its own thread, a tokio worker
 //! (it *leads*), and answers every group it covers; the syncer thread runs it when no
 //! waiting request can, and for groups of few requests or many rows, where a leader
-//! would spare few wake-ups for a worker held long (see [`MAX_LED_ROWS`]). A leader wakes the requests it answers on its own worker,
-//! where a thread outside the runtime wakes each of them through the runtime's shared
-//! queue and often a parked worker too: measured on `/v1/track` at 256 connections,
+//! would spare few wake-ups for a worker held long (see [`MAX_LED_ROWS`]). A leader
+//! wakes the requests it answers on its own worker, where a thread outside the runtime
+//! wakes each of them through the runtime's shared queue and often a parked worker too: measured on `/v1/track` at 256 connections,
 //! leading cut the server's CPU per request from 28 to 26 µs by median and raised the
 //! rate from 0.44 to 0.48 of the bare handler's (docs/operations.md, Sizing).
 //!
@@ -68,8 +68,6 @@ pub(super) struct Durability {
     syncer: OnceLock<Thread>,
     /// Set once the writer has stopped: the syncer ends after the groups left.
     closed: AtomicBool,
-    /// [`MIN_LED_REQUESTS`], but for tests that lead groups of one.
-    min_led_requests: AtomicUsize,
     shared: Arc<Shared>,
 }
 
@@ -98,7 +96,6 @@ impl Durability {
             candidates: AtomicUsize::new(0),
             syncer: OnceLock::new(),
             closed: AtomicBool::new(false),
-            min_led_requests: AtomicUsize::new(MIN_LED_REQUESTS),
             shared,
         });
         let syncer = Arc::clone(&durability);
@@ -113,8 +110,7 @@ impl Durability {
     /// about `rows` rows written. Only a group of many small requests is led (see
     /// [`MAX_LED_ROWS`]); others go to the syncer thread.
     pub(super) fn hand_over(&self, answers: Answers, rows: usize) {
-        let lead = answers.waiting() >= self.min_led_requests.load(Ordering::Relaxed)
-            && rows <= MAX_LED_ROWS;
+        let lead = answers.waiting() >= self.min_led_requests() && rows <= MAX_LED_ROWS;
         // Counted now, not once an fsync starts: the writer gathers the appends that
         // come meanwhile into its next group instead of committing them alone.
         self.shared.syncing.fetch_add(1, Ordering::SeqCst);
@@ -126,10 +122,13 @@ impl Durability {
         }
     }
 
-    /// Lets groups of `n` requests or more be led (tests, to lead groups of one).
-    #[cfg(test)]
-    pub(super) fn set_min_led_requests(&self, n: usize) {
-        self.min_led_requests.store(n, Ordering::Relaxed);
+    /// [`MIN_LED_REQUESTS`], or 1 while a test sets `lead_groups_of_one`.
+    fn min_led_requests(&self) -> usize {
+        #[cfg(test)]
+        if self.shared.lead_groups_of_one.load(Ordering::Relaxed) {
+            return 1;
+        }
+        MIN_LED_REQUESTS
     }
 
     /// Tells the syncer that no group will come any more: it ends once it has made the

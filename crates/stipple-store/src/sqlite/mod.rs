@@ -684,10 +684,9 @@ mod tests {
     /// Lets `store` lead the fsync of groups of one request, as of many.
     fn lead_groups_of_one(store: &SqliteStore) {
         store
-            .durability
-            .as_ref()
-            .expect("synchronous=full")
-            .set_min_led_requests(1);
+            .shared
+            .lead_groups_of_one
+            .store(true, Ordering::Relaxed);
     }
 
     /// Appends `one(id)` on a task of its own.
@@ -699,15 +698,20 @@ mod tests {
         tokio::spawn(async move { store.append(append, DAY).await })
     }
 
-    /// Waits until the writer has committed `n` transactions since open.
-    async fn committed(store: &SqliteStore, n: u64) {
+    /// Waits up to 10 s for `done`; fails with `what` if it never is.
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
         for _ in 0..2000 {
-            if store.commit_count() >= n {
+            if done() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        panic!("commit {n} never came");
+        panic!("{what} never came");
+    }
+
+    /// Waits until the writer has committed `n` transactions since open.
+    async fn committed(store: &SqliteStore, n: u64) {
+        eventually(&format!("commit {n}"), || store.commit_count() >= n).await;
     }
 
     /// Appends `n` events at once, each from a task of its own; fails unless all are
@@ -847,12 +851,10 @@ mod tests {
         store.shared.hold_syncs.store(false, Ordering::Release);
         a.await.expect("task").expect("append");
         // "b"'s group is fsynced all the same (by the syncer), and nothing is left waiting.
-        for _ in 0..2000 {
-            if store.shared.syncing.load(Ordering::SeqCst) == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually("the end of every fsync", || {
+            store.shared.syncing.load(Ordering::SeqCst) == 0
+        })
+        .await;
         assert_eq!(store.shared.syncing.load(Ordering::SeqCst), 0);
         assert_eq!(store.stats().await.expect("stats").queued, 3);
     }

@@ -131,6 +131,9 @@ pub(super) struct Shared {
     /// Fsyncs run by a waiting request rather than the syncer thread.
     #[cfg(test)]
     pub(super) led: AtomicU64,
+    /// While set, groups of one request are led too (to test leaders one at a time).
+    #[cfg(test)]
+    pub(super) lead_groups_of_one: AtomicBool,
 }
 
 impl Shared {
