@@ -89,6 +89,7 @@ pub(crate) struct IngressSection {
     pub(crate) max_connections: usize,
     #[serde(with = "humantime_serde")]
     pub(crate) header_timeout: Duration,
+    pub(crate) threads: usize,
 }
 
 /// A list in the file; a comma-separated string from the environment.
@@ -123,6 +124,7 @@ impl Default for IngressSection {
             shutdown_grace: Duration::from_secs(10),
             max_connections: server.max_connections,
             header_timeout: server.header_timeout,
+            threads: server.threads,
         }
     }
 }
@@ -552,6 +554,9 @@ impl Config {
         if self.ingress.max_connections == 0 {
             bail!("ingress.max_connections must be at least 1, e.g. 10000");
         }
+        if self.ingress.threads == 0 {
+            bail!("ingress.threads must be at least 1, e.g. 2");
+        }
         if self.sources.is_empty() {
             bail!("no [[sources]]: add at least one source with a name and a write_key");
         }
@@ -774,6 +779,10 @@ mod tests {
         check(
             &format!("{MINIMAL}[ingress]\nmax_connections = 0\n"),
             "ingress.max_connections",
+        );
+        check(
+            &format!("{MINIMAL}[ingress]\nthreads = 0\n"),
+            "ingress.threads",
         );
         check(
             &format!("{MINIMAL}[store]\nrejected_retention = \"0s\"\n"),

@@ -37,7 +37,8 @@
 //!   budget bounds the memory held by bodies; without room it is 503 with `Retry-After`.
 //!   A client that stalls holds only what it sent, for at most `body_timeout`.
 //! - [`serve`] bounds connections: a header-read timeout (idle keep-alive connections
-//!   close after it too) and a limit on open connections.
+//!   close after it too) and a limit on open connections. Connections are served on
+//!   threads of their own, one single-threaded runtime each (see `threads.rs`).
 //!
 //! What is counted, and under which names, is in [`telemetry`].
 #![forbid(unsafe_code)]
@@ -52,6 +53,7 @@ mod ops;
 mod server;
 mod state;
 pub mod telemetry;
+mod threads;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -6,7 +6,8 @@
 //! timeout on reading a request's headers, which also closes a keep-alive connection
 //! left idle that long; and at most [`ServerConfig::max_connections`] are open at once:
 //! at the limit no more are accepted (they wait in the kernel's listen queue) until one
-//! closes.
+//! closes. Connections are served on threads of their own, each with a single-threaded
+//! runtime (see [`threads`](crate::threads)).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, error, warn};
 
 use crate::telemetry;
+use crate::threads::ConnectionThreads;
 
 /// How the server treats connections.
 #[derive(Debug, Clone)]
@@ -33,6 +35,9 @@ pub struct ServerConfig {
     /// the previous request on a keep-alive connection (30 s). A connection over it is
     /// closed, so an idle keep-alive connection is closed after this long too.
     pub header_timeout: Duration,
+    /// Threads that serve connections (one per CPU core): each runs a single-threaded
+    /// runtime, and a connection stays on the thread it was given from accept to close.
+    pub threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +45,7 @@ impl Default for ServerConfig {
         Self {
             max_connections: 10_000,
             header_timeout: Duration::from_secs(30),
+            threads: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         }
     }
 }
@@ -49,16 +55,18 @@ const LIMIT_WARNINGS_EVERY: Duration = Duration::from_secs(60);
 
 /// Serves `app` on `listener` until `shutdown` completes; then accepts no more
 /// connections, lets each finish the request it is serving (idle ones close at once) and
-/// returns when all have closed. Connections are served on tasks of their own, so a
-/// caller that stops waiting (a grace period ran out) should drop the runtime or let them
-/// be cut off at exit.
+/// returns when all have closed. A caller that stops waiting (a grace period ran out)
+/// drops the future: that cuts off the connections still open. Fails only when the
+/// threads that serve connections cannot be started.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
-) {
+) -> std::io::Result<()> {
     telemetry::describe_server_metrics();
+    let threads = ConnectionThreads::start(config.threads)?;
+    debug!(threads = threads.len(), "serving connections");
     let slots = Arc::new(Semaphore::new(
         config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
@@ -99,11 +107,13 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let connection = graceful.watch(
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone())),
-        );
-        tokio::spawn(async move {
+        let http = http.clone();
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        threads.spawn(stream, move |stream| async move {
             let _open = telemetry::OpenConnection::new();
+            let connection = watcher
+                .watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app)));
             if let Err(e) = connection.await {
                 debug!(error = %e, "connection ended with an error");
             }
@@ -112,6 +122,7 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+    Ok(())
 }
 
 /// What to do when `accept` fails: a client that went away before it was accepted is

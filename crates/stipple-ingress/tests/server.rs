@@ -18,7 +18,13 @@ use tokio::task::JoinHandle;
 const HANG: Duration = Duration::from_secs(20);
 
 /// A server on a free port: its address, the sender that stops it, and its task.
-async fn start(config: ServerConfig) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+async fn start(
+    config: ServerConfig,
+) -> (
+    SocketAddr,
+    oneshot::Sender<()>,
+    JoinHandle<std::io::Result<()>>,
+) {
     start_with(config, Harness::new()).await
 }
 
@@ -26,7 +32,11 @@ async fn start(config: ServerConfig) -> (SocketAddr, oneshot::Sender<()>, JoinHa
 async fn start_with(
     config: ServerConfig,
     harness: Harness,
-) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+) -> (
+    SocketAddr,
+    oneshot::Sender<()>,
+    JoinHandle<std::io::Result<()>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let addr = listener.local_addr().expect("its address");
     let (stop, stopped) = oneshot::channel::<()>();
@@ -110,6 +120,7 @@ async fn at_the_connection_limit_a_new_connection_waits_for_one_to_close() {
     let (addr, _stop, _task) = start(ServerConfig {
         max_connections: 1,
         header_timeout: Duration::from_secs(60),
+        ..ServerConfig::default()
     })
     .await;
     let mut first = TcpStream::connect(addr).await.unwrap();
@@ -161,6 +172,7 @@ async fn stopping_finishes_the_request_in_flight_and_closes_idle_connections() {
     tokio::time::timeout(HANG, task)
         .await
         .expect("serve did not return once its connections closed")
-        .unwrap();
+        .expect("the serve task ran to its end")
+        .expect("serve started its threads");
     assert!(TcpStream::connect(addr).await.is_err(), "still listening");
 }

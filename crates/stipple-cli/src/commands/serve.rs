@@ -289,6 +289,7 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
         ServerConfig {
             max_connections: config.ingress.max_connections,
             header_timeout: config.ingress.header_timeout,
+            threads: config.ingress.threads,
         },
         stopped(signal_rx),
     ));
@@ -306,12 +307,14 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
                 Err(_) => {
                     warn!(?grace, "requests still open after the grace period are cut off");
                     server.abort();
-                    Ok(())
+                    Ok(Ok(()))
                 }
             }
         }
     };
-    served.context("the HTTP server task failed")?;
+    served
+        .context("the HTTP server task failed")?
+        .context("cannot start the threads that serve connections")?;
     // Requests are all answered: now stop delivery and housekeeping.
     let _ = stop_tx.send(true);
     for pipeline in delivering {
