@@ -18,7 +18,7 @@
 //! SQLite itself runs with `synchronous=NORMAL` (no fsync on commit). With
 //! [`Synchronous::Full`](super::Synchronous::Full) the writer hands each commit that
 //! holds an append to `fsync` ([`Durability`]), where the write-ahead log is fsynced
-//! (by one of the waiting requests, or a second thread) before it is answered, while
+//! (by the syncer thread) before it is answered, while
 //! the writer gathers the appends that arrive meanwhile into the next group (one commit
 //! per fsync) and runs every other request at once: fsync latency then costs answer
 //! time, not throughput. The WAL holds every committed frame in order and recovery
@@ -128,12 +128,6 @@ pub(super) struct Shared {
     /// When set, the next fsync fails (to test what follows).
     #[cfg(test)]
     pub(super) fail_next_sync: AtomicBool,
-    /// Fsyncs run by a waiting request rather than the syncer thread.
-    #[cfg(test)]
-    pub(super) led: AtomicU64,
-    /// While set, groups of one request are led too (to test leaders one at a time).
-    #[cfg(test)]
-    pub(super) lead_groups_of_one: AtomicBool,
 }
 
 impl Shared {
@@ -260,11 +254,6 @@ impl Answers {
         }
     }
 
-    /// How many callers wait for an fsync.
-    pub(super) fn waiting(&self) -> usize {
-        self.durable.len()
-    }
-
     /// Answers the callers that need not wait for an fsync; keeps the others.
     fn send_committed(&mut self) {
         let ended = match self.commit_error.as_deref() {
@@ -332,7 +321,7 @@ pub(super) fn run(
                 // later one covers this group's frames too (the WAL is written in order).
                 if !answers.durable.is_empty() {
                     wait_for_backlog(&shared);
-                    durability.hand_over(answers, weight);
+                    durability.hand_over(answers);
                 }
             }
             _ => answers.send(None),
