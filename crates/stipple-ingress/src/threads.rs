@@ -1,17 +1,17 @@
 //! The threads that serve HTTP connections: each runs a single-threaded tokio runtime of
 //! its own, and a connection stays on the thread it was given from accept to close.
 //!
-//! Why not the service's multi-threaded runtime: a request's tasks and wake-ups (its
-//! connection, the store's answer) then stay on one thread, where waking a task is a
-//! push onto that thread's queue, and no worker spends time looking for work to steal
-//! from another. Measured on `/v1/track` at 256 connections with delivery paused
-//! (docs/operations.md, Sizing), the threads' CPU a request fell by about a sixth and
-//! the rate rose by about a tenth.
+//! Why not the service's multi-threaded runtime: a connection's task then never moves
+//! between threads, no thread spends time looking for tasks to steal from another, and
+//! the wake-ups of its socket reach that one thread (only the store's answer comes from
+//! the store's syncer thread). Measured on `/v1/track` at 256 connections with delivery
+//! paused (docs/operations.md, Sizing), the CPU a request on these threads fell by about
+//! a sixth and the rate rose by 10-15%.
 //!
 //! What this gives up: a thread's connections cannot move to another thread while it
 //! is busy. Each new connection goes to the thread with the fewest open, so the many
 //! short-lived or keep-alive connections of Segment's clients spread evenly; a few very
-//! busy connections may not, and then raise the rate no more than one core's worth each.
+//! busy connections may not, and those on one thread then share one core.
 //!
 //! Dropping [`ConnectionThreads`] stops the threads: the connections still open on them
 //! are cut off, as they are when a multi-threaded runtime is dropped.
