@@ -49,11 +49,11 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 4000;
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
     /// An append is answered only once the write-ahead log holding it is fsynced, so it
-    /// survives a power loss. The fsync runs beside the writer (on the worker of one of
-    /// the appends waiting for it, or a thread of its own), which meanwhile commits the
-    /// next group. Leases, acks, retries, releases, dead-lettering, requeues and
-    /// dedup expiry are answered at commit either way: a power loss can undo the last of
-    /// them, which costs at most a redelivery (see the crate's invariants). The default.
+    /// survives a power loss. The fsync runs beside the writer, on a thread of its own,
+    /// while the writer gathers the next group. Leases, acks, retries, releases,
+    /// dead-lettering, requeues and dedup expiry are answered at commit either way: a
+    /// power loss can undo the last of them, which costs at most a redelivery (see the
+    /// crate's invariants). The default.
     #[default]
     Full,
     /// Answered once committed, without waiting for an fsync (SQLite's own

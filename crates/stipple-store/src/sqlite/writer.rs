@@ -17,13 +17,13 @@
 //!
 //! SQLite itself runs with `synchronous=NORMAL` (no fsync on commit). With
 //! [`Synchronous::Full`](super::Synchronous::Full) the writer hands each commit that
-//! holds an append to `fsync` ([`Durability`]), where the write-ahead log is fsynced
-//! (by the syncer thread) before it is answered, while
-//! the writer gathers the appends that arrive meanwhile into the next group (one commit
-//! per fsync) and runs every other request at once: fsync latency then costs answer
-//! time, not throughput. The WAL holds every committed frame in order and recovery
-//! keeps each transaction whose frames are all on disk, so an fsync of the WAL after
-//! COMMIT makes that commit as durable as SQLite's own `synchronous=FULL` would.
+//! holds an append to `fsync` ([`Durability`]), where the syncer thread fsyncs the
+//! write-ahead log before it is answered, while the writer gathers the appends that
+//! arrive meanwhile into the next group (one commit per fsync) and runs every other
+//! request at once: fsync latency then costs answer time, not throughput. The WAL
+//! holds every committed frame in order and recovery keeps each transaction whose
+//! frames are all on disk, so an fsync of the WAL after COMMIT makes that commit as
+//! durable as SQLite's own `synchronous=FULL` would.
 //!
 //! Why a writer thread, and not the callers themselves taking turns at committing on
 //! their own tokio workers, which spares a hand-off: built in full and measured against
