@@ -639,3 +639,56 @@ fn delivery_over_https_trusts_only_a_known_authority() {
     assert!(body.contains("m-tls"), "{body}");
     assert!(terminate(&mut service).success());
 }
+
+/// A request whose client stalls mid-body when SIGTERM comes holds the stop for
+/// `ingress.shutdown_grace` at most: it is then cut off unanswered (its client sends it
+/// again), the threads that serve connections are stopped with it, and the service
+/// still exits 0.
+#[test]
+fn a_request_stalled_past_the_grace_period_is_cut_off_and_serve_still_exits_cleanly() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = launch(
+        dir.path(),
+        "",
+        None,
+        true,
+        &[("STIPPLE_INGRESS__SHUTDOWN_GRACE", Path::new("1s"))],
+    );
+    let addr = service.ingress.strip_prefix("http://").unwrap().to_owned();
+    let mut client = std::net::TcpStream::connect(&addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let head = |length: usize| {
+        format!(
+            "POST /v1/track HTTP/1.1\r\nhost: stipple\r\nauthorization: Basic d2std2ViOg==\r\n\
+             content-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+        )
+    };
+    // One whole request first, so that the connection is surely being served.
+    let body = r#"{"type":"track","event":"A","userId":"u-1"}"#;
+    client
+        .write_all(format!("{}{body}", head(body.len())).as_bytes())
+        .unwrap();
+    let mut answer = [0u8; 512];
+    let n = client.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Then the head of a second and half its body; the rest never comes.
+    client
+        .write_all(format!("{}{{\"type\":", head(body.len())).as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let status = terminate(&mut service);
+    assert!(status.success(), "{status}");
+    // Cut off: the connection closed with no answer to the stalled request.
+    let mut rest = Vec::new();
+    let read = client.read_to_end(&mut rest);
+    assert!(
+        read.is_ok_and(|n| n == 0) || rest.is_empty(),
+        "the stalled request was answered: {}",
+        String::from_utf8_lossy(&rest)
+    );
+}
