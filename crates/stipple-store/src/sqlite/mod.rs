@@ -12,7 +12,6 @@
 
 mod checkpoint;
 mod dedup;
-mod fsync;
 mod leases;
 mod ops;
 mod schema;
@@ -182,7 +181,7 @@ impl SqliteStore {
         configure(path, &conn, &options)?;
         schema::migrate(&mut conn, options.role == Role::Service)?;
         let now = to_micros(options.clock.now());
-        // A first write, so that the write-ahead log exists to be opened for fsyncs.
+        // A first write, so that the write-ahead log exists for the syncer to open.
         ops::touch(&conn, now).map_err(|e| open_error(path, e))?;
         let counts = conn
             .query_row(writer::SELECT_COUNTS, [], |row| {
@@ -207,7 +206,7 @@ impl SqliteStore {
         let shared = Arc::new(Shared::default());
         shared.publish(counts);
 
-        let durability = match options.synchronous {
+        let syncer = match options.synchronous {
             Synchronous::Normal => None,
             Synchronous::Full => {
                 let wal = wal_path(path);
@@ -218,11 +217,10 @@ impl SqliteStore {
                     .map_err(|e| {
                         StoreError::Open(format!("cannot open the log {}: {e}", wal.display()))
                     })?;
-                let durability =
-                    fsync::Durability::start(wal, file, Arc::clone(&shared)).map_err(|e| {
-                        StoreError::Open(format!("cannot start the store sync thread: {e}"))
-                    })?;
-                Some(durability)
+                let syncer = writer::start_syncer(wal, file, Arc::clone(&shared)).map_err(|e| {
+                    StoreError::Open(format!("cannot start the store sync thread: {e}"))
+                })?;
+                Some(syncer)
             }
         };
         let checkpoints = match options.role {
@@ -246,7 +244,7 @@ impl SqliteStore {
                     checkpoints,
                     _service_lock: service_lock,
                 };
-                writer::run(db, clock, receiver, thread_shared, durability);
+                writer::run(db, clock, receiver, thread_shared, syncer);
             })
             .map_err(|e| StoreError::Open(format!("cannot start the store writer thread: {e}")))?;
         Ok(Self {
@@ -391,7 +389,7 @@ fn configure(path: &Path, conn: &Connection, options: &SqliteOptions) -> Result<
             path.display()
         )));
     }
-    // Full durability comes from the fsyncs of `fsync` (see `writer`), not from SQLite.
+    // Full durability comes from the syncer thread (see `writer`), not from SQLite.
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(error)?;
     conn.pragma_update(None, "cache_size", -i64::from(options.cache_size_kib))

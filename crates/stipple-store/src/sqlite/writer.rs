@@ -16,14 +16,22 @@
 //! adds what it changed to the `counts` row and reads it back, for `stats`.
 //!
 //! SQLite itself runs with `synchronous=NORMAL` (no fsync on commit). With
-//! [`Synchronous::Full`](super::Synchronous::Full) the writer hands each commit that
-//! holds an append to `fsync` ([`Durability`]), where the syncer thread fsyncs the
-//! write-ahead log before it is answered, while the writer gathers the appends that
-//! arrive meanwhile into the next group (one commit per fsync) and runs every other
-//! request at once: fsync latency then costs answer time, not throughput. The WAL
-//! holds every committed frame in order and recovery keeps each transaction whose
-//! frames are all on disk, so an fsync of the WAL after COMMIT makes that commit as
-//! durable as SQLite's own `synchronous=FULL` would.
+//! [`Synchronous::Full`](super::Synchronous::Full) a second thread, the syncer
+//! (`stipple-store-sync`, [`sync`]), fsyncs the write-ahead log after each commit that
+//! holds an append and only then answers it, once for every group committed since its
+//! last fsync, while the writer gathers the appends that arrive meanwhile into the next
+//! group (one commit per fsync) and runs every other request at once: fsync latency
+//! then costs answer time, not throughput, and no async worker ever blocks in an
+//! fsync. The WAL holds every committed frame in order and recovery keeps each
+//! transaction whose frames are all on disk, so an fsync of the WAL after COMMIT makes
+//! that commit as durable as SQLite's own `synchronous=FULL` would.
+//!
+//! Why not have one of the waiting requests run the fsync on its own tokio worker and
+//! wake the others there, as this store did for a while: that paid on a multi-threaded
+//! runtime, but the ingress serves its connections on single-threaded runtimes
+//! (stipple-ingress `threads.rs`), where a request that runs the fsync blocks every
+//! connection of its thread. Measured there, it cut `/v1/track` at 256 connections from
+//! 0.43-0.45 of the bare handler's rate to 0.40-0.41 (docs/operations.md, Sizing).
 //!
 //! Why a writer thread, and not the callers themselves taking turns at committing on
 //! their own tokio workers, which spares a hand-off: built in full and measured against
@@ -47,7 +55,9 @@
 //!   the next expiry takes them.
 //! - reads (listings): they may show a commit that is then lost.
 //!
-//! A failed fsync makes every later request fail (`broken`, see `fsync`); requests
+//! A failed fsync makes every later request fail (`broken`), and the appends of groups
+//! already waiting for a later fsync too, even when that fsync succeeds (Linux reports a
+//! lost write-back once, and their frames follow the lost ones in the log); requests
 //! answered at commit before it are like those lost to a power loss above.
 //!
 //! Ordering: a lease may hand out an event whose append has committed but whose fsync
@@ -60,6 +70,8 @@
 //! before a commit it depends on is durable, cannot happen: appends depend on no other
 //! request, and the fsync that answers an append covers every commit before it.
 
+use std::fs::File;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -68,7 +80,6 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::dedup::DedupIndex;
-use super::fsync::Durability;
 use crate::clock::Clock;
 use crate::time::{Micros, to_micros};
 use crate::{STORE_WARNINGS_EVERY, StoreError, Throttle};
@@ -244,7 +255,7 @@ pub(super) struct Answers {
 
 impl Answers {
     /// Answers every caller; `error` overrides success.
-    pub(super) fn send(self, error: Option<&str>) {
+    fn send(self, error: Option<&str>) {
         let ended = match error.or(self.commit_error.as_deref()) {
             Some(e) => Err(e),
             None => Ok(()),
@@ -266,14 +277,14 @@ impl Answers {
     }
 }
 
-/// The writer thread's loop: ends when every store handle is gone. With `durability`,
-/// answers go there to wait for an fsync; without, they go out once SQLite has committed.
+/// The writer thread's loop: ends when every store handle is gone. With `syncer`, answers
+/// go there to wait for an fsync; without, they go out once SQLite has committed.
 pub(super) fn run(
     mut db: Db,
     clock: Arc<dyn Clock>,
     mut requests: mpsc::Receiver<Box<dyn Work>>,
     shared: Arc<Shared>,
-    durability: Option<Arc<Durability>>,
+    syncer: Option<std::sync::mpsc::SyncSender<Answers>>,
 ) {
     let _ = shared.writer.set(std::thread::current());
     let mut group: Vec<Box<dyn Work>> = Vec::with_capacity(MAX_GROUP_REQUESTS);
@@ -285,7 +296,7 @@ pub(super) fn run(
         // commit: gathering them into one group until the fsync ends costs them no
         // time and spares a commit per small group (the writer's largest cost per
         // single-event append). Anything else in the group goes at once.
-        if durability.is_some() {
+        if syncer.is_some() {
             let deadline = Instant::now() + MAX_GATHER;
             while shared.syncing.load(Ordering::Acquire) > 0
                 && weight < MAX_GROUP_WEIGHT
@@ -313,15 +324,24 @@ pub(super) fn run(
         if let (None, Some(checkpoints)) = (&answers.commit_error, &mut db.checkpoints) {
             checkpoints.wrote(weight);
         }
-        match &durability {
-            Some(durability) if answers.commit_error.is_none() => {
+        match &syncer {
+            Some(syncer) if answers.commit_error.is_none() => {
                 // Committed: leases, acks and the like go out now, before any fsync.
                 answers.send_committed();
                 // Only a group with an append (or readiness check) needs the fsync; a
                 // later one covers this group's frames too (the WAL is written in order).
                 if !answers.durable.is_empty() {
-                    wait_for_backlog(&shared);
-                    durability.hand_over(answers);
+                    // Counted now, not once the syncer wakes: the writer gathers the
+                    // appends that come meanwhile into its next group instead of
+                    // committing them alone. The channel holds [`SYNC_BACKLOG`] groups:
+                    // past that (a stalled disk) the writer waits, and the requests
+                    // behind wait in its own channel rather than pile up in memory.
+                    shared.syncing.fetch_add(1, Ordering::SeqCst);
+                    if let Err(unsent) = syncer.send(answers) {
+                        shared.syncing.fetch_sub(1, Ordering::SeqCst);
+                        // The syncer only stops when this thread does; answer anyway.
+                        unsent.0.send(Some(BROKEN));
+                    }
                 }
             }
             _ => answers.send(None),
@@ -330,21 +350,7 @@ pub(super) fn run(
             checkpoints.restart_if_asked(&db.conn);
         }
     }
-    if let Some(durability) = &durability {
-        durability.close();
-    }
     tracing::debug!("store writer stopping: no handle left");
-}
-
-/// Waits while [`SYNC_BACKLOG`] committed groups wait for an fsync (a stalled disk), so
-/// that the requests behind them wait in the channel rather than pile up in memory.
-fn wait_for_backlog(shared: &Shared) {
-    while shared.syncing.load(Ordering::SeqCst) >= SYNC_BACKLOG
-        && !shared.broken.load(Ordering::Acquire)
-    {
-        // Woken when an fsync ends; the timeout only guards against a lost wake-up.
-        std::thread::park_timeout(Duration::from_millis(100));
-    }
 }
 
 /// Moves the requests waiting in the channel into `group` (of weight `weight`), up to
@@ -373,6 +379,89 @@ static FAILURES: Throttle = Throttle::new(STORE_WARNINGS_EVERY);
 /// The answer to every request once an fsync has failed.
 pub(super) const BROKEN: &str = "an fsync of the store's write-ahead log failed, so what it holds is \
                       uncertain: check the disk and restart stipple";
+
+/// Starts the syncer thread, which fsyncs `file`, the log at `wal` (see [`sync`]); the
+/// writer hands it committed groups through the channel returned.
+pub(super) fn start_syncer(
+    wal: PathBuf,
+    file: File,
+    shared: Arc<Shared>,
+) -> std::io::Result<std::sync::mpsc::SyncSender<Answers>> {
+    let (syncer, committed) = std::sync::mpsc::sync_channel(SYNC_BACKLOG);
+    std::thread::Builder::new()
+        .name("stipple-store-sync".into())
+        .spawn(move || sync(&wal, &file, &committed, &shared))?;
+    Ok(syncer)
+}
+
+/// The syncer thread's loop: fsyncs the write-ahead log once for all the groups with
+/// appends committed since the last fsync, then answers their appends; ends when the
+/// writer does. One fsync at a time and in order, so that "later" in the failed-fsync
+/// rule (`broken`) is well defined.
+fn sync(
+    wal: &std::path::Path,
+    file: &File,
+    committed: &std::sync::mpsc::Receiver<Answers>,
+    shared: &Shared,
+) {
+    let mut pending = Vec::new();
+    while let Ok(first) = committed.recv() {
+        pending.push(first);
+        while let Ok(next) = committed.try_recv() {
+            pending.push(next);
+        }
+        #[cfg(test)]
+        wait_while(&shared.hold_syncs);
+        // SQLite keeps reusing this one file until the connection closes.
+        let started = Instant::now();
+        #[cfg(test)]
+        let synced = if shared.fail_next_sync.swap(false, Ordering::AcqRel) {
+            Err(std::io::Error::other("injected fsync failure"))
+        } else {
+            file.sync_data()
+        };
+        #[cfg(not(test))]
+        let synced = file.sync_data();
+        #[cfg(test)]
+        wait_while(&shared.hold_after_sync);
+        let error = match synced {
+            // An fsync that succeeds after one failed proves nothing: Linux reports a
+            // lost write-back once per file, and these frames follow the lost ones in
+            // the log, which recovery stops reading at the first bad frame.
+            Ok(()) if shared.broken.load(Ordering::Acquire) => Some(BROKEN),
+            Ok(()) => {
+                metrics::histogram!(crate::FSYNC_SECONDS).record(started.elapsed());
+                shared.syncs.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, wal = %wal.display(), "store fsync failed");
+                // After a failed fsync the kernel may have dropped the dirty pages:
+                // nothing written since can be promised durable.
+                shared.broken.store(true, Ordering::Release);
+                Some(BROKEN)
+            }
+        };
+        let ended = pending.len();
+        for answers in pending.drain(..) {
+            answers.send(error);
+        }
+        shared.syncing.fetch_sub(ended, Ordering::SeqCst);
+        // The writer may be gathering appends until this fsync ends.
+        if let Some(writer) = shared.writer.get() {
+            writer.unpark();
+        }
+    }
+}
+
+/// Holds the syncer back while a test sets `hold`.
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // the syncer's own thread, not a tokio worker
+fn wait_while(hold: &AtomicBool) {
+    while hold.load(Ordering::Acquire) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
 
 /// Runs `group` in one transaction; returns the answers, to send once it is durable.
 /// A request that fails is answered at once and the transaction run again without it;
@@ -807,12 +896,12 @@ mod tests {
         // The fsync is held back until the test lets it go.
         shared.hold_syncs.store(true, Ordering::Release);
         let file = std::fs::File::open(&log).expect("log file");
-        let durability = Durability::start(log, file, Arc::clone(&shared)).expect("syncer");
+        let syncer = start_syncer(log, file, Arc::clone(&shared)).expect("syncer");
         let (requests, receiver) = mpsc::channel(16);
         let writer = {
             let shared = Arc::clone(&shared);
             let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Utc::now()));
-            std::thread::spawn(move || run(db(), clock, receiver, shared, Some(durability)))
+            std::thread::spawn(move || run(db(), clock, receiver, shared, Some(syncer)))
         };
         let (a, mut a_answer) = put_answered("a", false, Reply::Durable);
         requests.blocking_send(a).expect("writer running");
