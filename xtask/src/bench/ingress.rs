@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use super::load::{self, LoadPlan, LoadResult, Target, Template};
-use super::procs::{self, Cpu, Server};
+use super::procs::{self, Cpu, Machine, Server};
 use super::report::{self, Goal, Row};
 use super::{BATCH_SIZE, Bench};
+
+/// A round in which the hypervisor took more than this share of the machine's CPU time
+/// (either side of it) is pointed out in the notes.
+const STEAL_WARNING: f64 = 0.05;
 
 impl Bench<'_> {
     /// Part 1; with `track_only`, only the measurement the `/v1/track` goal is judged on.
@@ -187,6 +191,7 @@ impl Bench<'_> {
             )
         };
         let done = |r: &LoadResult| if batch { r.ok_events } else { r.ok_requests };
+        let mut stolen_rounds = Vec::new();
         for round in 0..self.args.rounds.max(1) {
             let measured = plan(self.args.seconds);
             let (stipple, baseline) = if round % 2 == 0 {
@@ -207,7 +212,7 @@ impl Bench<'_> {
             let seconds = |m: &Measured| m.result.elapsed.as_secs_f64();
             eprintln!(
                 "bench: {path} {label}, {connections} connections, round {}/{}: stipple {} ({:.2} s{}; answers {}; serve {}; load generator {:.2} cores), \
-                 bare {} ({:.2} s{}; answers {}; {:.2} cores), ratio {:.2}",
+                 bare {} ({:.2} s{}; answers {}; {:.2} cores), ratio {:.2}; stolen by the host {:.0}% and {:.0}%",
                 round + 1,
                 self.args.rounds.max(1),
                 report::number(per(&stipple.result), unit),
@@ -222,7 +227,12 @@ impl Bench<'_> {
                 latencies(&baseline.result),
                 baseline.server.total / seconds(&baseline),
                 per(&stipple.result) / per(&baseline.result),
+                stipple.stolen * 100.0,
+                baseline.stolen * 100.0,
             );
+            if stipple.stolen.max(baseline.stolen) > STEAL_WARNING {
+                stolen_rounds.push(round + 1);
+            }
             paired.ours.push(per(&stipple.result));
             paired.theirs.push(per(&baseline.result));
             paired
@@ -265,6 +275,15 @@ impl Bench<'_> {
             notes.push(format!(
                 "some runs reached the request cap before {} s",
                 self.args.seconds
+            ));
+        }
+        if !stolen_rounds.is_empty() {
+            let rounds: Vec<String> = stolen_rounds.iter().map(ToString::to_string).collect();
+            notes.push(format!(
+                "the host took more than {:.0}% of the cores in round(s) {}: those figures \
+                 measure the host too",
+                STEAL_WARNING * 100.0,
+                rounds.join(", ")
             ));
         }
         paired.note = notes.join("; ");
@@ -326,17 +345,21 @@ struct Measured {
     server: Cpu,
     /// CPU used by this process: the load generator.
     generator: Cpu,
+    /// The share of the machine's CPU time the hypervisor took meanwhile.
+    stolen: f64,
 }
 
 async fn measure(server: &Server, target: &Target, plan: &LoadPlan) -> anyhow::Result<Measured> {
     procs::settle_disk().await?;
     let (server_before, own_before) = (Cpu::of(server.pid()), Cpu::own());
+    let machine_before = Machine::now();
     let result = load::run(target, plan).await?;
     let (server_after, own_after) = (Cpu::of(server.pid()), Cpu::own());
     Ok(Measured {
         result,
         server: server_after.since(&server_before),
         generator: own_after.since(&own_before),
+        stolen: Machine::now().stolen_since(&machine_before),
     })
 }
 

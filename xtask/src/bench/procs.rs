@@ -356,6 +356,51 @@ impl Cpu {
     }
 }
 
+/// The whole machine's CPU time so far, from the `cpu` line of `/proc/stat`: all of it,
+/// and what the hypervisor gave other guests meanwhile (steal). On a shared virtual
+/// machine steal slows whatever runs, in spells: a round that lost much to it measures
+/// the host rather than the server.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Machine {
+    /// Ticks of every kind (user, nice, system, idle, iowait, irq, softirq, steal).
+    total: u64,
+    /// Ticks stolen by the hypervisor.
+    steal: u64,
+}
+
+impl Machine {
+    /// Now; zero when `/proc/stat` cannot be read (no steal is then reported).
+    pub(crate) fn now() -> Machine {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| Machine::parse(&stat))
+            .unwrap_or_default()
+    }
+
+    fn parse(stat: &str) -> Option<Machine> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|t| t.parse().ok())
+            .collect::<Option<_>>()?;
+        Some(Machine {
+            total: ticks.iter().sum(),
+            steal: *ticks.get(7)?,
+        })
+    }
+
+    /// The share of the machine's CPU time stolen between `earlier` and `self` (0 to 1).
+    pub(crate) fn stolen_since(&self, earlier: &Machine) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return 0.0;
+        }
+        self.steal.saturating_sub(earlier.steal) as f64 / total as f64
+    }
+}
+
 /// The thread name and user + system ticks of a `/proc/.../stat` file.
 fn ticks(path: &str) -> Option<(String, u64)> {
     let text = std::fs::read_to_string(path).ok()?;
@@ -380,4 +425,21 @@ fn clock_tick() -> f64 {
             .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
             .unwrap_or(100.0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_the_share_of_all_ticks_between_two_readings() {
+        let before =
+            Machine::parse("cpu  100 0 50 800 10 0 20 20 0 0\ncpu0 1 2 3\n").expect("parse");
+        let after =
+            Machine::parse("cpu  160 0 70 880 10 0 30 50 0 0\ncpu0 1 2 3\n").expect("parse");
+        // 200 ticks in all, 30 of them stolen.
+        assert!((after.stolen_since(&before) - 0.15).abs() < 1e-9);
+        assert_eq!(after.stolen_since(&after), 0.0);
+        assert!(Machine::parse("cpu  1 2 3\n").is_none(), "a line too short");
+    }
 }
