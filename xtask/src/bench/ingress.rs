@@ -359,7 +359,10 @@ async fn measure(server: &Server, target: &Target, plan: &LoadPlan) -> anyhow::R
         result,
         server: server_after.since(&server_before),
         generator: own_after.since(&own_before),
-        stolen: Machine::now().stolen_since(&machine_before),
+        // Unknown (no /proc/stat) counts as none stolen.
+        stolen: machine_before
+            .zip(Machine::now())
+            .map_or(0.0, |(before, after)| after.stolen_since(&before)),
     })
 }
 

@@ -360,7 +360,7 @@ impl Cpu {
 /// and what the hypervisor gave other guests meanwhile (steal). On a shared virtual
 /// machine steal slows whatever runs, in spells: a round that lost much to it measures
 /// the host rather than the server.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Machine {
     /// Ticks of every kind (user, nice, system, idle, iowait, irq, softirq, steal).
     total: u64,
@@ -369,12 +369,9 @@ pub(crate) struct Machine {
 }
 
 impl Machine {
-    /// Now; zero when `/proc/stat` cannot be read (no steal is then reported).
-    pub(crate) fn now() -> Machine {
-        std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|stat| Machine::parse(&stat))
-            .unwrap_or_default()
+    /// Now; `None` when `/proc/stat` cannot be read.
+    pub(crate) fn now() -> Option<Machine> {
+        Machine::parse(&std::fs::read_to_string("/proc/stat").ok()?)
     }
 
     fn parse(stat: &str) -> Option<Machine> {
