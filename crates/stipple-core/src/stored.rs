@@ -24,11 +24,13 @@ use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
-use serde::Deserializer;
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::message::{Message, Text, read_plain_field};
+
+mod canonical;
 
 /// A message read by [`split`]: its plain fields, and the text of everything else.
 #[derive(Debug)]
@@ -99,7 +101,7 @@ impl Rest<'_> {
         let mut object = Object::reopen(&mut out);
         for (key, block) in blocks {
             if let Some(range) = block {
-                object.entry(key, &self.text[range.clone()])?;
+                object.entry(&Cow::Borrowed(key), &self.text[range.clone()])?;
             }
         }
         for (key, raw) in &self.other {
@@ -129,17 +131,19 @@ impl<'o> Object<'o> {
     }
 
     /// Starts an entry: the value is written next.
-    fn key(&mut self, key: &str) -> serde_json::Result<()> {
+    #[allow(clippy::ptr_arg, reason = "borrowed or owned says whether the text had escapes")]
+    fn key(&mut self, key: &Cow<'_, str>) -> serde_json::Result<()> {
         if !self.first {
             self.out.push(b',');
         }
         self.first = false;
-        serde_json::to_writer(&mut *self.out, key)?;
+        write_str(self.out, key)?;
         self.out.push(b':');
         Ok(())
     }
 
-    fn entry(&mut self, key: &str, value: &[u8]) -> serde_json::Result<()> {
+    #[allow(clippy::ptr_arg, reason = "borrowed or owned says whether the text had escapes")]
+    fn entry(&mut self, key: &Cow<'_, str>, value: &[u8]) -> serde_json::Result<()> {
         self.key(key)?;
         self.out.extend_from_slice(value);
         Ok(())
@@ -147,6 +151,24 @@ impl<'o> Object<'o> {
 
     fn close(self) {
         self.out.push(b'}');
+    }
+}
+
+/// Writes `text` as a JSON string, as `serde_json` writes a string. Borrowed text
+/// (serde_json's reader borrows a string only when it held no escape sequence, and it
+/// refuses unescaped quotes and control characters) needs no escaping: it is copied as
+/// it is, sparing the scan for characters to escape.
+#[allow(clippy::ptr_arg, reason = "borrowed or owned says whether the text had escapes")]
+fn write_str(out: &mut Vec<u8>, text: &Cow<'_, str>) -> serde_json::Result<()> {
+    match text {
+        Cow::Borrowed(text) => {
+            out.reserve(text.len() + 2);
+            out.push(b'"');
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'"');
+            Ok(())
+        }
+        Cow::Owned(text) => serde_json::to_writer(out, text),
     }
 }
 
@@ -216,7 +238,7 @@ enum Part<'a> {
 fn assemble<'k>(
     out: &mut Vec<u8>,
     start: usize,
-    entries: impl IntoIterator<Item = (&'k str, Part<'k>)>,
+    entries: impl IntoIterator<Item = (&'k Cow<'k, str>, Part<'k>)>,
 ) -> serde_json::Result<()> {
     let end = out.len();
     let mut object = Object::open(out);
@@ -233,129 +255,52 @@ fn assemble<'k>(
     Ok(())
 }
 
-/// Writes any JSON value into `.0` as `serde_json::Value` would write it back.
-struct Canonical<'o>(&'o mut Vec<u8>);
+/// Where a top-level block's value is read, in `serde_json`'s recursion count (128 at
+/// the top, one less inside the message's object).
+const BLOCK_DEPTH: u8 = 127;
 
-impl<'de> DeserializeSeed<'de> for Canonical<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl Canonical<'_> {
-    fn number<E: de::Error>(self, n: serde_json::Number) -> Result<(), E> {
-        serde_json::to_writer(&mut *self.0, &n).map_err(E::custom)
-    }
-}
-
-impl<'de> Visitor<'de> for Canonical<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.0.extend_from_slice(b"null");
-        Ok(())
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.0
-            .extend_from_slice(if v { b"true" as &[u8] } else { b"false" });
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.number(v.into())
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.number(v.into())
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        // What `Value` does with a float (JSON text always gives a finite one).
-        match serde_json::Number::from_f64(v) {
-            Some(n) => self.number(n),
-            None => self.visit_unit(),
-        }
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        serde_json::to_writer(&mut *self.0, v).map_err(E::custom)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let out = self.0;
-        out.push(b'[');
-        let mut first = true;
-        loop {
-            let before = out.len();
-            if !first {
-                out.push(b',');
-            }
-            if seq.next_element_seed(Canonical(out))?.is_none() {
-                out.truncate(before);
-                break;
-            }
-            first = false;
-        }
-        out.push(b']');
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        // The values are written one after another, then put together in key order.
-        let out = self.0;
-        let start = out.len();
-        let mut entries = Vec::new();
-        while let Some(Text(key)) = map.next_key()? {
-            let from = out.len();
-            map.next_value_seed(Canonical(out))?;
-            entries.push((key, from..out.len()));
-        }
-        sort_unique(&mut entries)?;
-        let parts = entries
-            .iter()
-            .map(|(key, range)| (&**key, Part::Written(range.clone())));
-        assemble(out, start, parts).map_err(de::Error::custom)
-    }
-}
+/// Where a block inside `context` is read: one level further in.
+const CONTEXT_BLOCK_DEPTH: u8 = BLOCK_DEPTH - 1;
 
 /// A block read as `Option<serde_json::Map>`: `null` is none; anything but an object is
-/// an error. Written into `.0`; the answer is where.
+/// an error. Written into `.0` (see [`canonical`]); the answer is where.
 struct ObjectOrNull<'o>(&'o mut Vec<u8>);
 
 impl<'de> DeserializeSeed<'de> for ObjectOrNull<'_> {
     type Value = Option<Range<usize>>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ObjectOrNull<'_> {
-    type Value = Option<Range<usize>>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object or null")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let raw = <&'de RawValue>::deserialize(d)?.get();
+        if raw == "null" {
+            return Ok(None);
+        }
+        if !raw.starts_with('{') {
+            return Err(de::Error::custom("a block that is not an object"));
+        }
         let start = self.0.len();
-        Canonical(&mut *self.0).visit_map(map)?;
+        canonical::write_value(raw, BLOCK_DEPTH, self.0).map_err(declined)?;
         Ok(Some(start..self.0.len()))
     }
 }
 
-/// A value read as `Option<serde_json::Value>`: `null` is none. Written into `.0`; the
-/// answer is where.
+/// A value inside `context` read as `Option<serde_json::Value>`: `null` is none.
+/// Written into `.0` (see [`canonical`]); the answer is where.
 struct ValueOrNull<'o>(&'o mut Vec<u8>);
 
 impl<'de> DeserializeSeed<'de> for ValueOrNull<'_> {
     type Value = Option<Range<usize>>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        let start = self.0.len();
-        Canonical(&mut *self.0).deserialize(d)?;
-        if self.0[start..] == *b"null" {
-            self.0.truncate(start);
+        let raw = <&'de RawValue>::deserialize(d)?.get();
+        if raw == "null" {
             return Ok(None);
         }
+        let start = self.0.len();
+        canonical::write_value(raw, CONTEXT_BLOCK_DEPTH, self.0).map_err(declined)?;
         Ok(Some(start..self.0.len()))
     }
+}
+
+fn declined<E: de::Error>(_: canonical::Declined) -> E {
+    E::custom("a block the reference path reads otherwise")
 }
 
 /// The `context` block read as `Option<Context>`: the blocks [`crate::Context`] parses
@@ -371,7 +316,13 @@ impl<'de> DeserializeSeed<'de> for ContextOrNull<'_> {
 }
 
 /// The `context` keys [`crate::Context`] reads as values, in its field order.
-const CONTEXT_BLOCKS: [&str; 5] = ["traits", "device", "campaign", "location", "personas"];
+const CONTEXT_BLOCKS: [Cow<'static, str>; 5] = [
+    Cow::Borrowed("traits"),
+    Cow::Borrowed("device"),
+    Cow::Borrowed("campaign"),
+    Cow::Borrowed("location"),
+    Cow::Borrowed("personas"),
+];
 
 impl<'de> Visitor<'de> for ContextOrNull<'_> {
     type Value = Option<Range<usize>>;
@@ -387,7 +338,7 @@ impl<'de> Visitor<'de> for ContextOrNull<'_> {
         let mut blocks: [Option<Range<usize>>; 5] = Default::default();
         let mut other: Vec<(Cow<'de, str>, &'de str)> = Vec::new();
         while let Some(Text(key)) = map.next_key()? {
-            match CONTEXT_BLOCKS.iter().position(|name| *name == &*key) {
+            match CONTEXT_BLOCKS.iter().position(|name| **name == *key) {
                 Some(i) => blocks[i] = map.next_value_seed(ValueOrNull(&mut *out))?,
                 None => {
                     let raw: &'de RawValue = map.next_value()?;
@@ -397,8 +348,8 @@ impl<'de> Visitor<'de> for ContextOrNull<'_> {
         }
         sort_unique(&mut other)?;
         let typed = CONTEXT_BLOCKS.iter().zip(blocks);
-        let typed = typed.filter_map(|(name, range)| Some((*name, Part::Written(range?))));
-        let raw = other.iter().map(|(key, text)| (&**key, Part::Raw(text)));
+        let typed = typed.filter_map(|(name, range)| Some((name, Part::Written(range?))));
+        let raw = other.iter().map(|(key, text)| (key, Part::Raw(text)));
         assemble(out, start, typed.chain(raw)).map_err(de::Error::custom)?;
         Ok(Some(start..out.len()))
     }

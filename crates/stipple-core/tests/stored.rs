@@ -190,3 +190,32 @@ fn ids_of_other_types_are_refused() {
         assert!(error.message.contains(wording), "{text}: {}", error.message);
     }
 }
+
+/// Blocks nested as deep as `serde_json` reads are taken and stored alike; one level more
+/// and both paths refuse the message (the fast path declines, the reference errs).
+#[test]
+fn nesting_is_taken_up_to_the_reference_paths_limit() {
+    for (block, context) in [("properties", false), ("traits", true)] {
+        let mut deepest = 0;
+        for levels in 118..=130 {
+            let value = format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+            let text = if context {
+                format!(
+                    r#"{{"type":"identify","userId":"u","context":{{"{block}":{{"a":{value}}}}}}}"#
+                )
+            } else {
+                format!(r#"{{"type":"track","event":"E","userId":"u","{block}":{{"a":{value}}}}}"#)
+            };
+            assert_same(&text).unwrap();
+            assert_eq!(
+                fast(&text).is_some(),
+                reference(&text).is_some(),
+                "{levels} levels"
+            );
+            if fast(&text).is_some() {
+                deepest = levels;
+            }
+        }
+        assert!(deepest > 118 && deepest < 130, "{block}: {deepest}");
+    }
+}
