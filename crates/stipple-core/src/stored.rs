@@ -6,11 +6,11 @@
 //! names, times) take part in validation and stamping; the blocks (`properties`,
 //! `traits`, `context`, `integrations`) and the unknown fields are only read and written
 //! back. Reading those into `serde_json` trees costs an allocation per key, per string
-//! and per map node, and writing them walks the trees again. Here the plain fields are
-//! read into a [`Message`] as the reference path reads them, and every other part is
-//! written at once as the text the reference path would write for it: objects of a
-//! `serde_json` map with their keys sorted, strings re-escaped, numbers as
-//! `serde_json::Number` writes them, and verbatim text where the reference keeps raw
+//! and per map node, and writing them walks the trees again. Here one scan of the text
+//! (`scan.rs`) reads the plain fields into a [`Message`] as the reference path reads
+//! them, and writes every other part at once as the text the reference path would
+//! write for it: objects of a `serde_json` map with their keys sorted, strings and
+//! numbers as `serde_json` writes them, and verbatim text where the reference keeps raw
 //! JSON (the unknown fields, and the `context` keys it does not read).
 //!
 //! The caller validates and stamps the plain [`Message`] with the same code as the
@@ -21,16 +21,11 @@
 //! answers and error messages stand. `tests/stored.rs` holds the two to the same bytes.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::ops::Range;
 
-use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
-use serde_json::value::RawValue;
+use crate::message::Message;
 
-use crate::message::{Message, Text, read_plain_field};
-
-mod canonical;
+mod scan;
 
 /// A message read by [`split`]: its plain fields, and the text of everything else.
 #[derive(Debug)]
@@ -56,9 +51,7 @@ pub struct Rest<'a> {
 
 /// Reads `text` on the fast path; `None` when it declines (see the module docs).
 pub fn split(text: &str) -> Option<Split<'_>> {
-    let mut reader = serde_json::Deserializer::from_str(text);
-    let split = SplitSeed(text.len()).deserialize(&mut reader).ok()?;
-    reader.end().ok()?;
+    let split = scan::message(text).ok()?;
     (!split.rest.contains_other("batch")).then_some(split)
 }
 
@@ -131,7 +124,10 @@ impl<'o> Object<'o> {
     }
 
     /// Starts an entry: the value is written next.
-    #[allow(clippy::ptr_arg, reason = "borrowed or owned says whether the text had escapes")]
+    #[allow(
+        clippy::ptr_arg,
+        reason = "borrowed or owned says whether the text had escapes"
+    )]
     fn key(&mut self, key: &Cow<'_, str>) -> serde_json::Result<()> {
         if !self.first {
             self.out.push(b',');
@@ -142,7 +138,10 @@ impl<'o> Object<'o> {
         Ok(())
     }
 
-    #[allow(clippy::ptr_arg, reason = "borrowed or owned says whether the text had escapes")]
+    #[allow(
+        clippy::ptr_arg,
+        reason = "borrowed or owned says whether the text had escapes"
+    )]
     fn entry(&mut self, key: &Cow<'_, str>, value: &[u8]) -> serde_json::Result<()> {
         self.key(key)?;
         self.out.extend_from_slice(value);
@@ -158,7 +157,10 @@ impl<'o> Object<'o> {
 /// (serde_json's reader borrows a string only when it held no escape sequence, and it
 /// refuses unescaped quotes and control characters) needs no escaping: it is copied as
 /// it is, sparing the scan for characters to escape.
-#[allow(clippy::ptr_arg, reason = "borrowed or owned says whether the text had escapes")]
+#[allow(
+    clippy::ptr_arg,
+    reason = "borrowed or owned says whether the text had escapes"
+)]
 fn write_str(out: &mut Vec<u8>, text: &Cow<'_, str>) -> serde_json::Result<()> {
     match text {
         Cow::Borrowed(text) => {
@@ -169,59 +171,6 @@ fn write_str(out: &mut Vec<u8>, text: &Cow<'_, str>) -> serde_json::Result<()> {
             Ok(())
         }
         Cow::Owned(text) => serde_json::to_writer(out, text),
-    }
-}
-
-/// Sorts `entries` by key, as a `BTreeMap<String, _>` orders them; an error when a key
-/// is repeated (the reference path keeps the last; this path declines).
-fn sort_unique<T, E: de::Error>(entries: &mut [(Cow<'_, str>, T)]) -> Result<(), E> {
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    if entries.windows(2).any(|w| w[0].0 == w[1].0) {
-        return Err(E::custom("a key is repeated"));
-    }
-    Ok(())
-}
-
-/// Reads a [`Split`]; `.0` sizes its text buffer (the input's length).
-struct SplitSeed(usize);
-
-impl<'de> DeserializeSeed<'de> for SplitSeed {
-    type Value = Split<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Split<'de>, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for SplitSeed {
-    type Value = Split<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a Segment message (a JSON object)")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Split<'de>, A::Error> {
-        let mut m = Message::default();
-        let mut rest = Rest {
-            text: Vec::with_capacity(self.0),
-            ..Rest::default()
-        };
-        while let Some(Text(key)) = map.next_key()? {
-            if read_plain_field!(&*key, m, map) {
-                continue;
-            }
-            // A repeated block is read again, the last one kept, as in `Message`.
-            let text = &mut rest.text;
-            match &*key {
-                "properties" => rest.properties = map.next_value_seed(ObjectOrNull(text))?,
-                "traits" => rest.traits = map.next_value_seed(ObjectOrNull(text))?,
-                "context" => rest.context = map.next_value_seed(ContextOrNull(text))?,
-                "integrations" => rest.integrations = map.next_value_seed(ObjectOrNull(text))?,
-                _ => {
-                    let raw: &'de RawValue = map.next_value()?;
-                    rest.other.push((key, raw.get()));
-                }
-            }
-        }
-        sort_unique(&mut rest.other)?;
-        Ok(Split { plain: m, rest })
     }
 }
 
@@ -253,106 +202,6 @@ fn assemble<'k>(
     out.copy_within(end.., start);
     out.truncate(out.len() - (end - start));
     Ok(())
-}
-
-/// Where a top-level block's value is read, in `serde_json`'s recursion count (128 at
-/// the top, one less inside the message's object).
-const BLOCK_DEPTH: u8 = 127;
-
-/// Where a block inside `context` is read: one level further in.
-const CONTEXT_BLOCK_DEPTH: u8 = BLOCK_DEPTH - 1;
-
-/// A block read as `Option<serde_json::Map>`: `null` is none; anything but an object is
-/// an error. Written into `.0` (see [`canonical`]); the answer is where.
-struct ObjectOrNull<'o>(&'o mut Vec<u8>);
-
-impl<'de> DeserializeSeed<'de> for ObjectOrNull<'_> {
-    type Value = Option<Range<usize>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        let raw = <&'de RawValue>::deserialize(d)?.get();
-        if raw == "null" {
-            return Ok(None);
-        }
-        if !raw.starts_with('{') {
-            return Err(de::Error::custom("a block that is not an object"));
-        }
-        let start = self.0.len();
-        canonical::write_value(raw, BLOCK_DEPTH, self.0).map_err(declined)?;
-        Ok(Some(start..self.0.len()))
-    }
-}
-
-/// A value inside `context` read as `Option<serde_json::Value>`: `null` is none.
-/// Written into `.0` (see [`canonical`]); the answer is where.
-struct ValueOrNull<'o>(&'o mut Vec<u8>);
-
-impl<'de> DeserializeSeed<'de> for ValueOrNull<'_> {
-    type Value = Option<Range<usize>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        let raw = <&'de RawValue>::deserialize(d)?.get();
-        if raw == "null" {
-            return Ok(None);
-        }
-        let start = self.0.len();
-        canonical::write_value(raw, CONTEXT_BLOCK_DEPTH, self.0).map_err(declined)?;
-        Ok(Some(start..self.0.len()))
-    }
-}
-
-fn declined<E: de::Error>(_: canonical::Declined) -> E {
-    E::custom("a block the reference path reads otherwise")
-}
-
-/// The `context` block read as `Option<Context>`: the blocks [`crate::Context`] parses
-/// as values, in its field order, then every other key verbatim, sorted. Written into
-/// `.0`; the answer is where.
-struct ContextOrNull<'o>(&'o mut Vec<u8>);
-
-impl<'de> DeserializeSeed<'de> for ContextOrNull<'_> {
-    type Value = Option<Range<usize>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-/// The `context` keys [`crate::Context`] reads as values, in its field order.
-const CONTEXT_BLOCKS: [Cow<'static, str>; 5] = [
-    Cow::Borrowed("traits"),
-    Cow::Borrowed("device"),
-    Cow::Borrowed("campaign"),
-    Cow::Borrowed("location"),
-    Cow::Borrowed("personas"),
-];
-
-impl<'de> Visitor<'de> for ContextOrNull<'_> {
-    type Value = Option<Range<usize>>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a context object")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let out = self.0;
-        let start = out.len();
-        let mut blocks: [Option<Range<usize>>; 5] = Default::default();
-        let mut other: Vec<(Cow<'de, str>, &'de str)> = Vec::new();
-        while let Some(Text(key)) = map.next_key()? {
-            match CONTEXT_BLOCKS.iter().position(|name| **name == *key) {
-                Some(i) => blocks[i] = map.next_value_seed(ValueOrNull(&mut *out))?,
-                None => {
-                    let raw: &'de RawValue = map.next_value()?;
-                    other.push((key, raw.get()));
-                }
-            }
-        }
-        sort_unique(&mut other)?;
-        let typed = CONTEXT_BLOCKS.iter().zip(blocks);
-        let typed = typed.filter_map(|(name, range)| Some((name, Part::Written(range?))));
-        let raw = other.iter().map(|(key, text)| (key, Part::Raw(text)));
-        assemble(out, start, typed.chain(raw)).map_err(de::Error::custom)?;
-        Ok(Some(start..out.len()))
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,618 @@
+//! One scan of a message's text, the way [`super::split`] reads it: the plain fields
+//! handed to `serde_json` one value at a time, as [`Message`] reads them; the blocks
+//! rewritten as `serde_json` writes the `Value` it reads from them; the unknown fields
+//! and the `context` keys the mapping does not read kept as their raw text.
+//!
+//! Why a scan of its own rather than `serde_json`'s deserializer with visitors, as this
+//! path was first built: it reads the 1,000 messages of the `store_1000_messages`
+//! benchmark 7% faster, and measured at 256 connections the server spent 1-3 µs less
+//! CPU a request (see `docs/operations.md`, Sizing).
+//!
+//! What the blocks become, byte for byte what `serde_json` writes for them:
+//! - objects with their keys sorted (as a `serde_json::Map` orders them), no spaces;
+//! - strings without escape sequences as they are (`serde_json` reads and writes those
+//!   unchanged: it refuses raw quotes and control characters), others decoded and
+//!   written again by `serde_json`;
+//! - integers that fit 64 bits as they are (`serde_json` writes the same digits), every
+//!   other number read and written again by `serde_json` (`1.50` is `1.5`, `1e2` is
+//!   `100.0`);
+//! - `true`, `false`, `null` as they are.
+//!
+//! Raw text is checked as `serde_json` checks what it keeps raw: JSON's grammar, string
+//! escapes included, but not what numbers or escapes stand for.
+//!
+//! It declines ([`Declined`]) what the reference path would read otherwise or refuse: a
+//! key repeated in one object (a `Map` keeps the last), an escape that decodes to no
+//! string (a lone surrogate) where a string is decoded, a number out of range in a
+//! block, nesting past `serde_json`'s recursion limit, a plain field `serde_json` does
+//! not read, text that is not one JSON object. [`super::split`] then declines the
+//! message and the reference path decides.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use serde::Deserialize;
+
+use super::{Part, Rest, Split, assemble, write_str};
+use crate::message::{Message, read_plain_field};
+
+/// The scan cannot read this message as the reference path would: take that path.
+#[derive(Debug)]
+pub(super) struct Declined;
+
+impl From<serde_json::Error> for Declined {
+    fn from(_: serde_json::Error) -> Self {
+        Declined
+    }
+}
+
+/// `serde_json`'s recursion limit: what is left of it counts down from here, one for
+/// each object or array entered.
+const DEPTH: u8 = 128;
+
+/// The `context` keys [`crate::Context`] reads as values, in its field order.
+const CONTEXT_BLOCKS: [Cow<'static, str>; 5] = [
+    Cow::Borrowed("traits"),
+    Cow::Borrowed("device"),
+    Cow::Borrowed("campaign"),
+    Cow::Borrowed("location"),
+    Cow::Borrowed("personas"),
+];
+
+/// Reads `text`, one JSON object, as [`super::split`] does (see the module docs).
+pub(super) fn message(text: &str) -> Result<Split<'_>, Declined> {
+    let mut scan = Scan { text, at: 0 };
+    let mut m = Message::default();
+    let mut rest = Rest {
+        text: Vec::with_capacity(text.len()),
+        ..Rest::default()
+    };
+    scan.whitespace();
+    if scan.peek() != Some(b'{') {
+        return Err(Declined);
+    }
+    let depth = enter(DEPTH)?;
+    scan.at += 1;
+    scan.entries(b'}', |scan, key| {
+        let out = &mut rest.text;
+        // A repeated block is read again, the last one kept, as in `Message`.
+        match &*key {
+            "properties" => rest.properties = scan.object_or_null(depth, out)?,
+            "traits" => rest.traits = scan.object_or_null(depth, out)?,
+            "integrations" => rest.integrations = scan.object_or_null(depth, out)?,
+            "context" => rest.context = scan.context(depth, out)?,
+            _ => {
+                let raw = scan.raw()?;
+                let mut value = PlainValue(raw);
+                if !read_plain_field!(&*key, m, value) {
+                    rest.other.push((key, raw));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    scan.whitespace();
+    if scan.at != text.len() {
+        return Err(Declined);
+    }
+    sort_unique(&mut rest.other)?;
+    Ok(Split { plain: m, rest })
+}
+
+/// Appends to `out` the canonical text of the one JSON value in `text`, read where
+/// `depth` is left of the recursion limit.
+#[cfg(test)]
+fn write_value(text: &str, depth: u8, out: &mut Vec<u8>) -> Result<(), Declined> {
+    let mut scan = Scan { text, at: 0 };
+    scan.value(depth, out)?;
+    scan.whitespace();
+    if scan.at == text.len() {
+        Ok(())
+    } else {
+        Err(Declined)
+    }
+}
+
+/// A plain field's value, for [`read_plain_field`], which reads it with `next_value`.
+struct PlainValue<'a>(&'a str);
+
+impl<'a> PlainValue<'a> {
+    fn next_value<T: Deserialize<'a>>(&mut self) -> Result<T, Declined> {
+        let mut reader = serde_json::Deserializer::from_str(self.0);
+        let value = T::deserialize(&mut reader)?;
+        reader.end()?;
+        Ok(value)
+    }
+}
+
+/// Sorts `entries` by key, as a `BTreeMap<String, _>` orders them; declines when a key
+/// is repeated (the reference path keeps the last).
+fn sort_unique<T>(entries: &mut [(Cow<'_, str>, T)]) -> Result<(), Declined> {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    if entries.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(Declined);
+    }
+    Ok(())
+}
+
+/// One level deeper, as `serde_json` counts it entering an object or an array.
+fn enter(depth: u8) -> Result<u8, Declined> {
+    match depth.checked_sub(1) {
+        Some(0) | None => Err(Declined),
+        Some(depth) => Ok(depth),
+    }
+}
+
+/// A position in the text being read.
+struct Scan<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn whitespace(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    /// Steps over `byte` after any whitespace, or declines.
+    fn expect(&mut self, byte: u8) -> Result<(), Declined> {
+        self.whitespace();
+        if self.peek() == Some(byte) {
+            self.at += 1;
+            Ok(())
+        } else {
+            Err(Declined)
+        }
+    }
+
+    /// Steps over the entries of the object whose `{` was just passed, up to its
+    /// closing `close`: reads each key, then hands it to `entry`, which reads the value.
+    fn entries(
+        &mut self,
+        close: u8,
+        mut entry: impl FnMut(&mut Self, Cow<'a, str>) -> Result<(), Declined>,
+    ) -> Result<(), Declined> {
+        self.whitespace();
+        if self.peek() == Some(close) {
+            self.at += 1;
+            return Ok(());
+        }
+        loop {
+            self.whitespace();
+            if self.peek() != Some(b'"') {
+                return Err(Declined);
+            }
+            let key = self.string()?;
+            self.expect(b':')?;
+            entry(self, key)?;
+            self.whitespace();
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(c) if c == close => {
+                    self.at += 1;
+                    return Ok(());
+                }
+                _ => return Err(Declined),
+            }
+        }
+    }
+
+    /// Whether the value here is `null`, stepped over if so.
+    fn null(&mut self) -> bool {
+        self.whitespace();
+        if self.text[self.at..].starts_with("null") {
+            self.at += 4;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A top-level block, read as `Option<serde_json::Map>`: `null` is none, anything
+    /// but an object declines. Written into `out`; the answer is where.
+    fn object_or_null(
+        &mut self,
+        depth: u8,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Range<usize>>, Declined> {
+        if self.null() {
+            return Ok(None);
+        }
+        if self.peek() != Some(b'{') {
+            return Err(Declined);
+        }
+        let start = out.len();
+        self.object(depth, out)?;
+        Ok(Some(start..out.len()))
+    }
+
+    /// The `context` block read as `Option<Context>`: the blocks [`crate::Context`]
+    /// parses as values (a `null` one left out), in its field order, then every other
+    /// key verbatim, sorted. Written into `out`; the answer is where.
+    fn context(&mut self, depth: u8, out: &mut Vec<u8>) -> Result<Option<Range<usize>>, Declined> {
+        if self.null() {
+            return Ok(None);
+        }
+        if self.peek() != Some(b'{') {
+            return Err(Declined);
+        }
+        let inner = enter(depth)?;
+        self.at += 1;
+        let start = out.len();
+        let mut blocks: [Option<Range<usize>>; 5] = Default::default();
+        let mut other: Vec<(Cow<'a, str>, &'a str)> = Vec::new();
+        self.entries(b'}', |scan, key| {
+            match CONTEXT_BLOCKS.iter().position(|name| **name == *key) {
+                // A repeated one is read again, the last one kept, as in `Context`.
+                Some(i) => {
+                    blocks[i] = if scan.null() {
+                        None
+                    } else {
+                        let from = out.len();
+                        scan.value(inner, out)?;
+                        Some(from..out.len())
+                    };
+                }
+                None => other.push((key, scan.raw()?)),
+            }
+            Ok(())
+        })?;
+        sort_unique(&mut other)?;
+        let typed = CONTEXT_BLOCKS.iter().zip(blocks);
+        let typed = typed.filter_map(|(name, range)| Some((name, Part::Written(range?))));
+        let raw = other.iter().map(|(key, text)| (key, Part::Raw(text)));
+        assemble(out, start, typed.chain(raw))?;
+        Ok(Some(start..out.len()))
+    }
+
+    /// Writes the value here canonically into `out`.
+    fn value(&mut self, depth: u8, out: &mut Vec<u8>) -> Result<(), Declined> {
+        self.whitespace();
+        match self.peek().ok_or(Declined)? {
+            b'{' => self.object(depth, out),
+            b'[' => self.array(depth, out),
+            b'"' => write_str(out, &self.string()?).map_err(Declined::from),
+            b'-' | b'0'..=b'9' => {
+                let text = self.number()?;
+                if is_plain_integer(text) {
+                    out.extend_from_slice(text.as_bytes());
+                } else {
+                    let number: serde_json::Number = serde_json::from_str(text)?;
+                    serde_json::to_writer(out, &number)?;
+                }
+                Ok(())
+            }
+            _ => {
+                let word = self.literal()?;
+                out.extend_from_slice(word.as_bytes());
+                Ok(())
+            }
+        }
+    }
+
+    /// An object: its entries' values are written one after another, then put together
+    /// in key order where they were.
+    fn object(&mut self, depth: u8, out: &mut Vec<u8>) -> Result<(), Declined> {
+        let inner = enter(depth)?;
+        self.at += 1;
+        let start = out.len();
+        let mut entries: Vec<(Cow<'a, str>, Range<usize>)> = Vec::new();
+        self.entries(b'}', |scan, key| {
+            let from = out.len();
+            scan.value(inner, out)?;
+            entries.push((key, from..out.len()));
+            Ok(())
+        })?;
+        sort_unique(&mut entries)?;
+        let parts = entries
+            .iter()
+            .map(|(key, range)| (key, Part::Written(range.clone())));
+        assemble(out, start, parts).map_err(Declined::from)
+    }
+
+    fn array(&mut self, depth: u8, out: &mut Vec<u8>) -> Result<(), Declined> {
+        let inner = enter(depth)?;
+        self.at += 1;
+        out.push(b'[');
+        self.whitespace();
+        if self.peek() == Some(b']') {
+            self.at += 1;
+        } else {
+            loop {
+                self.value(inner, out)?;
+                self.whitespace();
+                match self.peek() {
+                    Some(b',') => {
+                        self.at += 1;
+                        out.push(b',');
+                    }
+                    Some(b']') => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return Err(Declined),
+                }
+            }
+        }
+        out.push(b']');
+        Ok(())
+    }
+
+    /// The raw text of the value here, checked as `serde_json` checks a `RawValue`.
+    fn raw(&mut self) -> Result<&'a str, Declined> {
+        self.whitespace();
+        let start = self.at;
+        self.skip(DEPTH)?;
+        Ok(&self.text[start..self.at])
+    }
+
+    /// Steps over one value, checking its grammar only. Nesting is bounded (a
+    /// `RawValue` is not, but this scan recurses): past it, the reference path decides.
+    fn skip(&mut self, depth: u8) -> Result<(), Declined> {
+        self.whitespace();
+        match self.peek().ok_or(Declined)? {
+            open @ (b'{' | b'[') => {
+                let inner = enter(depth)?;
+                self.at += 1;
+                if open == b'{' {
+                    self.entries(b'}', |scan, _| scan.skip(inner))
+                } else {
+                    self.elements(|scan| scan.skip(inner))
+                }
+            }
+            b'"' => self.skip_string(),
+            b'-' | b'0'..=b'9' => self.number().map(|_| ()),
+            _ => self.literal().map(|_| ()),
+        }
+    }
+
+    /// Steps over the elements of the array whose `[` was just passed, up to its `]`.
+    fn elements(
+        &mut self,
+        mut element: impl FnMut(&mut Self) -> Result<(), Declined>,
+    ) -> Result<(), Declined> {
+        self.whitespace();
+        if self.peek() == Some(b']') {
+            self.at += 1;
+            return Ok(());
+        }
+        loop {
+            element(self)?;
+            self.whitespace();
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b']') => {
+                    self.at += 1;
+                    return Ok(());
+                }
+                _ => return Err(Declined),
+            }
+        }
+    }
+
+    /// `true`, `false` or `null`, stepped over.
+    fn literal(&mut self) -> Result<&'static str, Declined> {
+        let word = ["true", "false", "null"]
+            .into_iter()
+            .find(|word| self.text[self.at..].starts_with(word))
+            .ok_or(Declined)?;
+        self.at += word.len();
+        Ok(word)
+    }
+
+    /// The end of the string at the opening quote, and whether it holds escapes, each
+    /// checked as JSON allows them; the position is left after the closing quote.
+    fn string_end(&mut self) -> Result<(usize, bool), Declined> {
+        let bytes = self.text.as_bytes();
+        let mut at = self.at + 1;
+        let mut escaped = false;
+        loop {
+            match bytes.get(at).copied().ok_or(Declined)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    at += match bytes.get(at + 1).copied().ok_or(Declined)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => 2,
+                        b'u' if bytes
+                            .get(at + 2..at + 6)
+                            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) =>
+                        {
+                            6
+                        }
+                        _ => return Err(Declined),
+                    };
+                }
+                // JSON refuses these unescaped.
+                0..=0x1f => return Err(Declined),
+                _ => at += 1,
+            }
+        }
+        self.at = at + 1;
+        Ok((at, escaped))
+    }
+
+    fn skip_string(&mut self) -> Result<(), Declined> {
+        self.string_end().map(|_| ())
+    }
+
+    /// The string at the opening quote: borrowed when it holds no escape sequence,
+    /// else decoded by `serde_json`.
+    fn string(&mut self) -> Result<Cow<'a, str>, Declined> {
+        let open = self.at;
+        let (close, escaped) = self.string_end()?;
+        // Quotes are ASCII, so these are character boundaries.
+        if escaped {
+            Ok(Cow::Owned(serde_json::from_str(&self.text[open..=close])?))
+        } else {
+            Ok(Cow::Borrowed(&self.text[open + 1..close]))
+        }
+    }
+
+    /// The number here, stepped over, its grammar checked:
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    fn number(&mut self) -> Result<&'a str, Declined> {
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        let mut at = start;
+        let digits = |at: &mut usize| {
+            let from = *at;
+            while bytes.get(*at).is_some_and(u8::is_ascii_digit) {
+                *at += 1;
+            }
+            *at > from
+        };
+        if bytes.get(at) == Some(&b'-') {
+            at += 1;
+        }
+        match bytes.get(at) {
+            Some(b'0') => at += 1,
+            Some(b'1'..=b'9') => {
+                digits(&mut at);
+            }
+            _ => return Err(Declined),
+        }
+        if bytes.get(at) == Some(&b'.') {
+            at += 1;
+            if !digits(&mut at) {
+                return Err(Declined);
+            }
+        }
+        if let Some(b'e' | b'E') = bytes.get(at) {
+            at += 1;
+            if let Some(b'+' | b'-') = bytes.get(at) {
+                at += 1;
+            }
+            if !digits(&mut at) {
+                return Err(Declined);
+            }
+        }
+        self.at = at;
+        Ok(&self.text[start..at])
+    }
+}
+
+/// Whether `serde_json` reads `text` as a `u64` or an `i64` and writes it back the same:
+/// digits without a leading zero, at most 19 (under 2^64), or a minus and at most 18
+/// (over -2^63) that are not `-0` (which it reads as the float `-0.0`).
+fn is_plain_integer(text: &str) -> bool {
+    let (digits, most) = match text.strip_prefix('-') {
+        Some(digits) => (digits, 18),
+        None => (text, 19),
+    };
+    let bytes = digits.as_bytes();
+    match bytes {
+        [] => false,
+        [b'0'] => digits.len() == text.len(),
+        [b'0', ..] => false,
+        _ => bytes.len() <= most && bytes.iter().all(u8::is_ascii_digit),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `serde_json` writes for the `Value` it reads from `text` at `depth`, or
+    /// `None` when it refuses it.
+    fn reference(text: &str, depth: u8) -> Option<Vec<u8>> {
+        // Wrap the value so that it is read at `depth`, then unwrap what is written.
+        let wraps = 128 - usize::from(depth);
+        let wrapped = format!("{}{text}{}", "[".repeat(wraps), "]".repeat(wraps));
+        let value: serde_json::Value = serde_json::from_str(&wrapped).ok()?;
+        let written = serde_json::to_vec(&value).ok()?;
+        Some(written[wraps..written.len() - wraps].to_vec())
+    }
+
+    fn canonical(text: &str, depth: u8) -> Option<Vec<u8>> {
+        let mut out = b"prefix".to_vec();
+        write_value(text, depth, &mut out).ok()?;
+        assert!(out.starts_with(b"prefix"), "what was there before is kept");
+        Some(out[6..].to_vec())
+    }
+
+    #[test]
+    fn values_are_written_as_serde_json_writes_them() {
+        for text in [
+            r#"{"z": 1.50, "a": [3, {"y": "\u00e9", "b": 1e2}], "m": null, "t": true}"#,
+            r#" { "b" : "x\"y" , "a" : "\\" } "#,
+            r#"{"k": "é ü 😀", "": 0, "n": -0, "i": -12, "big": 18446744073709551615}"#,
+            r#"{"u": 12345678901234567890123, "l": -9223372036854775808, "f": -1.0e-3}"#,
+            r#"[[], {}, [{}], "\ud83d\ude00", "\t", false]"#,
+            r#""just a string""#,
+            "0",
+            "-7",
+            "1E+2",
+        ] {
+            assert_eq!(canonical(text, 127), reference(text, 127), "{text}");
+            assert!(canonical(text, 127).is_some(), "{text}");
+        }
+    }
+
+    #[test]
+    fn what_serde_json_reads_otherwise_or_refuses_is_declined() {
+        for text in [
+            r#"{"a": 1, "a": 2}"#,
+            r#"{"a": "\ud800"}"#,
+            r#"{"a": 1e400}"#,
+            r#"{"a": 01}"#,
+            r#"{"a": 1,}"#,
+            r#"{"a" 1}"#,
+            r#"{a: 1}"#,
+            r#"[1 2]"#,
+            r#"{"a": "unterminated}"#,
+            "{\"a\": \"raw\ttab\"}",
+            "tru",
+            "nul",
+            "-",
+            "1 2",
+            "",
+            r#"{"a": 1}}"#,
+        ] {
+            assert!(canonical(text, 127).is_none(), "{text}");
+        }
+    }
+
+    #[test]
+    fn nesting_stops_where_serde_json_stops() {
+        for depth in [1u8, 2, 3, 127] {
+            for levels in 0..=usize::from(depth) {
+                let text = format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+                let text = if levels == 0 { "1".to_owned() } else { text };
+                assert_eq!(
+                    canonical(&text, depth),
+                    reference(&text, depth),
+                    "{levels} levels at depth {depth}"
+                );
+            }
+        }
+        assert!(canonical("[]", 1).is_none());
+        assert!(canonical("[]", 2).is_some());
+    }
+
+    #[test]
+    fn plain_integers_are_the_ones_serde_json_writes_back_unchanged() {
+        for (text, plain) in [
+            ("0", true),
+            ("-0", false),
+            ("7", true),
+            ("-7", true),
+            ("1234567890123456789", true),
+            ("12345678901234567890", false),
+            ("-123456789012345678", true),
+            ("-1234567890123456789", false),
+            ("01", false),
+            ("1.0", false),
+            ("1e2", false),
+            ("-", false),
+            ("", false),
+        ] {
+            assert_eq!(is_plain_integer(text), plain, "{text}");
+        }
+    }
+}
