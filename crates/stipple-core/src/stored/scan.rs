@@ -73,7 +73,7 @@ pub(super) fn message(text: &str) -> Result<Split<'_>, Declined> {
     }
     let depth = enter(DEPTH)?;
     scan.at += 1;
-    scan.entries(b'}', |scan, key| {
+    scan.entries(|scan, key| {
         let out = &mut rest.text;
         // A repeated block is read again, the last one kept, as in `Message`.
         match &*key {
@@ -171,15 +171,14 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// Steps over the entries of the object whose `{` was just passed, up to its
-    /// closing `close`: reads each key, then hands it to `entry`, which reads the value.
+    /// Steps over the entries of the object whose `{` was just passed, up to its `}`:
+    /// reads each key, then hands it to `entry`, which reads the value.
     fn entries(
         &mut self,
-        close: u8,
         mut entry: impl FnMut(&mut Self, Cow<'a, str>) -> Result<(), Declined>,
     ) -> Result<(), Declined> {
         self.whitespace();
-        if self.peek() == Some(close) {
+        if self.peek() == Some(b'}') {
             self.at += 1;
             return Ok(());
         }
@@ -194,7 +193,7 @@ impl<'a> Scan<'a> {
             self.whitespace();
             match self.peek() {
                 Some(b',') => self.at += 1,
-                Some(c) if c == close => {
+                Some(b'}') => {
                     self.at += 1;
                     return Ok(());
                 }
@@ -247,7 +246,7 @@ impl<'a> Scan<'a> {
         let start = out.len();
         let mut blocks: [Option<Range<usize>>; 5] = Default::default();
         let mut other: Vec<(Cow<'a, str>, &'a str)> = Vec::new();
-        self.entries(b'}', |scan, key| {
+        self.entries(|scan, key| {
             match CONTEXT_BLOCKS.iter().position(|name| **name == *key) {
                 // A repeated one is read again, the last one kept, as in `Context`.
                 Some(i) => {
@@ -303,7 +302,7 @@ impl<'a> Scan<'a> {
         self.at += 1;
         let start = out.len();
         let mut entries: Vec<(Cow<'a, str>, Range<usize>)> = Vec::new();
-        self.entries(b'}', |scan, key| {
+        self.entries(|scan, key| {
             let from = out.len();
             scan.value(inner, out)?;
             entries.push((key, from..out.len()));
@@ -361,7 +360,7 @@ impl<'a> Scan<'a> {
                 let inner = enter(depth)?;
                 self.at += 1;
                 if open == b'{' {
-                    self.entries(b'}', |scan, _| scan.skip(inner))
+                    self.entries(|scan, _| scan.skip(inner))
                 } else {
                     self.elements(|scan| scan.skip(inner))
                 }
