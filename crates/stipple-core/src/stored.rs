@@ -153,10 +153,11 @@ impl<'o> Object<'o> {
     }
 }
 
-/// Writes `text` as a JSON string, as `serde_json` writes a string. Borrowed text
-/// (serde_json's reader borrows a string only when it held no escape sequence, and it
-/// refuses unescaped quotes and control characters) needs no escaping: it is copied as
-/// it is, sparing the scan for characters to escape.
+/// Writes `text` as a JSON string, as `serde_json` writes a string. Borrowed text needs
+/// no escaping and is copied as it is, sparing the search for characters to escape: the
+/// scan (`scan.rs`) borrows a string only when it holds no escape sequence, and it
+/// refuses unescaped control characters (a quote would have ended the string); the
+/// names `Rest::write` passes are plain words.
 #[allow(
     clippy::ptr_arg,
     reason = "borrowed or owned says whether the text had escapes"
