@@ -177,23 +177,43 @@ impl<'a> Scan<'a> {
         &mut self,
         mut entry: impl FnMut(&mut Self, Cow<'a, str>) -> Result<(), Declined>,
     ) -> Result<(), Declined> {
+        self.items(b'}', |scan| {
+            scan.whitespace();
+            if scan.peek() != Some(b'"') {
+                return Err(Declined);
+            }
+            let key = scan.string()?;
+            scan.expect(b':')?;
+            entry(scan, key)
+        })
+    }
+
+    /// Steps over the elements of the array whose `[` was just passed, up to its `]`.
+    fn elements(
+        &mut self,
+        element: impl FnMut(&mut Self) -> Result<(), Declined>,
+    ) -> Result<(), Declined> {
+        self.items(b']', element)
+    }
+
+    /// Steps over the comma-separated items of an object or array whose opening byte
+    /// was just passed, up to `close`; `item` reads each.
+    fn items(
+        &mut self,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Result<(), Declined>,
+    ) -> Result<(), Declined> {
         self.whitespace();
-        if self.peek() == Some(b'}') {
+        if self.peek() == Some(close) {
             self.at += 1;
             return Ok(());
         }
         loop {
-            self.whitespace();
-            if self.peek() != Some(b'"') {
-                return Err(Declined);
-            }
-            let key = self.string()?;
-            self.expect(b':')?;
-            entry(self, key)?;
+            item(self)?;
             self.whitespace();
             match self.peek() {
                 Some(b',') => self.at += 1,
-                Some(b'}') => {
+                Some(c) if c == close => {
                     self.at += 1;
                     return Ok(());
                 }
@@ -319,26 +339,14 @@ impl<'a> Scan<'a> {
         let inner = enter(depth)?;
         self.at += 1;
         out.push(b'[');
-        self.whitespace();
-        if self.peek() == Some(b']') {
-            self.at += 1;
-        } else {
-            loop {
-                self.value(inner, out)?;
-                self.whitespace();
-                match self.peek() {
-                    Some(b',') => {
-                        self.at += 1;
-                        out.push(b',');
-                    }
-                    Some(b']') => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return Err(Declined),
-                }
+        let mut first = true;
+        self.elements(|scan| {
+            if !first {
+                out.push(b',');
             }
-        }
+            first = false;
+            scan.value(inner, out)
+        })?;
         out.push(b']');
         Ok(())
     }
@@ -365,33 +373,9 @@ impl<'a> Scan<'a> {
                     self.elements(|scan| scan.skip(inner))
                 }
             }
-            b'"' => self.skip_string(),
+            b'"' => self.string_end().map(|_| ()),
             b'-' | b'0'..=b'9' => self.number().map(|_| ()),
             _ => self.literal().map(|_| ()),
-        }
-    }
-
-    /// Steps over the elements of the array whose `[` was just passed, up to its `]`.
-    fn elements(
-        &mut self,
-        mut element: impl FnMut(&mut Self) -> Result<(), Declined>,
-    ) -> Result<(), Declined> {
-        self.whitespace();
-        if self.peek() == Some(b']') {
-            self.at += 1;
-            return Ok(());
-        }
-        loop {
-            element(self)?;
-            self.whitespace();
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b']') => {
-                    self.at += 1;
-                    return Ok(());
-                }
-                _ => return Err(Declined),
-            }
         }
     }
 
@@ -434,10 +418,6 @@ impl<'a> Scan<'a> {
         }
         self.at = at + 1;
         Ok((at, escaped))
-    }
-
-    fn skip_string(&mut self) -> Result<(), Declined> {
-        self.string_end().map(|_| ())
     }
 
     /// The string at the opening quote: borrowed when it holds no escape sequence,
