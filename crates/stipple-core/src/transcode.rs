@@ -7,16 +7,15 @@
 //! Here the text is read once, strings are borrowed from it where they have no escapes,
 //! and the attributes go into one flat list that is sorted once and written out.
 //!
-//! The output is the reference path's, byte for byte. That rests on one condition this
-//! path checks as it reads: inside every attribute block (`properties`, `traits`,
-//! `context.traits`/`device`/`campaign`/`location`, and the objects nested in them)
-//! keys are strictly ascending and non-empty. A stored message always is (the ingress
-//! writes its blocks from `serde_json` maps, which are ordered), so reading in document
-//! order then writes attributes in the order the reference path does. Anything else: a
-//! key out of order or repeated, an empty key, invalid JSON, a message that fails
-//! validation or has no time: this path declines and the caller takes the reference
+//! The output is the reference path's, byte for byte, whatever the order of a block's
+//! keys (the ingress stores blocks as clients send them; stores written before kept them
+//! sorted). The reference path flattens a block in its map's key order, so it
+//! differs only where two of a block's keys become one label key: a key repeated in an
+//! object, or a nested `"a": {"b": ..}` beside a literal `"a.b"`. This path declines
+//! those, and anything else it does not read alike: an empty key, invalid JSON, a
+//! message that fails validation or has no time. The caller then takes the reference
 //! path, whose results and error messages stand. `tests/transcode.rs` holds the two to
-//! the same bytes on generated messages, in and out of that condition.
+//! the same bytes on generated messages, in and out of those conditions.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -81,7 +80,8 @@ fn count_attribute(key_len: usize, value_len: usize) -> bool {
 const TOO_LARGE: &str = "attributes past the limit";
 
 /// The error that makes the fast path decline a block (its message is never shown).
-const OUT_OF_ORDER: &str = "keys not strictly ascending";
+const EMPTY_KEY: &str = "an empty key";
+const REPEATED_KEY: &str = "a key repeated in an object";
 
 fn present(id: Option<&IdText<'_>>) -> bool {
     id.is_some_and(|id| !matches!(id, IdText::Text(s) if s.is_empty()))
@@ -121,23 +121,15 @@ impl Entry<'_> {
     }
 }
 
-/// Sorts a list by key, keeping of equal keys the last written.
-fn settle(entries: &mut Vec<Entry<'_>>) {
-    if entries.is_sorted_by(|a, b| a.key < b.key) {
-        return;
+/// Sorts a list by key; false when a key is there twice (the caller declines). The
+/// reference path keeps the one it flattens last, in the order of a `serde_json` map's
+/// keys, not of the text: a key repeated in an object, or a nested `"a": {"b": ..}`
+/// beside a literal `"a.b"`, is left to it.
+fn settle(entries: &mut [Entry<'_>]) -> bool {
+    if !entries.is_sorted_by(|a, b| a.key < b.key) {
+        entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     }
-    entries.sort_by(|a, b| a.key.cmp(&b.key));
-    let mut kept = 0;
-    for i in 0..entries.len() {
-        if entries
-            .get(i + 1)
-            .is_none_or(|next| next.key != entries[i].key)
-        {
-            entries.swap(kept, i);
-            kept += 1;
-        }
-    }
-    entries.truncate(kept);
+    entries.windows(2).all(|w| w[0].key != w[1].key)
 }
 
 /// Sets a label in a settled unprefixed list, replacing an entry of the same key.
@@ -201,11 +193,13 @@ impl<'de> Visitor<'de> for Flatten<'_, 'de> {
         f.write_str("an object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut previous: Option<Text<'de>> = None;
+        // Every key, to find one repeated (even where a `null` adds no entry).
+        let mut keys: Vec<Text<'de>> = Vec::new();
         while let Some(key) = map.next_key::<Text<'de>>()? {
-            if key.is_empty() || previous.as_ref().is_some_and(|p| **p >= *key) {
-                return Err(de::Error::custom(OUT_OF_ORDER));
+            if key.is_empty() {
+                return Err(de::Error::custom(EMPTY_KEY));
             }
+            keys.push(key.clone());
             let full = if self.path.is_empty() {
                 key.0.clone()
             } else {
@@ -222,7 +216,12 @@ impl<'de> Visitor<'de> for Flatten<'_, 'de> {
                 out: &mut *self.out,
                 key: full,
             })?;
-            previous = Some(key);
+        }
+        if !keys.is_sorted_by(|a, b| a < b) {
+            keys.sort_unstable();
+            if keys.windows(2).any(|w| w[0] == w[1]) {
+                return Err(de::Error::custom(REPEATED_KEY));
+            }
         }
         Ok(())
     }
@@ -526,12 +525,23 @@ fn time(field: &Option<Text<'_>>) -> Option<Option<chrono::DateTime<chrono::Utc>
     }
 }
 
-/// A prefixed block, settled, when there is one.
-fn prefixed<'a>(prefix: &'static str, block: Block<'a>) -> Option<(&'static str, Vec<Entry<'a>>)> {
-    let mut block = block?;
-    settle(&mut block);
-    Some((prefix, block))
+/// A prefixed block, settled, when there is one; `Err` when it has a key twice.
+fn prefixed<'a>(
+    prefix: &'static str,
+    block: Block<'a>,
+) -> Result<Option<(&'static str, Vec<Entry<'a>>)>, Repeated> {
+    let Some(mut block) = block else {
+        return Ok(None);
+    };
+    if settle(&mut block) {
+        Ok(Some((prefix, block)))
+    } else {
+        Err(Repeated)
+    }
 }
+
+/// A block holds a key twice: the fast path declines it.
+struct Repeated;
 
 impl<'a> View<'a> {
     /// `Message::validate`, `is_enabled_for` and `Mapper::map`; `None` to decline.
@@ -592,20 +602,24 @@ impl<'a> View<'a> {
                     MessageType::Identify => {
                         event_type = Cow::Borrowed(kind.as_str());
                         plain = self.traits.or(context.traits).unwrap_or_default();
-                        settle(&mut plain);
+                        if !settle(&mut plain) {
+                            return None;
+                        }
                     }
                     MessageType::Group => {
                         event_type = Cow::Borrowed(kind.as_str());
                         account = self.group_id.and_then(|id| id.text());
-                        blocks.extend(prefixed("group", self.traits));
+                        blocks.extend(prefixed("group", self.traits).ok()?);
                     }
                     _ => {
-                        blocks.extend(prefixed("trait", context.traits));
-                        blocks.extend(prefixed("device", context.device));
-                        blocks.extend(prefixed("campaign", context.campaign));
-                        blocks.extend(prefixed("location", context.location));
+                        blocks.extend(prefixed("trait", context.traits).ok()?);
+                        blocks.extend(prefixed("device", context.device).ok()?);
+                        blocks.extend(prefixed("campaign", context.campaign).ok()?);
+                        blocks.extend(prefixed("location", context.location).ok()?);
                         plain = self.properties.unwrap_or_default();
-                        settle(&mut plain);
+                        if !settle(&mut plain) {
+                            return None;
+                        }
                         event_type = match kind {
                             MessageType::Track => self.event.map(|e| e.0).unwrap_or_default(),
                             _ => Cow::Borrowed(kind.as_str()),

@@ -127,8 +127,8 @@ struct Accepted {
 }
 
 /// A message as read: whole (the reference path), or split into its plain fields and
-/// the text of the rest (the fast path, [`stipple_core::split`]), which is stored the
-/// same, byte for byte.
+/// the text of the rest (the fast path, [`stipple_core::split`]), whose stored text
+/// reads back as the same message (its blocks kept as the client sent them).
 #[derive(Debug)]
 enum Read<'a> {
     Whole(Message),

@@ -501,12 +501,13 @@ async fn batch_level_context_and_integrations_are_merged_into_items() {
     );
 }
 
-/// The stored text is the same whether the ingress read the message on its fast path
-/// (a single call) or on the reference path (a batch with `integrations` to merge, here
-/// one that changes nothing): keys sorted, strings re-escaped, unknown fields verbatim,
-/// the body's `writeKey` removed.
+/// The stored text reads as the same message, and maps to the same event, whether the
+/// ingress read it on its fast path (a single call: blocks kept as sent) or on the
+/// reference path (a batch with `integrations` to merge, here one that changes nothing:
+/// blocks written anew, keys sorted); unknown fields verbatim and the body's `writeKey`
+/// removed on both.
 #[tokio::test]
-async fn the_stored_text_is_the_same_on_either_reading() {
+async fn the_stored_text_reads_the_same_on_either_reading() {
     let h = Harness::new();
     let message = r#"{"type":"track","writeKey":"wk_web","messageId":"m-1","userId":"u1",
         "event":"E","properties":{"z":1.50,"a":"\u00e9","m":{"y":1,"x":2}},
@@ -532,8 +533,14 @@ async fn the_stored_text_is_the_same_on_either_reading() {
         (events[0].source.as_str(), events[1].source.as_str()),
         ("web", "app")
     );
-    assert_eq!(events[0].text, expected);
+    let as_sent = r#"{"type":"track","messageId":"m-1","userId":"u1","event":"E","timestamp":"2026-11-28T12:00:00.000Z","receivedAt":"2026-11-28T12:00:00.000Z","properties":{"z":1.50,"a":"\u00e9","m":{"y":1,"x":2}},"context":{"traits":{"b":1,"a":2},"userAgent":"UA"},"integrations":{},"_metadata":{ "bundled": [] }}"#;
+    assert_eq!(events[0].text, as_sent);
     assert_eq!(events[1].text, expected);
+    let read = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+    assert_eq!(read(&events[0].text), read(&events[1].text));
+    let mapper = stipple_core::Mapper::new(stipple_core::MapConfig::default());
+    let mapped = |text: &str| mapper.map_json(text.as_bytes()).unwrap().unwrap();
+    assert_eq!(mapped(&events[0].text), mapped(&events[1].text));
 }
 
 #[tokio::test]

@@ -1,39 +1,31 @@
 //! One scan of a message's text, the way [`super::split`] reads it: the plain fields
-//! handed to `serde_json` one value at a time, as [`Message`] reads them; the blocks
-//! rewritten as `serde_json` writes the `Value` it reads from them; the unknown fields
-//! and the `context` keys the mapping does not read kept as their raw text.
+//! handed to `serde_json` one value at a time, as [`Message`] reads them; the blocks,
+//! the unknown fields and the `context` keys the mapping does not read kept as their
+//! text.
 //!
 //! Why a scan of its own rather than `serde_json`'s deserializer with visitors, as this
 //! path was first built: it reads the 1,000 messages of the `store_1000_messages`
-//! benchmark 7% faster, and measured at 256 connections the server spent 1-3 µs less
-//! CPU a request (see `docs/operations.md`, Sizing).
+//! benchmark faster, and measured at 256 connections the server spent less CPU a
+//! request (see `docs/operations.md`, Sizing).
 //!
-//! What the blocks become, byte for byte what `serde_json` writes for them:
-//! - objects with their keys sorted (as a `serde_json::Map` orders them), no spaces;
-//! - strings without escape sequences as they are (`serde_json` reads and writes those
-//!   unchanged: it refuses raw quotes and control characters), others decoded and
-//!   written again by `serde_json`;
-//! - integers that fit 64 bits as they are (`serde_json` writes the same digits), every
-//!   other number read and written again by `serde_json` (`1.50` is `1.5`, `1e2` is
-//!   `100.0`);
-//! - `true`, `false`, `null` as they are.
-//!
-//! Raw text is checked as `serde_json` checks what it keeps raw: JSON's grammar, string
-//! escapes included, but not what numbers or escapes stand for.
+//! What is checked, so that the ingress refuses what the reference path refuses:
+//! - blocks ([`Scan::block`]) as `serde_json` reads a `Value`: JSON's grammar, numbers
+//!   within an `f64`'s range, string escapes that decode (no lone surrogate);
+//! - unknown fields and other `context` keys as `serde_json` checks a `RawValue`: JSON's
+//!   grammar, string escapes included, but not what numbers or escapes stand for.
 //!
 //! It declines ([`Declined`]) what the reference path would read otherwise or refuse: a
-//! key repeated in one object (a `Map` keeps the last), an escape that decodes to no
-//! string (a lone surrogate) where a string is decoded, a number out of range in a
-//! block, nesting past `serde_json`'s recursion limit, a plain field `serde_json` does
-//! not read, text that is not one JSON object. [`super::split`] then declines the
-//! message and the reference path decides.
+//! key repeated among the unknown fields or the `context` keys (the reference keeps the
+//! last, this path would write both), nesting past `serde_json`'s recursion limit, a
+//! plain field `serde_json` does not read, text that is not one JSON object.
+//! [`super::split`] then declines the message and the reference path decides.
 
 use std::borrow::Cow;
 use std::ops::Range;
 
 use serde::Deserialize;
 
-use super::{Part, Rest, Split, assemble, write_str};
+use super::{Part, Rest, Split, assemble};
 use crate::message::{Message, read_plain_field};
 
 /// The scan cannot read this message as the reference path would: take that path.
@@ -97,20 +89,6 @@ pub(super) fn message(text: &str) -> Result<Split<'_>, Declined> {
     }
     sort_unique(&mut rest.other)?;
     Ok(Split { plain: m, rest })
-}
-
-/// Appends to `out` the canonical text of the one JSON value in `text`, read where
-/// `depth` is left of the recursion limit.
-#[cfg(test)]
-fn write_value(text: &str, depth: u8, out: &mut Vec<u8>) -> Result<(), Declined> {
-    let mut scan = Scan { text, at: 0 };
-    scan.value(depth, out)?;
-    scan.whitespace();
-    if scan.at == text.len() {
-        Ok(())
-    } else {
-        Err(Declined)
-    }
 }
 
 /// A plain field's value, for [`read_plain_field`], which reads it with `next_value`.
@@ -234,7 +212,8 @@ impl<'a> Scan<'a> {
     }
 
     /// A top-level block, read as `Option<serde_json::Map>`: `null` is none, anything
-    /// but an object declines. Written into `out`; the answer is where.
+    /// but an object declines. Its text is copied into `out` as it was sent, once
+    /// checked ([`Scan::block`]); the answer is where.
     fn object_or_null(
         &mut self,
         depth: u8,
@@ -246,9 +225,7 @@ impl<'a> Scan<'a> {
         if self.peek() != Some(b'{') {
             return Err(Declined);
         }
-        let start = out.len();
-        self.object(depth, out)?;
-        Ok(Some(start..out.len()))
+        Ok(Some(copy(out, self.block(depth)?)))
     }
 
     /// The `context` block read as `Option<Context>`: the blocks [`crate::Context`]
@@ -273,9 +250,7 @@ impl<'a> Scan<'a> {
                     blocks[i] = if scan.null() {
                         None
                     } else {
-                        let from = out.len();
-                        scan.value(inner, out)?;
-                        Some(from..out.len())
+                        Some(copy(out, scan.block(inner)?))
                     };
                 }
                 None => other.push((key, scan.raw()?)),
@@ -290,91 +265,48 @@ impl<'a> Scan<'a> {
         Ok(Some(start..out.len()))
     }
 
-    /// Writes the value here canonically into `out`.
-    fn value(&mut self, depth: u8, out: &mut Vec<u8>) -> Result<(), Declined> {
+    /// The text of the block value here, as it was sent: checked as `serde_json` checks
+    /// what it reads into a `Value`, so that it is refused here when the reference path
+    /// would refuse it (a number out of range, an escape that decodes to no string).
+    fn block(&mut self, depth: u8) -> Result<&'a str, Declined> {
         self.whitespace();
-        match self.peek().ok_or(Declined)? {
-            b'{' => self.object(depth, out),
-            b'[' => self.array(depth, out),
-            b'"' => write_str(out, &self.string()?).map_err(Declined::from),
-            b'-' | b'0'..=b'9' => {
-                let text = self.number()?;
-                if is_plain_integer(text) {
-                    out.extend_from_slice(text.as_bytes());
-                } else {
-                    let number: serde_json::Number = serde_json::from_str(text)?;
-                    serde_json::to_writer(out, &number)?;
-                }
-                Ok(())
-            }
-            _ => {
-                let word = self.literal()?;
-                out.extend_from_slice(word.as_bytes());
-                Ok(())
-            }
-        }
-    }
-
-    /// An object: its entries' values are written one after another, then put together
-    /// in key order where they were.
-    fn object(&mut self, depth: u8, out: &mut Vec<u8>) -> Result<(), Declined> {
-        let inner = enter(depth)?;
-        self.at += 1;
-        let start = out.len();
-        let mut entries: Vec<(Cow<'a, str>, Range<usize>)> = Vec::new();
-        self.entries(|scan, key| {
-            let from = out.len();
-            scan.value(inner, out)?;
-            entries.push((key, from..out.len()));
-            Ok(())
-        })?;
-        sort_unique(&mut entries)?;
-        let parts = entries
-            .iter()
-            .map(|(key, range)| (key, Part::Written(range.clone())));
-        assemble(out, start, parts).map_err(Declined::from)
-    }
-
-    fn array(&mut self, depth: u8, out: &mut Vec<u8>) -> Result<(), Declined> {
-        let inner = enter(depth)?;
-        self.at += 1;
-        out.push(b'[');
-        let mut first = true;
-        self.elements(|scan| {
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            scan.value(inner, out)
-        })?;
-        out.push(b']');
-        Ok(())
+        let start = self.at;
+        self.skip(depth, Check::Values)?;
+        Ok(&self.text[start..self.at])
     }
 
     /// The raw text of the value here, checked as `serde_json` checks a `RawValue`.
     fn raw(&mut self) -> Result<&'a str, Declined> {
         self.whitespace();
         let start = self.at;
-        self.skip(DEPTH)?;
+        self.skip(DEPTH, Check::Grammar)?;
         Ok(&self.text[start..self.at])
     }
 
-    /// Steps over one value, checking its grammar only. Nesting is bounded (a
+    /// Steps over one value, checking it as `check` says. Nesting is bounded (a
     /// `RawValue` is not, but this scan recurses): past it, the reference path decides.
-    fn skip(&mut self, depth: u8) -> Result<(), Declined> {
+    fn skip(&mut self, depth: u8, check: Check) -> Result<(), Declined> {
         self.whitespace();
         match self.peek().ok_or(Declined)? {
             open @ (b'{' | b'[') => {
                 let inner = enter(depth)?;
                 self.at += 1;
                 if open == b'{' {
-                    self.entries(|scan, _| scan.skip(inner))
+                    self.entries(|scan, _| scan.skip(inner, check))
                 } else {
-                    self.elements(|scan| scan.skip(inner))
+                    self.elements(|scan| scan.skip(inner, check))
                 }
             }
+            // Decoded when it holds escapes: a lone surrogate decodes to no string.
+            b'"' if check == Check::Values => self.string().map(|_| ()),
             b'"' => self.string_end().map(|_| ()),
-            b'-' | b'0'..=b'9' => self.number().map(|_| ()),
+            b'-' | b'0'..=b'9' => {
+                let text = self.number()?;
+                if check == Check::Values && may_be_out_of_range(text) {
+                    serde_json::from_str::<serde_json::Number>(text)?;
+                }
+                Ok(())
+            }
             _ => self.literal().map(|_| ()),
         }
     }
@@ -476,69 +408,79 @@ impl<'a> Scan<'a> {
     }
 }
 
-/// Whether `serde_json` reads `text` as a `u64` or an `i64` and writes it back the same:
-/// digits without a leading zero, at most 19 (under 2^64), or a minus and at most 18
-/// (over -2^63) that are not `-0` (which it reads as the float `-0.0`).
-fn is_plain_integer(text: &str) -> bool {
-    let (digits, most) = match text.strip_prefix('-') {
-        Some(digits) => (digits, 18),
-        None => (text, 19),
-    };
-    let bytes = digits.as_bytes();
-    match bytes {
-        [] => false,
-        [b'0'] => digits.len() == text.len(),
-        [b'0', ..] => false,
-        _ => bytes.len() <= most && bytes.iter().all(u8::is_ascii_digit),
-    }
+/// Whether a number's text may stand for more than an `f64` holds, which `serde_json`
+/// refuses in a `Value`: only with an exponent, or with more than 300 digits (without
+/// one, 300 digits stay under 10^300).
+fn may_be_out_of_range(text: &str) -> bool {
+    text.len() > 300 || text.bytes().any(|b| matches!(b, b'e' | b'E'))
+}
+
+/// Appends `text` to `out`; the answer is where.
+fn copy(out: &mut Vec<u8>, text: &str) -> Range<usize> {
+    let from = out.len();
+    out.extend_from_slice(text.as_bytes());
+    from..out.len()
+}
+
+/// How much [`Scan::skip`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// JSON's grammar, string escapes included, as `serde_json` checks a `RawValue`.
+    Grammar,
+    /// Also what the values stand for, as `serde_json` reads a `Value`: numbers within
+    /// an `f64`'s range, escapes that decode to a string.
+    Values,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// What `serde_json` writes for the `Value` it reads from `text` at `depth`, or
-    /// `None` when it refuses it.
-    fn reference(text: &str, depth: u8) -> Option<Vec<u8>> {
-        // Wrap the value so that it is read at `depth`, then unwrap what is written.
+    /// Whether `serde_json` reads `text` into a `Value` at `depth`.
+    fn reference(text: &str, depth: u8) -> bool {
+        // Wrap the value so that it is read at `depth`.
         let wraps = 128 - usize::from(depth);
         let wrapped = format!("{}{text}{}", "[".repeat(wraps), "]".repeat(wraps));
-        let value: serde_json::Value = serde_json::from_str(&wrapped).ok()?;
-        let written = serde_json::to_vec(&value).ok()?;
-        Some(written[wraps..written.len() - wraps].to_vec())
+        serde_json::from_str::<serde_json::Value>(&wrapped).is_ok()
     }
 
-    fn canonical(text: &str, depth: u8) -> Option<Vec<u8>> {
-        let mut out = b"prefix".to_vec();
-        write_value(text, depth, &mut out).ok()?;
-        assert!(out.starts_with(b"prefix"), "what was there before is kept");
-        Some(out[6..].to_vec())
+    /// The block text [`Scan::block`] takes from `text` at `depth`, if it takes it.
+    fn block(text: &str, depth: u8) -> Option<&str> {
+        let mut scan = Scan { text, at: 0 };
+        let block = scan.block(depth).ok()?;
+        scan.whitespace();
+        (scan.at == text.len()).then_some(block)
     }
 
     #[test]
-    fn values_are_written_as_serde_json_writes_them() {
+    fn blocks_are_taken_as_sent_where_serde_json_reads_them() {
         for text in [
             r#"{"z": 1.50, "a": [3, {"y": "\u00e9", "b": 1e2}], "m": null, "t": true}"#,
-            r#" { "b" : "x\"y" , "a" : "\\" } "#,
+            r#"{ "b" : "x\"y" , "a" : "\\" }"#,
             r#"{"k": "é ü 😀", "": 0, "n": -0, "i": -12, "big": 18446744073709551615}"#,
             r#"{"u": 12345678901234567890123, "l": -9223372036854775808, "f": -1.0e-3}"#,
             r#"[[], {}, [{}], "\ud83d\ude00", "\t", false]"#,
+            r#"{"a": 1, "a": 2}"#,
             r#""just a string""#,
             "0",
             "-7",
             "1E+2",
+            "1e-400",
         ] {
-            assert_eq!(canonical(text, 127), reference(text, 127), "{text}");
-            assert!(canonical(text, 127).is_some(), "{text}");
+            assert!(reference(text, 127), "{text}");
+            assert_eq!(block(text, 127), Some(text), "{text}");
         }
     }
 
     #[test]
-    fn what_serde_json_reads_otherwise_or_refuses_is_declined() {
+    fn what_serde_json_refuses_is_declined() {
+        let long = format!("{{\"a\": 1{}}}", "0".repeat(400));
         for text in [
-            r#"{"a": 1, "a": 2}"#,
             r#"{"a": "\ud800"}"#,
+            r#"{"\udc00": 1}"#,
             r#"{"a": 1e400}"#,
+            r#"[-1E+309]"#,
+            &long,
             r#"{"a": 01}"#,
             r#"{"a": 1,}"#,
             r#"{"a" 1}"#,
@@ -550,11 +492,29 @@ mod tests {
             "nul",
             "-",
             "1 2",
-            "",
             r#"{"a": 1}}"#,
         ] {
-            assert!(canonical(text, 127).is_none(), "{text}");
+            assert!(!reference(text, 127), "{text}");
+            assert!(block(text, 127).is_none(), "{text}");
         }
+        assert!(block("", 127).is_none());
+    }
+
+    #[test]
+    fn only_numbers_that_may_overflow_are_read() {
+        for (text, read) in [
+            ("1", false),
+            ("18.99", false),
+            ("-0.5", false),
+            ("1e2", true),
+            ("1E-7", true),
+        ] {
+            assert_eq!(may_be_out_of_range(text), read, "{text}");
+        }
+        let digits = "9".repeat(300);
+        assert!(!may_be_out_of_range(&digits));
+        assert!(reference(&digits, 127), "300 digits stay in range");
+        assert!(may_be_out_of_range(&format!("{digits}9")));
     }
 
     #[test]
@@ -564,34 +524,13 @@ mod tests {
                 let text = format!("{}{}", "[".repeat(levels), "]".repeat(levels));
                 let text = if levels == 0 { "1".to_owned() } else { text };
                 assert_eq!(
-                    canonical(&text, depth),
+                    block(&text, depth).is_some(),
                     reference(&text, depth),
                     "{levels} levels at depth {depth}"
                 );
             }
         }
-        assert!(canonical("[]", 1).is_none());
-        assert!(canonical("[]", 2).is_some());
-    }
-
-    #[test]
-    fn plain_integers_are_the_ones_serde_json_writes_back_unchanged() {
-        for (text, plain) in [
-            ("0", true),
-            ("-0", false),
-            ("7", true),
-            ("-7", true),
-            ("1234567890123456789", true),
-            ("12345678901234567890", false),
-            ("-123456789012345678", true),
-            ("-1234567890123456789", false),
-            ("01", false),
-            ("1.0", false),
-            ("1e2", false),
-            ("-", false),
-            ("", false),
-        ] {
-            assert_eq!(is_plain_integer(text), plain, "{text}");
-        }
+        assert!(block("[]", 1).is_none());
+        assert!(block("[]", 2).is_some());
     }
 }
