@@ -1,9 +1,12 @@
 //! Mapping throughput: realistic Segment messages from JSON bytes to Pointillist JSON
 //! bytes, against a baseline that only parses and re-serialises the same bytes with
 //! serde_json. Goal: the mapping keeps at least 0.8 of the baseline's throughput.
-//! `stipple_map` is `Mapper::map_json`, what delivery runs; `stipple_map_reference` the
-//! path it is held to (`Message`, `validate`, `map`, `to_json`). `store_1000_messages`
-//! times the ingress's reading for storage: `stipple_split` (`split`, `Rest::write`)
+//! `stipple_map` is `Mapper::map_json`, what delivery runs, on messages with their keys
+//! sorted (as `serde_json` writes them); `stipple_map_client_order` the same on messages
+//! whose objects list their keys in reverse, as a client may send them and the ingress
+//! stores its blocks; `stipple_map_reference` the path it is held to (`Message`,
+//! `validate`, `map`, `to_json`). `store_1000_messages` times the ingress's reading for
+//! storage of the client-order messages: `stipple_split` (`split`, `Rest::write`)
 //! against the reference path it is held to (`Input::parse`, `serde_json::to_vec`).
 //!
 //! `cargo bench -p stipple-core --bench mapping` (or `cargo xtask bench-core`, which
@@ -70,8 +73,45 @@ fn corpus() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// `value` as compact JSON with every object's keys in reverse order.
+fn client_order(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            out.push('{');
+            for (i, (key, value)) in map.iter().rev().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(key).unwrap());
+                out.push(':');
+                client_order(value, out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                client_order(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let corpus = corpus();
+    let clients: Vec<Vec<u8>> = corpus
+        .iter()
+        .map(|m| {
+            let mut text = String::new();
+            client_order(&serde_json::from_slice(m).unwrap(), &mut text);
+            text.into_bytes()
+        })
+        .collect();
     let bytes: usize = corpus.iter().map(Vec::len).sum();
     let mapper = Mapper::new(MapConfig::default());
     let mut group = c.benchmark_group("map_1000_messages");
@@ -96,6 +136,13 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    group.bench_function("stipple_map_client_order", |b| {
+        b.iter(|| {
+            for m in &clients {
+                black_box(mapper.map_json(m).unwrap());
+            }
+        })
+    });
     group.bench_function("stipple_map_reference", |b| {
         b.iter(|| {
             for m in &corpus {
@@ -110,7 +157,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(MESSAGES as u64));
     group.bench_function("stipple_split", |b| {
         b.iter(|| {
-            for m in &corpus {
+            for m in &clients {
                 let split = stipple_core::split(std::str::from_utf8(m).unwrap()).unwrap();
                 black_box(split.rest.write(&split.plain).unwrap());
             }
@@ -118,7 +165,7 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("stipple_split_reference", |b| {
         b.iter(|| {
-            for m in &corpus {
+            for m in &clients {
                 let Input::Message(message) = Input::parse(m).unwrap() else {
                     unreachable!("the corpus holds messages")
                 };

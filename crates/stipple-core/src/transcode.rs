@@ -61,6 +61,7 @@ fn count_block(entries: &[Entry<'_>]) -> bool {
             Attr::Bool(_) => 5,
             Attr::Number(_) => crate::map::NUMBER_TEXT_BYTES,
             Attr::Array(text) => text.len(),
+            Attr::Key => return bytes,
         };
         bytes.saturating_add(entry.key.len() + value + ENTRY_SLACK)
     });
@@ -81,7 +82,6 @@ const TOO_LARGE: &str = "attributes past the limit";
 
 /// The error that makes the fast path decline a block (its message is never shown).
 const EMPTY_KEY: &str = "an empty key";
-const REPEATED_KEY: &str = "a key repeated in an object";
 
 fn present(id: Option<&IdText<'_>>) -> bool {
     id.is_some_and(|id| !matches!(id, IdText::Text(s) if s.is_empty()))
@@ -94,6 +94,9 @@ enum Attr<'a> {
     Number(Number),
     /// An array, as its compact JSON.
     Array(String),
+    /// No attribute: a key whose value is `null` or an object, kept until the block is
+    /// settled so that a key repeated in an object is seen (see [`settle`]).
+    Key,
 }
 
 /// One attribute: its key is `prefix.key`, or `key` when the prefix is empty.
@@ -121,15 +124,20 @@ impl Entry<'_> {
     }
 }
 
-/// Sorts a list by key; false when a key is there twice (the caller declines). The
-/// reference path keeps the one it flattens last, in the order of a `serde_json` map's
-/// keys, not of the text: a key repeated in an object, or a nested `"a": {"b": ..}`
-/// beside a literal `"a.b"`, is left to it.
-fn settle(entries: &mut [Entry<'_>]) -> bool {
+/// Sorts a list by key and drops its [`Attr::Key`] entries; false when a key is there
+/// twice (the caller declines). The reference path keeps the one it flattens last, in
+/// the order of a `serde_json` map's keys, not of the text: a key repeated in an object
+/// (with any values, hence the `Key` entries), or a nested `"a": {"b": ..}` beside a
+/// literal `"a.b"`, is left to it.
+fn settle(entries: &mut Vec<Entry<'_>>) -> bool {
     if !entries.is_sorted_by(|a, b| a.key < b.key) {
         entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        if entries.windows(2).any(|w| w[0].key == w[1].key) {
+            return false;
+        }
     }
-    entries.windows(2).all(|w| w[0].key != w[1].key)
+    entries.retain(|e| !matches!(e.value, Attr::Key));
+    true
 }
 
 /// Sets a label in a settled unprefixed list, replacing an entry of the same key.
@@ -193,13 +201,10 @@ impl<'de> Visitor<'de> for Flatten<'_, 'de> {
         f.write_str("an object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        // Every key, to find one repeated (even where a `null` adds no entry).
-        let mut keys: Vec<Text<'de>> = Vec::new();
         while let Some(key) = map.next_key::<Text<'de>>()? {
             if key.is_empty() {
                 return Err(de::Error::custom(EMPTY_KEY));
             }
-            keys.push(key.clone());
             let full = if self.path.is_empty() {
                 key.0.clone()
             } else {
@@ -216,12 +221,6 @@ impl<'de> Visitor<'de> for Flatten<'_, 'de> {
                 out: &mut *self.out,
                 key: full,
             })?;
-        }
-        if !keys.is_sorted_by(|a, b| a < b) {
-            keys.sort_unstable();
-            if keys.windows(2).any(|w| w[0] == w[1]) {
-                return Err(de::Error::custom(REPEATED_KEY));
-            }
         }
         Ok(())
     }
@@ -256,6 +255,7 @@ impl<'de> Visitor<'de> for Member<'_, 'de> {
         f.write_str("a JSON value")
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.push(Attr::Key);
         Ok(())
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
@@ -272,9 +272,7 @@ impl<'de> Visitor<'de> for Member<'_, 'de> {
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
         // serde_json reads a non-finite float as null, which maps to nothing.
-        if let Some(n) = Number::from_f64(v) {
-            self.push(Attr::Number(n));
-        }
+        self.push(Number::from_f64(v).map_or(Attr::Key, Attr::Number));
         Ok(())
     }
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
@@ -293,11 +291,18 @@ impl<'de> Visitor<'de> for Member<'_, 'de> {
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let Member { out, key } = self;
         Flatten {
-            out: self.out,
-            path: &self.key,
+            out: &mut *out,
+            path: &key,
         }
-        .visit_map(map)
+        .visit_map(map)?;
+        out.push(Entry {
+            prefix: "",
+            key,
+            value: Attr::Key,
+        });
+        Ok(())
     }
 }
 

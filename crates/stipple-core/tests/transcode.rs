@@ -38,9 +38,9 @@ fn stored(value: &Value) -> Option<String> {
     Some(serde_json::to_string(&message).unwrap())
 }
 
-/// Whether two keys of one attribute block of `message` flatten to the same label key
-/// (`{"a": {"b": 1}, "a.b": 2}`), `null`s and empty objects left out as the mapping
-/// leaves them out.
+/// Whether two keys of one attribute block of `message`, whatever their values, flatten
+/// to the same path (`{"a": {"b": 1}, "a.b": 2}`): the fast path leaves those to the
+/// reference.
 fn collides(message: &Value) -> bool {
     fn flatten(value: &Value, path: &str, keys: &mut Vec<String>) {
         let Value::Object(map) = value else { return };
@@ -50,11 +50,8 @@ fn collides(message: &Value) -> bool {
             } else {
                 format!("{path}.{key}")
             };
-            match value {
-                Value::Object(_) => flatten(value, &full, keys),
-                Value::Null => {}
-                _ => keys.push(full),
-            }
+            flatten(value, &full, keys);
+            keys.push(full);
         }
     }
     let context = &message["context"];
