@@ -292,17 +292,13 @@ impl<'de> Visitor<'de> for Member<'_, 'de> {
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
         let Member { out, key } = self;
-        Flatten {
-            out: &mut *out,
-            path: &key,
-        }
-        .visit_map(map)?;
+        // Before its members, where it sorts ("a" before "a.b"): sorted text stays so.
         out.push(Entry {
             prefix: "",
-            key,
+            key: key.clone(),
             value: Attr::Key,
         });
-        Ok(())
+        Flatten { out, path: &key }.visit_map(map)
     }
 }
 
