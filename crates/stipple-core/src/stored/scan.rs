@@ -229,8 +229,9 @@ impl<'a> Scan<'a> {
     }
 
     /// The `context` block read as `Option<Context>`: the blocks [`crate::Context`]
-    /// parses as values (a `null` one left out), in its field order, then every other
-    /// key verbatim, sorted. Written into `out`; the answer is where.
+    /// parses as values, as sent once checked ([`Scan::block`]; a `null` one left out),
+    /// in its field order, then every other key verbatim, sorted. Written into `out`;
+    /// the answer is where.
     fn context(&mut self, depth: u8, out: &mut Vec<u8>) -> Result<Option<Range<usize>>, Declined> {
         if self.null() {
             return Ok(None);
