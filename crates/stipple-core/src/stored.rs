@@ -30,7 +30,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use crate::message::Message;
+use crate::message::{Id, Message};
 
 mod scan;
 
@@ -95,10 +95,9 @@ impl Rest<'_> {
         ];
         let others = self.other.iter().map(|(k, v)| k.len() + v.len() + 4);
         let mut out = Vec::with_capacity(256 + self.text.len() + others.sum::<usize>());
-        serde_json::to_writer(&mut out, plain)?;
-        // The plain fields' object, reopened: the parts follow them, as in `Message`.
-        out.pop();
-        let mut object = Object::reopen(&mut out);
+        let mut object = Object::open(&mut out);
+        // The parts follow the plain fields, as in `Message`.
+        write_plain(&mut object, plain)?;
         for (key, block) in blocks {
             if let Some(range) = block {
                 object.entry(&Cow::Borrowed(key), &self.text[range.clone()])?;
@@ -112,6 +111,114 @@ impl Rest<'_> {
     }
 }
 
+/// Writes the plain fields of `plain` (its blocks and unknown fields are left to the
+/// caller) as `serde_json::to_vec` writes them for a `Message`: in its field order, those
+/// that are `None` left out, strings escaped as `serde_json` escapes them. A string with
+/// nothing to escape (most ids and times) is copied as it is, found eight bytes at a
+/// time, rather than handed to `serde_json`, which looks at each byte.
+fn write_plain(object: &mut Object<'_>, plain: &Message) -> serde_json::Result<()> {
+    // Every field named: one added to `Message` stops the build here until it is placed.
+    let Message {
+        kind,
+        message_id,
+        user_id,
+        anonymous_id,
+        previous_id,
+        group_id,
+        event,
+        name,
+        category,
+        timestamp,
+        original_timestamp,
+        sent_at,
+        received_at,
+        properties: _,
+        traits: _,
+        context: _,
+        integrations: _,
+        other: _,
+    } = plain;
+    for (key, text) in [("type", kind), ("messageId", message_id)] {
+        if let Some(text) = text {
+            object.key(&Cow::Borrowed(key))?;
+            write_plain_str(object.out, text)?;
+        }
+    }
+    for (key, id) in [
+        ("userId", user_id),
+        ("anonymousId", anonymous_id),
+        ("previousId", previous_id),
+        ("groupId", group_id),
+    ] {
+        match id {
+            Some(Id::String(text)) => {
+                object.key(&Cow::Borrowed(key))?;
+                write_plain_str(object.out, text)?;
+            }
+            Some(Id::Number(number)) => {
+                object.entry(&Cow::Borrowed(key), number.get().as_bytes())?
+            }
+            None => {}
+        }
+    }
+    for (key, text) in [
+        ("event", event),
+        ("name", name),
+        ("category", category),
+        ("timestamp", timestamp),
+        ("originalTimestamp", original_timestamp),
+        ("sentAt", sent_at),
+        ("receivedAt", received_at),
+    ] {
+        if let Some(text) = text {
+            object.key(&Cow::Borrowed(key))?;
+            write_plain_str(object.out, text)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `text` as a JSON string, as `serde_json` writes it.
+fn write_plain_str(out: &mut Vec<u8>, text: &str) -> serde_json::Result<()> {
+    if needs_escape(text) {
+        serde_json::to_writer(out, text)
+    } else {
+        write_str(out, &Cow::Borrowed(text))
+    }
+}
+
+/// Whether `text` holds a byte `serde_json` escapes in a string: a quote, a backslash or
+/// a control character.
+fn needs_escape(text: &str) -> bool {
+    let mut words = text.as_bytes().chunks_exact(8);
+    // A lane is flagged wrongly only above one flagged rightly: any flag is a true one.
+    let flagged = words
+        .by_ref()
+        .any(|word| <[u8; 8]>::try_from(word).map_or(true, |w| stops(u64::from_le_bytes(w)) != 0));
+    flagged
+        || words
+            .remainder()
+            .iter()
+            .any(|&b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
+/// A byte of value 1 in every lane of a word.
+const LANES: u64 = u64::from_ne_bytes([1; 8]);
+/// The high bit of every lane.
+const HIGH_BITS: u64 = LANES << 7;
+
+/// The high bit set in each lane of `word` (eight bytes of text, little-endian) that holds
+/// a byte a string scan must look at, the ones `serde_json` escapes: a quote, a
+/// backslash or a control character. Lanes above the lowest one set may be set wrongly
+/// (a borrow between lanes); the lowest one is always right.
+fn stops(word: u64) -> u64 {
+    let zero_lanes = |v: u64| v.wrapping_sub(LANES) & !v & HIGH_BITS;
+    let below_space = word.wrapping_sub(LANES * 0x20) & !word & HIGH_BITS;
+    zero_lanes(word ^ (LANES * u64::from(b'"')))
+        | zero_lanes(word ^ (LANES * u64::from(b'\\')))
+        | below_space
+}
+
 /// Writes a JSON object's entries, commas included.
 struct Object<'o> {
     out: &'o mut Vec<u8>,
@@ -122,12 +229,6 @@ impl<'o> Object<'o> {
     fn open(out: &'o mut Vec<u8>) -> Self {
         out.push(b'{');
         Self { out, first: true }
-    }
-
-    /// Continues the object `out` holds, all but its closing brace.
-    fn reopen(out: &'o mut Vec<u8>) -> Self {
-        let first = out.last() == Some(&b'{');
-        Self { out, first }
     }
 
     /// Starts an entry: the value is written next.
@@ -272,6 +373,61 @@ mod tests {
             r#"{"properties": {"a": 1, "a": 2}, "context": {"traits": {"b": 1, "b": 3}}}"#,
         ] {
             assert_eq!(read(&fast(text).unwrap()), read(&reference(text)), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_plain_fields_are_written_as_serde_json_writes_them() {
+        let long = "x".repeat(37);
+        for text in [
+            "plain".to_owned(),
+            String::new(),
+            "quote \" inside".to_owned(),
+            "back\\slash".to_owned(),
+            "tab\tand\u{1}".to_owned(),
+            "é 😀 ünïcode".to_owned(),
+            format!("{long}\n"),
+            format!("{long}\""),
+            long.clone(),
+        ] {
+            let message = Message {
+                kind: Some("track".into()),
+                message_id: Some(text.clone()),
+                user_id: Some(Id::String(text.clone())),
+                anonymous_id: Id::number("123456789012345678901234567890"),
+                previous_id: Id::number("-2.50"),
+                group_id: None,
+                event: Some(text.clone()),
+                name: None,
+                category: Some(text.clone()),
+                timestamp: Some("2026-12-05T12:00:00.000Z".into()),
+                original_timestamp: Some(text.clone()),
+                sent_at: None,
+                received_at: Some(text.clone()),
+                ..Message::default()
+            };
+            let written = Rest::default().write(&message).unwrap();
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                serde_json::to_string(&message).unwrap(),
+                "{text:?}"
+            );
+        }
+        assert_eq!(Rest::default().write(&Message::default()).unwrap(), b"{}");
+    }
+
+    #[test]
+    fn escapes_are_found_wherever_they_stand() {
+        for len in 0..20 {
+            for at in 0..len {
+                for byte in ['"', '\\', '\n', '\u{1f}'] {
+                    let mut text: Vec<char> = vec!['a'; len];
+                    text[at] = byte;
+                    let text: String = text.into_iter().collect();
+                    assert!(needs_escape(&text), "{text:?}");
+                }
+            }
+            assert!(!needs_escape(&"é".repeat(len)));
         }
     }
 

@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use serde::Deserialize;
 
-use super::{Part, Rest, Split, assemble};
+use super::{Part, Rest, Split, assemble, stops};
 use crate::message::{Message, read_plain_field};
 
 /// The scan cannot read this message as the reference path would: take that path.
@@ -417,23 +417,6 @@ impl<'a> Scan<'a> {
         self.at = at;
         Ok(&self.text[start..at])
     }
-}
-
-/// A byte of value 1 in every lane of a word.
-const LANES: u64 = u64::from_ne_bytes([1; 8]);
-/// The high bit of every lane.
-const HIGH_BITS: u64 = LANES << 7;
-
-/// The high bit set in each lane of `word` (eight bytes of text, little-endian) that holds
-/// a byte a string scan must look at: a quote, a backslash or a control character. Lanes
-/// above the lowest one set may be set wrongly (a borrow between lanes); the lowest one
-/// is always right, and it is the only one read.
-fn stops(word: u64) -> u64 {
-    let zero_lanes = |v: u64| v.wrapping_sub(LANES) & !v & HIGH_BITS;
-    let below_space = word.wrapping_sub(LANES * 0x20) & !word & HIGH_BITS;
-    zero_lanes(word ^ (LANES * u64::from(b'"')))
-        | zero_lanes(word ^ (LANES * u64::from(b'\\')))
-        | below_space
 }
 
 /// Whether a number's text may stand for more than an `f64` holds, which `serde_json`
