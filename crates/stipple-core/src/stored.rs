@@ -138,12 +138,15 @@ fn write_plain(object: &mut Object<'_>, plain: &Message) -> serde_json::Result<(
         integrations: _,
         other: _,
     } = plain;
-    for (key, text) in [("type", kind), ("messageId", message_id)] {
-        if let Some(text) = text {
+    let text = |object: &mut Object<'_>, key: &'static str, text: &Option<String>| match text {
+        Some(text) => {
             object.key(&Cow::Borrowed(key))?;
-            write_plain_str(object.out, text)?;
+            write_plain_str(object.out, text)
         }
-    }
+        None => Ok(()),
+    };
+    text(object, "type", kind)?;
+    text(object, "messageId", message_id)?;
     for (key, id) in [
         ("userId", user_id),
         ("anonymousId", anonymous_id),
@@ -161,7 +164,7 @@ fn write_plain(object: &mut Object<'_>, plain: &Message) -> serde_json::Result<(
             None => {}
         }
     }
-    for (key, text) in [
+    for (key, value) in [
         ("event", event),
         ("name", name),
         ("category", category),
@@ -170,10 +173,7 @@ fn write_plain(object: &mut Object<'_>, plain: &Message) -> serde_json::Result<(
         ("sentAt", sent_at),
         ("receivedAt", received_at),
     ] {
-        if let Some(text) = text {
-            object.key(&Cow::Borrowed(key))?;
-            write_plain_str(object.out, text)?;
-        }
+        text(object, key, value)?;
     }
     Ok(())
 }
