@@ -138,15 +138,15 @@ fn write_plain(object: &mut Object<'_>, plain: &Message) -> serde_json::Result<(
         integrations: _,
         other: _,
     } = plain;
-    let text = |object: &mut Object<'_>, key: &'static str, text: &Option<String>| match text {
+    let text = |object: &mut Object<'_>, key: &'static str, text: Option<&str>| match text {
         Some(text) => {
             object.key(&Cow::Borrowed(key))?;
             write_plain_str(object.out, text)
         }
         None => Ok(()),
     };
-    text(object, "type", kind)?;
-    text(object, "messageId", message_id)?;
+    text(object, "type", kind.as_deref())?;
+    text(object, "messageId", message_id.as_deref())?;
     for (key, id) in [
         ("userId", user_id),
         ("anonymousId", anonymous_id),
@@ -154,10 +154,7 @@ fn write_plain(object: &mut Object<'_>, plain: &Message) -> serde_json::Result<(
         ("groupId", group_id),
     ] {
         match id {
-            Some(Id::String(text)) => {
-                object.key(&Cow::Borrowed(key))?;
-                write_plain_str(object.out, text)?;
-            }
+            Some(Id::String(id)) => text(object, key, Some(id))?,
             Some(Id::Number(number)) => {
                 object.entry(&Cow::Borrowed(key), number.get().as_bytes())?
             }
@@ -173,7 +170,7 @@ fn write_plain(object: &mut Object<'_>, plain: &Message) -> serde_json::Result<(
         ("sentAt", sent_at),
         ("receivedAt", received_at),
     ] {
-        text(object, key, value)?;
+        text(object, key, value.as_deref())?;
     }
     Ok(())
 }
@@ -187,19 +184,27 @@ fn write_plain_str(out: &mut Vec<u8>, text: &str) -> serde_json::Result<()> {
     }
 }
 
-/// Whether `text` holds a byte `serde_json` escapes in a string: a quote, a backslash or
-/// a control character.
+/// Whether `text` holds a byte `serde_json` escapes in a string.
 fn needs_escape(text: &str) -> bool {
-    let mut words = text.as_bytes().chunks_exact(8);
-    // A lane is flagged wrongly only above one flagged rightly: any flag is a true one.
-    let flagged = words
-        .by_ref()
-        .any(|word| <[u8; 8]>::try_from(word).map_or(true, |w| stops(u64::from_le_bytes(w)) != 0));
-    flagged
-        || words
-            .remainder()
-            .iter()
-            .any(|&b| b == b'"' || b == b'\\' || b < 0x20)
+    next_stop(text.as_bytes(), 0) < text.len()
+}
+
+/// Where the first byte from `at` on stands that `serde_json` escapes in a string (a
+/// quote, a backslash or a control character), or `bytes.len()` when there is none.
+/// Eight bytes at a time, then the last few one by one.
+fn next_stop(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(word) = bytes.get(at..at + 8) {
+        // Always eight bytes; were it not, every lane would be flagged, which is safe.
+        let flags = stops(u64::from_le_bytes(word.try_into().unwrap_or([0; 8])));
+        if flags != 0 {
+            return at + (flags.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    let tail = bytes.get(at..).unwrap_or_default();
+    tail.iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map_or(bytes.len(), |i| at + i)
 }
 
 /// A byte of value 1 in every lane of a word.

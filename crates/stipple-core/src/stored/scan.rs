@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use serde::Deserialize;
 
-use super::{Part, Rest, Split, assemble, stops};
+use super::{Part, Rest, Split, assemble, next_stop};
 use crate::message::{Message, read_plain_field};
 
 /// The scan cannot read this message as the reference path would: take that path.
@@ -329,16 +329,7 @@ impl<'a> Scan<'a> {
         let mut at = self.at + 1;
         let mut escaped = false;
         loop {
-            // Eight bytes at a time, up to the next one that needs a look.
-            while let Some(chunk) = bytes.get(at..at + 8) {
-                let word = u64::from_le_bytes(chunk.try_into().map_err(|_| Declined)?);
-                let stops = stops(word);
-                if stops != 0 {
-                    at += (stops.trailing_zeros() / 8) as usize;
-                    break;
-                }
-                at += 8;
-            }
+            at = next_stop(bytes, at);
             match bytes.get(at).copied().ok_or(Declined)? {
                 b'"' => break,
                 b'\\' => {
