@@ -4,7 +4,7 @@
 //! Why not the service's multi-threaded runtime: a connection's task then never moves
 //! between threads, no thread spends time looking for tasks to steal from another, and
 //! the wake-ups of its socket reach that one thread (only the store's answer comes from
-//! the store's syncer thread). Measured on `/v1/track` at 256 connections with delivery
+//! the store's writer thread). Measured on `/v1/track` at 256 connections with delivery
 //! paused (docs/operations.md, Sizing), the CPU a request on these threads fell by about
 //! a sixth and the rate rose by 10-15%.
 //!

@@ -48,8 +48,8 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 4000;
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
     /// An append is answered only once the write-ahead log holding it is fsynced, so it
-    /// survives a power loss. The fsync runs beside the writer, on a thread of its own,
-    /// while the writer gathers the next group. Leases, acks, retries, releases,
+    /// survives a power loss. The writer thread runs the fsync after the group's commit;
+    /// what arrives meanwhile forms the next group. Leases, acks, retries, releases,
     /// dead-lettering, requeues and dedup expiry are answered at commit either way: a
     /// power loss can undo the last of them, which costs at most a redelivery (see the
     /// crate's invariants). The default.
@@ -181,7 +181,7 @@ impl SqliteStore {
         configure(path, &conn, &options)?;
         schema::migrate(&mut conn, options.role == Role::Service)?;
         let now = to_micros(options.clock.now());
-        // A first write, so that the write-ahead log exists for the syncer to open.
+        // A first write, so that the write-ahead log exists for the writer to open.
         ops::touch(&conn, now).map_err(|e| open_error(path, e))?;
         let counts = conn
             .query_row(writer::SELECT_COUNTS, [], |row| {
@@ -206,21 +206,18 @@ impl SqliteStore {
         let shared = Arc::new(Shared::default());
         shared.publish(counts);
 
-        let syncer = match options.synchronous {
+        let log = match options.synchronous {
             Synchronous::Normal => None,
             Synchronous::Full => {
-                let wal = wal_path(path);
+                let path = wal_path(path);
                 // Opened for writing only because some systems refuse to fsync otherwise.
                 let file = std::fs::OpenOptions::new()
                     .write(true)
-                    .open(&wal)
+                    .open(&path)
                     .map_err(|e| {
-                        StoreError::Open(format!("cannot open the log {}: {e}", wal.display()))
+                        StoreError::Open(format!("cannot open the log {}: {e}", path.display()))
                     })?;
-                let syncer = writer::start_syncer(wal, file, Arc::clone(&shared)).map_err(|e| {
-                    StoreError::Open(format!("cannot start the store sync thread: {e}"))
-                })?;
-                Some(syncer)
+                Some(writer::Log { path, file })
             }
         };
         let checkpoints = match options.role {
@@ -244,7 +241,7 @@ impl SqliteStore {
                     checkpoints,
                     _service_lock: service_lock,
                 };
-                writer::run(db, clock, receiver, thread_shared, syncer);
+                writer::run(db, clock, receiver, thread_shared, log);
             })
             .map_err(|e| StoreError::Open(format!("cannot start the store writer thread: {e}")))?;
         Ok(Self {
@@ -303,13 +300,6 @@ impl SqliteStore {
             .send(work)
             .await
             .map_err(|_| StoreError::Closed)?;
-        if reply_when == Reply::Committed {
-            // The writer may be gathering appends until an fsync ends (see `writer`):
-            // this request is not to wait for that.
-            if let Some(writer) = self.shared.writer.get() {
-                writer.unpark();
-            }
-        }
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -389,7 +379,7 @@ fn configure(path: &Path, conn: &Connection, options: &SqliteOptions) -> Result<
             path.display()
         )));
     }
-    // Full durability comes from the syncer thread (see `writer`), not from SQLite.
+    // Full durability comes from the writer's own fsyncs (see `writer`), not from SQLite.
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(error)?;
     conn.pragma_update(None, "cache_size", -i64::from(options.cache_size_kib))
@@ -720,29 +710,24 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_group_whose_waiting_requests_all_went_away_is_still_fsynced() {
+    async fn an_append_whose_caller_went_away_is_still_stored_and_fsynced() {
         let (_dir, store) = temp_store();
         store.append(one("warm"), DAY).await.expect("append");
         store.shared.hold_syncs.store(true, Ordering::Release);
-        let append = |id: &str| spawn_append(&store, id);
-        let committed = |n: u64| committed(&store, n);
         let start = store.commit_count();
-        // "a"'s fsync is held; "b" commits behind it and waits for the next one.
-        let a = append("a");
-        committed(start + 1).await;
-        let b = append("b");
-        committed(start + 2).await;
-        // "b"'s client goes away: nobody waits for its group any more.
+        let syncs = store.sync_count();
+        // "a"'s fsync is held; "b" waits behind it for the next group.
+        let a = spawn_append(&store, "a");
+        committed(&store, start + 1).await;
+        let b = spawn_append(&store, "b");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // "b"'s client goes away: nobody waits for its answer any more.
         b.abort();
         let _ = b.await;
         store.shared.hold_syncs.store(false, Ordering::Release);
         a.await.expect("task").expect("append");
-        // "b"'s group is fsynced all the same, and nothing is left waiting.
-        eventually("the end of every fsync", || {
-            store.shared.syncing.load(Ordering::SeqCst) == 0
-        })
-        .await;
-        assert_eq!(store.shared.syncing.load(Ordering::SeqCst), 0);
+        // "b" is committed and fsynced all the same.
+        eventually("b's fsync", || store.sync_count() >= syncs + 2).await;
         assert_eq!(store.stats().await.expect("stats").queued, 3);
     }
 
@@ -767,21 +752,16 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn appends_committed_while_an_fsync_fails_are_not_answered_stored() {
+    async fn appends_waiting_while_an_fsync_fails_are_not_answered_stored() {
         let (_dir, store) = temp_store();
-        // "a"'s fsync fails, and is held until "b" has committed behind it: "b"'s own
-        // fsync then succeeds (Linux reports a lost write-back once), yet its frames
-        // follow the lost ones in the log.
+        // "a"'s fsync fails, and is held before it tells anyone: "b" arrives meanwhile.
         store.shared.fail_next_sync.store(true, Ordering::Release);
         store.shared.hold_after_sync.store(true, Ordering::Release);
-        let committed = |n: u64| committed(&store, n);
-        let append = |id: &str| spawn_append(&store, id);
         let start = store.commit_count();
-        let mut a = append("a");
-        committed(start + 1).await;
-        // "a" is in its fsync's hands: "b" commits in a group of its own.
-        let mut b = append("b");
-        committed(start + 2).await;
+        let mut a = spawn_append(&store, "a");
+        committed(&store, start + 1).await;
+        let mut b = spawn_append(&store, "b");
+        tokio::time::sleep(Duration::from_millis(50)).await;
         store.shared.hold_after_sync.store(false, Ordering::Release);
         for (name, task) in [("a", &mut a), ("b", &mut b)] {
             let answer = within(10_000, task).await.expect("answered");
@@ -790,10 +770,12 @@ mod tests {
                 "{name} is not answered as stored"
             );
         }
+        // "b" never committed: nothing written after the failed fsync.
+        assert_eq!(store.commit_count(), start + 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn only_appends_wait_for_the_fsync() {
+    async fn only_appends_wait_for_an_fsync() {
         let (_dir, store) = temp_store();
         let events = |prefix: &str, n: usize| Append {
             events: (0..n)
@@ -809,7 +791,39 @@ mod tests {
         let syncs = store.sync_count();
         assert!(syncs >= 1, "the append waited for an fsync");
 
-        // From here on the syncer holds every fsync back.
+        // Everything else is answered at commit, without an fsync of its own.
+        let commits = store.commit_count();
+        let hour = Duration::from_secs(3_600);
+        let leased = store.lease(10, hour).await.expect("lease");
+        assert_eq!(leased.len(), 6);
+        let ids: Vec<EventId> = leased.iter().map(|e| e.id).collect();
+        store.ack(&ids[..3]).await.expect("ack");
+        store.retry(ids[3], Utc::now()).await.expect("retry");
+        store.release(&ids[4..5]).await.expect("release");
+        let reason = DeadLetterReason {
+            status: Some(400),
+            detail: "bad".into(),
+        };
+        store
+            .dead_letter(ids[5], reason)
+            .await
+            .expect("dead letter");
+        let dead = store.dead_letters(10).await.expect("dead letters");
+        assert_eq!(
+            store
+                .requeue_dead_letters(Some(&[dead[0].id]))
+                .await
+                .expect("requeue"),
+            1
+        );
+        store.requeue_dead_letters(None).await.expect("requeue");
+        store.rejected(10).await.expect("rejected");
+        store.expire_dedup(DAY).await.expect("expire");
+        assert!(store.commit_count() >= commits + 9);
+        assert_eq!(store.sync_count(), syncs, "no fsync ran for them");
+        assert_eq!(store.stats().await.expect("stats").queued, 3);
+
+        // An append is answered only after its fsync.
         store.shared.hold_syncs.store(true, Ordering::Release);
         let mut held = {
             let store = Arc::clone(&store);
@@ -819,41 +833,6 @@ mod tests {
             within(500, &mut held).await.is_none(),
             "an append is answered only after its fsync"
         );
-
-        // Everything else is answered at commit, fsync or not.
-        let commits = store.commit_count();
-        let mut others = {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                let hour = Duration::from_secs(3_600);
-                let leased = store.lease(10, hour).await?;
-                // The held append has committed: its events are leased (not durable yet).
-                assert_eq!(leased.len(), 8);
-                let ids: Vec<EventId> = leased.iter().map(|e| e.id).collect();
-                store.ack(&ids[..3]).await?;
-                store.retry(ids[3], Utc::now()).await?;
-                store.release(&ids[4..5]).await?;
-                let reason = DeadLetterReason {
-                    status: Some(400),
-                    detail: "bad".into(),
-                };
-                store.dead_letter(ids[5], reason).await?;
-                let dead = store.dead_letters(10).await?;
-                assert_eq!(store.requeue_dead_letters(Some(&[dead[0].id])).await?, 1);
-                store.requeue_dead_letters(None).await?;
-                store.rejected(10).await?;
-                store.expire_dedup(DAY).await?;
-                Ok::<_, StoreError>(())
-            })
-        };
-        within(10_000, &mut others)
-            .await
-            .expect("answered while the fsync is held")
-            .expect("store calls");
-        assert!(store.commit_count() >= commits + 9);
-        assert_eq!(store.sync_count(), syncs, "no fsync ran meanwhile");
-        assert_eq!(store.stats().await.expect("stats").queued, 5);
-
         store.shared.hold_syncs.store(false, Ordering::Release);
         let appended = within(10_000, &mut held)
             .await
@@ -861,6 +840,7 @@ mod tests {
             .expect("append");
         assert_eq!(appended.duplicate, vec![false, false]);
         assert!(store.sync_count() > syncs);
+        assert_eq!(store.stats().await.expect("stats").queued, 5);
     }
 
     #[test]
