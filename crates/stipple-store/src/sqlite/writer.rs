@@ -174,8 +174,9 @@ pub(super) enum Reply {
     /// [`Synchronous::Full`](super::Synchronous::Full). Appends (the ingress answers 200
     /// on them) and the readiness check.
     Durable,
-    /// As soon as its transaction has committed, without waiting for any fsync: losing
-    /// the commit to a power loss costs at most a redelivery or a repeated step.
+    /// As soon as its transaction has committed, before its group's fsync (it may have
+    /// waited in the channel for the last group's fsync to end): losing the commit to a
+    /// power loss costs at most a redelivery or a repeated step.
     Committed,
 }
 
