@@ -720,7 +720,11 @@ mod tests {
         let a = spawn_append(&store, "a");
         committed(&store, start + 1).await;
         let b = spawn_append(&store, "b");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The writer is held in "a"'s fsync: "b" waits in its channel.
+        eventually("b in the writer's channel", || {
+            store.requests.capacity() < CHANNEL_CAPACITY
+        })
+        .await;
         // "b"'s client goes away: nobody waits for its answer any more.
         b.abort();
         let _ = b.await;
