@@ -380,11 +380,12 @@ impl Log {
         let synced = self.file.sync_data();
         #[cfg(test)]
         wait_while(&shared.hold_after_sync);
+        // No fsync follows a failed one: `run` fails every group once `broken` is set,
+        // before committing it (an fsync that succeeded after one failed would prove
+        // nothing: Linux reports a lost write-back once per file, and later frames
+        // follow the lost ones in the log, which recovery stops reading at the first
+        // bad frame).
         match synced {
-            // An fsync that succeeds after one failed proves nothing: Linux reports a
-            // lost write-back once per file, and these frames follow the lost ones in
-            // the log, which recovery stops reading at the first bad frame.
-            Ok(()) if shared.broken.load(Ordering::Acquire) => Some(BROKEN),
             Ok(()) => {
                 metrics::histogram!(crate::FSYNC_SECONDS).record(started.elapsed());
                 shared.syncs.fetch_add(1, Ordering::Relaxed);
