@@ -650,6 +650,20 @@ mod tests {
         }
     }
 
+    /// An append of `n` events from "web", with `messageId`s `prefix-0`, `prefix-1`….
+    fn events(prefix: &str, n: usize) -> Append {
+        Append {
+            events: (0..n)
+                .map(|i| crate::NewEvent {
+                    source: "web".into(),
+                    message_id: format!("{prefix}-{i}"),
+                    payload: b"{}".to_vec(),
+                })
+                .collect(),
+            rejected: Vec::new(),
+        }
+    }
+
     const DAY: Duration = Duration::from_secs(86_400);
 
     /// A store of the default options in a new temporary directory, which must be kept
@@ -667,6 +681,16 @@ mod tests {
         id: &str,
     ) -> tokio::task::JoinHandle<Result<crate::Appended, StoreError>> {
         let (store, append) = (Arc::clone(store), one(id));
+        tokio::spawn(async move { store.append(append, DAY).await })
+    }
+
+    /// Appends a group big enough to have its fsync run by the syncer thread, on a task
+    /// of its own.
+    fn spawn_big_append(
+        store: &Arc<SqliteStore>,
+        prefix: &str,
+    ) -> tokio::task::JoinHandle<Result<crate::Appended, StoreError>> {
+        let (store, append) = (Arc::clone(store), events(prefix, writer::SYNC_ASIDE_WEIGHT));
         tokio::spawn(async move { store.append(append, DAY).await })
     }
 
@@ -755,17 +779,28 @@ mod tests {
         assert!(store.lease(10, Duration::from_secs(60)).await.is_err());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn appends_waiting_while_an_fsync_fails_are_not_answered_stored() {
-        let (_dir, store) = temp_store();
-        // "a"'s fsync fails, and is held before it tells anyone: "b" arrives meanwhile.
+    /// "a" (a group for the syncer when `big`) has its fsync fail, held before it tells
+    /// anyone, while "b" arrives; checks that neither is answered as stored. Returns the
+    /// store (with its directory) and its commit count before "a".
+    async fn fsync_fails_while_b_waits(big: bool) -> (tempfile::TempDir, Arc<SqliteStore>, u64) {
+        let (dir, store) = temp_store();
         store.shared.fail_next_sync.store(true, Ordering::Release);
         store.shared.hold_after_sync.store(true, Ordering::Release);
         let start = store.commit_count();
-        let mut a = spawn_append(&store, "a");
+        let mut a = if big {
+            spawn_big_append(&store, "a")
+        } else {
+            spawn_append(&store, "a")
+        };
         committed(&store, start + 1).await;
         let mut b = spawn_append(&store, "b");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if big {
+            // The writer is free: "b" commits, and waits behind "a"'s fsync.
+            committed(&store, start + 2).await;
+        } else {
+            // The writer is held in "a"'s fsync: "b" waits in its channel.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         store.shared.hold_after_sync.store(false, Ordering::Release);
         for (name, task) in [("a", &mut a), ("b", &mut b)] {
             let answer = within(10_000, task).await.expect("answered");
@@ -774,23 +809,77 @@ mod tests {
                 "{name} is not answered as stored"
             );
         }
+        (dir, store, start)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_waiting_while_an_fsync_fails_are_not_answered_stored() {
+        let (_dir, store, start) = fsync_fails_while_b_waits(false).await;
         // "b" never committed: nothing written after the failed fsync.
         assert_eq!(store.commit_count(), start + 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_big_group_is_fsynced_aside_while_the_writer_commits_the_next() {
+        let (_dir, store) = temp_store();
+        store.append(one("warm"), DAY).await.expect("append");
+        let syncs = store.sync_count();
+        store.shared.hold_syncs.store(true, Ordering::Release);
+        let start = store.commit_count();
+        let mut a = spawn_big_append(&store, "a");
+        committed(&store, start + 1).await;
+        // "a"'s fsync is held on the syncer thread; the writer goes on meanwhile.
+        let leased = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.lease(1, Duration::from_secs(60)),
+        )
+        .await
+        .expect("a lease is answered while the big group's fsync runs")
+        .expect("lease");
+        assert_eq!(leased.len(), 1);
+        // A small append committed meanwhile waits behind it: fsyncs never overlap.
+        let mut b = spawn_append(&store, "b");
+        committed(&store, start + 3).await;
+        assert!(
+            within(300, &mut a).await.is_none(),
+            "a is answered only after its fsync"
+        );
+        assert!(
+            within(100, &mut b).await.is_none(),
+            "b is answered only after an fsync that began after its commit"
+        );
+        assert_eq!(
+            store.sync_count(),
+            syncs,
+            "no fsync ran beside the held one"
+        );
+        store.shared.hold_syncs.store(false, Ordering::Release);
+        within(10_000, &mut a)
+            .await
+            .expect("a answered")
+            .expect("a stored");
+        within(10_000, &mut b)
+            .await
+            .expect("b answered")
+            .expect("b stored");
+        assert!(store.sync_count() > syncs);
+        let queued = store.stats().await.expect("stats").queued;
+        assert_eq!(queued, 2 + writer::SYNC_ASIDE_WEIGHT as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_fsync_aside_fails_every_group_waiting_for_it_and_every_later_request() {
+        let (_dir, store, start) = fsync_fails_while_b_waits(true).await;
+        assert!(store.fatal().is_some(), "fatal after a failed fsync");
+        assert!(store.append(one("c"), DAY).await.is_err());
+        // No fsync ran after the failed one, for "b" or anything later.
+        assert_eq!(store.sync_count(), 0);
+        assert_eq!(store.commit_count(), start + 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_appends_wait_for_an_fsync() {
         let (_dir, store) = temp_store();
-        let events = |prefix: &str, n: usize| Append {
-            events: (0..n)
-                .map(|i| crate::NewEvent {
-                    source: "web".into(),
-                    message_id: format!("{prefix}-{i}"),
-                    payload: b"{}".to_vec(),
-                })
-                .collect(),
-            rejected: Vec::new(),
-        };
         store.append(events("a", 6), DAY).await.expect("append");
         let syncs = store.sync_count();
         assert!(syncs >= 1, "the append waited for an fsync");
