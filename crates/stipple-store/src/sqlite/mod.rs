@@ -878,6 +878,28 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn once_the_syncer_is_gone_the_writer_runs_every_fsync() {
+        let (_dir, store) = temp_store();
+        store.shared.panic_syncer.store(true, Ordering::Release);
+        // The group the syncer took when it panicked is lost with it: not answered stored.
+        let lost = spawn_big_append(&store, "a").await.expect("task");
+        assert!(
+            lost.is_err(),
+            "an append whose fsync never ran is not stored"
+        );
+        // Time for the thread to finish unwinding (it has dropped "a" already).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let syncs = store.sync_count();
+        spawn_big_append(&store, "b")
+            .await
+            .expect("task")
+            .expect("b stored, fsynced by the writer");
+        store.append(one("c"), DAY).await.expect("c stored");
+        assert_eq!(store.sync_count(), syncs + 2);
+        assert_eq!(store.fatal(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_appends_wait_for_an_fsync() {
         let (_dir, store) = temp_store();
         store.append(events("a", 6), DAY).await.expect("append");

@@ -149,6 +149,9 @@ pub(super) struct Shared {
     /// While set, an fsync waits after it ran, before it tells anyone how it went.
     #[cfg(test)]
     pub(super) hold_after_sync: AtomicBool,
+    /// When set, the syncer thread panics on the next group handed to it.
+    #[cfg(test)]
+    pub(super) panic_syncer: AtomicBool,
     /// When set, the next fsync fails (to test what follows).
     #[cfg(test)]
     pub(super) fail_next_sync: AtomicBool,
@@ -338,8 +341,8 @@ pub(super) fn run(
                     answers.send(None);
                 } else {
                     match &syncer {
-                        Some(syncer) if weight >= SYNC_ASIDE_WEIGHT || !syncer.idle() => {
-                            syncer.hand(answers);
+                        Some(syncer) if syncer.takes(weight) => {
+                            syncer.hand(answers, log, &shared);
                         }
                         _ => {
                             let error = log.sync(&shared);
@@ -463,6 +466,11 @@ impl Syncer {
                 .name("stipple-store-syncer".into())
                 .spawn(move || {
                     while let Ok(first) = handed.recv() {
+                        #[cfg(test)]
+                        assert!(
+                            !shared.panic_syncer.load(Ordering::Acquire),
+                            "the syncer panics, as a test asked"
+                        );
                         let mut waiting = vec![first];
                         waiting.extend(handed.try_iter());
                         let error = log.sync(&shared);
@@ -481,18 +489,23 @@ impl Syncer {
         })
     }
 
-    /// Whether every group handed over has had its fsync.
-    fn idle(&self) -> bool {
-        self.pending.load(Ordering::Acquire) == 0
+    /// Whether a committed group of `weight` is to have its fsync run here: a big one,
+    /// or any while a group handed over still waits for its fsync. None once the thread
+    /// is gone (it panicked): the writer then runs every fsync itself.
+    fn takes(&self, weight: usize) -> bool {
+        !self.thread.is_finished()
+            && (weight >= SYNC_ASIDE_WEIGHT || self.pending.load(Ordering::Acquire) > 0)
     }
 
-    /// Hands over a committed group whose durable answers wait for an fsync.
-    fn hand(&self, answers: Answers) {
+    /// Hands over a committed group whose durable answers wait for an fsync; should the
+    /// thread be gone, runs the fsync on the writer instead.
+    fn hand(&self, answers: Answers, log: &Log, shared: &Shared) {
         self.pending.fetch_add(1, Ordering::AcqRel);
         if let Err(std::sync::mpsc::SendError(answers)) = self.groups.send(answers) {
-            // The thread is gone (it panicked): nobody will fsync this group.
             self.pending.fetch_sub(1, Ordering::AcqRel);
-            answers.send(Some(SYNCER_GONE));
+            tracing::error!("the store's syncer thread is gone: the writer runs its fsyncs");
+            let error = log.sync(shared);
+            answers.send(error);
         }
     }
 
@@ -504,9 +517,6 @@ impl Syncer {
         }
     }
 }
-
-/// The answer to a group handed to a syncer thread that is gone.
-const SYNCER_GONE: &str = "the store's syncer thread stopped: restart stipple";
 
 /// Holds the thread running an fsync (the writer or the syncer) while a test sets `hold`.
 #[cfg(test)]
