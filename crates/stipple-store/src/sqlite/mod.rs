@@ -680,7 +680,15 @@ mod tests {
         store: &Arc<SqliteStore>,
         id: &str,
     ) -> tokio::task::JoinHandle<Result<crate::Appended, StoreError>> {
-        let (store, append) = (Arc::clone(store), one(id));
+        spawn(store, one(id))
+    }
+
+    /// Appends `append` on a task of its own.
+    fn spawn(
+        store: &Arc<SqliteStore>,
+        append: Append,
+    ) -> tokio::task::JoinHandle<Result<crate::Appended, StoreError>> {
+        let store = Arc::clone(store);
         tokio::spawn(async move { store.append(append, DAY).await })
     }
 
@@ -690,8 +698,7 @@ mod tests {
         store: &Arc<SqliteStore>,
         prefix: &str,
     ) -> tokio::task::JoinHandle<Result<crate::Appended, StoreError>> {
-        let (store, append) = (Arc::clone(store), events(prefix, writer::SYNC_ASIDE_WEIGHT));
-        tokio::spawn(async move { store.append(append, DAY).await })
+        spawn(store, events(prefix, writer::SYNC_ASIDE_WEIGHT))
     }
 
     /// Waits up to 10 s for `done`; fails with `what` if it never is.

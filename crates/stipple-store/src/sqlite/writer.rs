@@ -339,16 +339,12 @@ pub(super) fn run(
                 // later one covers this group's frames too (the WAL is written in order).
                 if answers.durable.is_empty() {
                     answers.send(None);
-                } else {
-                    match &syncer {
-                        Some(syncer) if syncer.takes(weight) => {
-                            syncer.hand(answers, log, &shared);
-                        }
-                        _ => {
-                            let error = log.sync(&shared);
-                            answers.send(error);
-                        }
-                    }
+                } else if let Some(answers) = match &syncer {
+                    Some(syncer) => syncer.take(weight, answers),
+                    None => Some(answers),
+                } {
+                    let error = log.sync(&shared);
+                    answers.send(error);
                 }
             }
             _ => answers.send(None),
@@ -489,24 +485,21 @@ impl Syncer {
         })
     }
 
-    /// Whether a committed group of `weight` is to have its fsync run here: a big one,
-    /// or any while a group handed over still waits for its fsync. None once the thread
-    /// is gone (it panicked): the writer then runs every fsync itself.
-    fn takes(&self, weight: usize) -> bool {
-        !self.thread.is_finished()
-            && (weight >= SYNC_ASIDE_WEIGHT || self.pending.load(Ordering::Acquire) > 0)
-    }
-
-    /// Hands over a committed group whose durable answers wait for an fsync; should the
-    /// thread be gone, runs the fsync on the writer instead.
-    fn hand(&self, answers: Answers, log: &Log, shared: &Shared) {
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        if let Err(std::sync::mpsc::SendError(answers)) = self.groups.send(answers) {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-            tracing::error!("the store's syncer thread is gone: the writer runs its fsyncs");
-            let error = log.sync(shared);
-            answers.send(error);
+    /// Takes a committed group of `weight` whose durable answers wait for an fsync, if
+    /// it is to have its fsync run here: a big one, or any while a group handed over
+    /// still waits for its fsync. Gives it back for the writer to fsync otherwise, and
+    /// always once the thread is gone (it panicked).
+    fn take(&self, weight: usize, answers: Answers) -> Option<Answers> {
+        if self.thread.is_finished()
+            || (weight < SYNC_ASIDE_WEIGHT && self.pending.load(Ordering::Acquire) == 0)
+        {
+            return Some(answers);
         }
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let std::sync::mpsc::SendError(answers) = self.groups.send(answers).err()?;
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        tracing::error!("the store's syncer thread is gone: the writer runs its fsyncs");
+        Some(answers)
     }
 
     /// Lets the thread answer what it holds, and waits for it to end.
