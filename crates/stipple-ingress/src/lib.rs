@@ -49,6 +49,7 @@ mod capture;
 mod config;
 mod cors;
 mod error;
+mod header_timeout;
 mod ops;
 mod server;
 mod state;

@@ -4,7 +4,8 @@
 //! `axum::serve` sets no timer, so a client could hold a connection for ever by sending
 //! nothing, or its headers a byte at a time. Here each connection is HTTP/1 with a
 //! timeout on reading a request's headers, which also closes a keep-alive connection
-//! left idle that long; and at most [`ServerConfig::max_connections`] are open at once:
+//! left idle that long (one timer a connection, see
+//! [`header_timeout`](crate::header_timeout)); and at most [`ServerConfig::max_connections`] are open at once:
 //! at the limit no more are accepted (they wait in the kernel's listen queue) until one
 //! closes. Connections are served on threads of their own, each with a single-threaded
 //! runtime (see [`threads`](crate::threads)).
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use stipple_store::Throttle;
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, error, warn};
 
+use crate::header_timeout::{Idle, Watched};
 use crate::telemetry;
 use crate::threads::ConnectionThreads;
 
@@ -71,8 +73,9 @@ pub async fn serve(
         config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout);
+    // Kept by `header_timeout` instead, without a timer armed per request.
+    http.header_read_timeout(None);
+    let header_timeout = config.header_timeout;
     let graceful = GracefulShutdown::new();
     let at_limit = Throttle::new(LIMIT_WARNINGS_EVERY);
     tokio::pin!(shutdown);
@@ -112,10 +115,18 @@ pub async fn serve(
         let watcher = graceful.watcher();
         threads.spawn(stream, move |stream| async move {
             let _open = telemetry::OpenConnection::new();
-            let connection = watcher
-                .watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app)));
-            if let Err(e) = connection.await {
-                debug!(error = %e, "connection ended with an error");
+            let idle = Idle::new();
+            let service = Watched::new(TowerToHyperService::new(app), Arc::clone(&idle));
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::select! {
+                ended = connection => {
+                    if let Err(e) = ended {
+                        debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                () = crate::header_timeout::expired(&idle, header_timeout) => {
+                    debug!("closing a connection that sent no request headers in time");
+                }
             }
             drop(slot);
         });

@@ -46,6 +46,18 @@ async fn start_with(
     (addr, stop, task)
 }
 
+/// A harness whose appends wait at a gate, so that a request is known to be in flight
+/// (at the store) once it reaches it; and its store, which holds the gate.
+fn gated() -> (Harness, Arc<TestStore>) {
+    let store = TestStore {
+        gate: Some(Gate::default()),
+        ..TestStore::default()
+    };
+    let harness = Harness::with(config(), store, |s| s);
+    let store = Arc::clone(&harness.store);
+    (harness, store)
+}
+
 /// A one-event `/v1/track` request, keep-alive.
 fn track_request() -> Vec<u8> {
     let body = r#"{"userId":"u1","event":"Signed Up"}"#;
@@ -116,6 +128,43 @@ async fn headers_sent_too_slowly_or_not_at_all_close_the_connection() {
 }
 
 #[tokio::test]
+async fn the_header_timeout_counts_from_each_answer_and_never_cuts_off_a_request_being_served() {
+    let timeout = Duration::from_millis(300);
+    let (harness, store) = gated();
+    let gate = store.gate.as_ref().expect("a gate");
+    let (addr, _stop, _task) = start_with(
+        ServerConfig {
+            header_timeout: timeout,
+            ..ServerConfig::default()
+        },
+        harness,
+    )
+    .await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // Requests every half timeout keep the connection open well past one timeout.
+    for _ in 0..5 {
+        tokio::time::sleep(timeout / 2).await;
+        stream.write_all(&track_request()).await.unwrap();
+        gate.entered.notified().await;
+        gate.release.notify_one();
+        let answer = read_answer(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // A request held at the store for three timeouts is still answered.
+    stream.write_all(&track_request()).await.unwrap();
+    gate.entered.notified().await;
+    tokio::time::sleep(timeout * 3).await;
+    gate.release.notify_one();
+    let answer = tokio::time::timeout(HANG, read_answer(&mut stream))
+        .await
+        .expect("a request being served was cut off");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Then idle: closed.
+    let read = tokio::time::timeout(HANG, read_to_close(&mut stream)).await;
+    assert!(read.is_ok(), "an idle keep-alive connection was kept open");
+}
+
+#[tokio::test]
 async fn at_the_connection_limit_a_new_connection_waits_for_one_to_close() {
     let (addr, _stop, _task) = start(ServerConfig {
         max_connections: 1,
@@ -140,13 +189,7 @@ async fn at_the_connection_limit_a_new_connection_waits_for_one_to_close() {
 
 #[tokio::test]
 async fn stopping_finishes_the_request_in_flight_and_closes_idle_connections() {
-    // Appends wait at a gate: a request is known to be in flight once it reaches it.
-    let store = TestStore {
-        gate: Some(Gate::default()),
-        ..TestStore::default()
-    };
-    let harness = Harness::with(config(), store, |s| s);
-    let store = Arc::clone(&harness.store);
+    let (harness, store) = gated();
     let gate = store.gate.as_ref().expect("a gate");
     let (addr, stop, task) = start_with(ServerConfig::default(), harness).await;
     let mut idle = TcpStream::connect(addr).await.unwrap();
