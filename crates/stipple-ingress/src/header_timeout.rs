@@ -14,7 +14,11 @@
 //! has its own timeout).
 //!
 //! What a client sees is what it saw with hyper's timer: a connection that sends no
-//! request headers within the timeout of opening, or of its last answer, is closed.
+//! request headers within the timeout of opening, or of its last answer, is closed. One
+//! difference: the timeout counts from when the answer is ready, where hyper's counted
+//! from when hyper began to read the next request, so a client that stalls for longer
+//! than the timeout while reading an answer (every answer here is at most a few KiB,
+//! `/metrics` tens) is cut off too.
 
 use std::future::Future;
 use std::pin::Pin;
