@@ -5,10 +5,11 @@
 //! nothing, or its headers a byte at a time. Here each connection is HTTP/1 with a
 //! timeout on reading a request's headers, which also closes a keep-alive connection
 //! left idle that long (one timer a connection, see
-//! [`header_timeout`](crate::header_timeout)); and at most [`ServerConfig::max_connections`] are open at once:
-//! at the limit no more are accepted (they wait in the kernel's listen queue) until one
-//! closes. Connections are served on threads of their own, each with a single-threaded
-//! runtime (see [`threads`](crate::threads)).
+//! [`header_timeout`](crate::header_timeout)); and at most
+//! [`ServerConfig::max_connections`] are open at once: at the limit no more are accepted
+//! (they wait in the kernel's listen queue) until one closes. Connections are served on
+//! threads of their own, each with a single-threaded runtime (see
+//! [`threads`](crate::threads)).
 
 use std::future::Future;
 use std::sync::Arc;
