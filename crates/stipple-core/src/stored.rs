@@ -18,7 +18,7 @@
 //! escapes, how numbers are written, a key repeated) and reads back as the same
 //! [`Message`]; delivery's fast mapping (`transcode.rs`) sorts what it reads, so the
 //! blocks need not be sorted here. Why not write them as the reference does: that was a
-//! tenth of the server's CPU a request at 256 connections (docs/operations.md, Sizing),
+//! tenth of the server's CPU a request at 256 connections (docs/performance.md),
 //! where delivery sorts a block's keys for little more than it costs to check them.
 //!
 //! This path declines (`None`) what it does not read the same way: invalid JSON, a part

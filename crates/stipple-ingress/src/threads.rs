@@ -5,7 +5,7 @@
 //! between threads, no thread spends time looking for tasks to steal from another, and
 //! the wake-ups of its socket reach that one thread (only the store's answer comes from
 //! the store's writer thread). Measured on `/v1/track` at 256 connections with delivery
-//! paused (docs/operations.md, Sizing), the CPU a request on these threads fell by about
+//! paused (docs/performance.md), the CPU a request on these threads fell by about
 //! a sixth and the rate rose by 10-15%.
 //!
 //! What this gives up: a thread's connections cannot move to another thread while it

@@ -6,7 +6,7 @@
 //! Why a scan of its own rather than `serde_json`'s deserializer with visitors, as this
 //! path was first built: it reads the 1,000 messages of the `store_1000_messages`
 //! benchmark faster, and measured at 256 connections the server spent less CPU a
-//! request (see `docs/operations.md`, Sizing).
+//! request (see `docs/performance.md`).
 //!
 //! What is checked, so that the ingress refuses what the reference path refuses:
 //! - blocks ([`Scan::block`]) as `serde_json` reads a `Value`: JSON's grammar, numbers

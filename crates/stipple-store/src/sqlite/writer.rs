@@ -32,7 +32,7 @@
 //! path, each waiting for a core under load. Measured on `/v1/track` at 256 connections
 //! with delivery paused, in alternated runs, the writer fsyncing itself served 4-6% more
 //! requests (16% more at 32 connections); the price is that a lease or an ack arriving
-//! during an fsync waits for it to end (docs/operations.md, Sizing).
+//! during an fsync waits for it to end (docs/performance.md).
 //!
 //! Big groups (of [`SYNC_ASIDE_WEIGHT`] rows or more: batches) are the exception: their
 //! commit and their fsync each take milliseconds, so the writer hands the fsync and the
@@ -42,20 +42,19 @@
 //! covers every commit before it, and none runs after one failed. Measured with
 //! `/v1/batch` on a day of slow fsyncs (6 ms for a group's 0.8 MB, its commit 8 ms),
 //! alternated runs: a median of 107,000 events/s against 94,000 with delivery paused,
-//! 73,000 against 64,000 with it running; `/v1/track` unchanged (docs/operations.md,
-//! Sizing).
+//! 73,000 against 64,000 with it running; `/v1/track` unchanged (docs/performance.md).
 //!
 //! Why not have one of the waiting requests run the fsync on its own tokio worker and
 //! wake the others there, as this store did for a while: that paid on a multi-threaded
 //! runtime, but the ingress serves its connections on single-threaded runtimes
 //! (stipple-ingress `threads.rs`), where a request that runs the fsync blocks every
 //! connection of its thread. Measured there, it cut `/v1/track` at 256 connections from
-//! 0.43-0.45 of the bare handler's rate to 0.40-0.41 (docs/operations.md, Sizing).
+//! 0.43-0.45 of the bare handler's rate to 0.40-0.41 (docs/performance.md).
 //!
 //! Why a writer thread, and not the callers themselves taking turns at committing on
 //! their own tokio workers, which spares a hand-off: built in full and measured against
 //! this design in the same runs, that store did better with delivery paused and worse
-//! with delivery running. The figures are in docs/operations.md (Sizing).
+//! with delivery running. The figures are in docs/performance.md.
 //!
 //! Why only appends wait for an fsync (the others may wait for one in progress, never
 //! for one of their own). Recovery after a power loss keeps a *prefix* of
