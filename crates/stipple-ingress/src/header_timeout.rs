@@ -54,7 +54,8 @@ impl Idle {
     }
 
     fn idle(&self) {
-        let micros = u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(BUSY - 1);
+        let micros = u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // Clamped below BUSY (after some 584,000 years open).
         self.since.store(micros.min(BUSY - 1), Ordering::Relaxed);
     }
 
