@@ -82,6 +82,15 @@ async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     }
 }
 
+/// Waits for an answer on `stream` (at most [`HANG`], else fails with `missing`) and
+/// checks that it is a 200.
+async fn answered_200(stream: &mut TcpStream, missing: &str) {
+    let answer = tokio::time::timeout(HANG, read_answer(stream))
+        .await
+        .expect(missing);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 /// Reads one answer's status line and headers (the bodies here are small and come with
 /// them).
 async fn read_answer(stream: &mut TcpStream) -> String {
@@ -155,13 +164,31 @@ async fn the_header_timeout_counts_from_each_answer_and_never_cuts_off_a_request
     gate.entered.notified().await;
     tokio::time::sleep(timeout * 3).await;
     gate.release.notify_one();
-    let answer = tokio::time::timeout(HANG, read_answer(&mut stream))
-        .await
-        .expect("a request being served was cut off");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answered_200(&mut stream, "a request being served was cut off").await;
     // Then idle: closed.
     let read = tokio::time::timeout(HANG, read_to_close(&mut stream)).await;
     assert!(read.is_ok(), "an idle keep-alive connection was kept open");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_sending_after_its_request_still_gets_the_answer() {
+    let (harness, store) = gated();
+    let gate = store.gate.as_ref().expect("a gate");
+    let (addr, _stop, _task) = start_with(ServerConfig::default(), harness).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&track_request()).await.unwrap();
+    // Its write side closed (a half-close) while the request waits at the store: the
+    // server must not take the end of its input for the client gone.
+    stream.shutdown().await.unwrap();
+    tokio::time::timeout(HANG, gate.entered.notified())
+        .await
+        .expect("the request was dropped before it reached the store");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gate.release.notify_one();
+    answered_200(&mut stream, "no answer").await;
+    // Then the connection closes, its client having nothing more to send.
+    let read = tokio::time::timeout(HANG, read_to_close(&mut stream)).await;
+    assert!(read.is_ok(), "a half-closed connection was kept open");
 }
 
 #[tokio::test]
@@ -181,10 +208,11 @@ async fn at_the_connection_limit_a_new_connection_waits_for_one_to_close() {
     let early = tokio::time::timeout(Duration::from_millis(300), read_answer(&mut second)).await;
     assert!(early.is_err(), "a connection past the limit was served");
     drop(first);
-    let answer = tokio::time::timeout(HANG, read_answer(&mut second))
-        .await
-        .expect("the waiting connection was not served once a slot was free");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answered_200(
+        &mut second,
+        "the waiting connection was not served once a slot was free",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -208,10 +236,7 @@ async fn stopping_finishes_the_request_in_flight_and_closes_idle_connections() {
         "an idle connection was kept open after the stop"
     );
     gate.release.notify_one();
-    let answer = tokio::time::timeout(HANG, read_answer(&mut arriving))
-        .await
-        .expect("the request in flight was not answered");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answered_200(&mut arriving, "the request in flight was not answered").await;
     tokio::time::timeout(HANG, task)
         .await
         .expect("serve did not return once its connections closed")
