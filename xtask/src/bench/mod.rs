@@ -13,6 +13,9 @@
 //!    client posting the same Pointillist events to the same mock.
 //! 3. Memory: peak RSS (`VmHWM`) of serve after one million events were queued, and the
 //!    store's size on disk; then a restart with that queue.
+//! 4. Instructions (only with `--only instructions`): the user-space instructions serve
+//!    and the bare handler execute for the same `/v1/track` and `/v1/batch` requests,
+//!    counted by valgrind's callgrind (see `instructions.rs`).
 //!
 //! Each measured run (and each delivery drain) starts after `sync`: what earlier runs
 //! wrote would otherwise be written back during it, and the store's fsyncs wait behind
@@ -29,6 +32,7 @@
 mod bare;
 mod delivery;
 mod ingress;
+mod instructions;
 mod load;
 mod memory;
 mod procs;
@@ -50,8 +54,8 @@ const POLL: Duration = Duration::from_millis(20);
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchArgs {
-    /// Parts to run (default all but track, which ingress holds): ingress, track, delivery,
-    /// memory; repeat or separate with commas.
+    /// Parts to run (default all but track, which ingress holds, and instructions):
+    /// ingress, track, delivery, memory, instructions; repeat or separate with commas.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
     /// Length of each measured ingress run, stipple's and the baseline's alike, in seconds.
@@ -115,6 +119,10 @@ enum Part {
     Delivery,
     /// Peak memory and disk with a million events queued.
     Memory,
+    /// Instructions a request, counted by valgrind's callgrind for Stipple and the bare
+    /// handler: the same on every run, for comparing builds on a noisy machine (slow;
+    /// needs valgrind).
+    Instructions,
 }
 
 pub(crate) fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
@@ -217,6 +225,14 @@ async fn bench(target_dir: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     }
     if wanted(Part::Memory) {
         rows.extend(bench.memory().await.context("the memory part failed")?);
+    }
+    if args.only.contains(&Part::Instructions) {
+        rows.extend(
+            bench
+                .instructions()
+                .await
+                .context("the instructions part failed")?,
+        );
     }
 
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
