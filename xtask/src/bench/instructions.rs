@@ -1,11 +1,13 @@
 //! The instructions part (`--only instructions`): `stipple serve` (delivery paused) and the
 //! bare baseline each run under valgrind's callgrind, and the user-space instructions
-//! they execute for the same requests are counted. Unlike rates and CPU time, the count is
-//! the same on every run whatever else the machine does, so two builds can be compared
-//! with one run each on a noisy machine. It is not time: a cache miss counts as one
-//! instruction, and valgrind's CPU lacks some of the machine's features (`sha2` and
-//! `memchr`, say, take other code paths), so a change that touches less memory can save
-//! far more time than instructions (docs/performance.md).
+//! they execute for the same requests are counted. Unlike rates and CPU time, the count
+//! varies little between runs (0.2% in three runs on an idle machine), so two builds can
+//! be compared with a run or two each. It still depends on how requests group at the
+//! store, which other work on the machine changes (about 3% more with a build running
+//! beside it): compare runs made on an otherwise idle machine. It is not time: a cache
+//! miss counts as one instruction, and valgrind's CPU lacks some of the machine's features
+//! (`sha2` and `memchr`, say, take other code paths), so a change that touches less
+//! memory can save far more time than instructions (docs/performance.md).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

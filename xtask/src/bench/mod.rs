@@ -120,8 +120,8 @@ enum Part {
     /// Peak memory and disk with a million events queued.
     Memory,
     /// Instructions a request, counted by valgrind's callgrind for Stipple and the bare
-    /// handler: the same on every run, for comparing builds on a noisy machine (slow;
-    /// needs valgrind).
+    /// handler: they vary far less than rates, for comparing builds on a noisy machine
+    /// (needs valgrind; run it on an otherwise idle machine).
     Instructions,
 }
 
