@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use bytes::Bytes;
 
 use super::load::{self, LoadPlan, Target, Template};
@@ -175,20 +175,14 @@ impl Bench<'_> {
     async fn pointillist_events(&self, dir: &Path) -> anyhow::Result<Vec<Bytes>> {
         let input = dir.join("messages.jsonl");
         std::fs::write(&input, load::messages_for_map(1000)?)?;
-        let output = tokio::process::Command::new(&self.stipple)
-            .arg("map")
-            .arg(&input)
-            .output()
-            .await
-            .context("cannot run stipple map")?;
-        if !output.status.success() {
-            bail!(
-                "stipple map failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(output
-            .stdout
+        let mapped = procs::output(
+            tokio::process::Command::new(&self.stipple)
+                .arg("map")
+                .arg(&input),
+            "stipple map",
+        )
+        .await?;
+        Ok(mapped
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
             .map(Bytes::copy_from_slice)

@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail};
 use tokio::process::Command;
 
 use super::load::{self, LoadPlan, Target, Template};
-use super::procs::Server;
+use super::procs::{self, Server};
 use super::report::{Goal, Row};
 use super::{BATCH_SIZE, Bench, bare};
 
@@ -65,6 +65,7 @@ impl Bench<'_> {
             bare::LISTENING,
         )
         .await?;
+        // Counted per event: a track request is one event.
         let runs = [
             ("/v1/track", Template::track()?, TRACK_REQUESTS, "request"),
             (
@@ -78,8 +79,7 @@ impl Bench<'_> {
         for (path, template, requests, per) in runs {
             let template = Arc::new(template);
             let events = requests * template.events();
-            let count =
-                |per_unit: f64| per_unit / if per == "event" { events } else { requests } as f64;
+            let count = |instructions: u64| instructions as f64 / events as f64;
             let ours = count_run(&serve, &serve_out, path, &template, requests).await?;
             let theirs = count_run(&bare, &bare_out, path, &template, requests).await?;
             eprintln!(
@@ -89,9 +89,9 @@ impl Bench<'_> {
                 "instructions",
                 format!("{path} instructions per {per}, delivery paused (lower is better)"),
                 "instructions",
-                vec![count(ours as f64)],
+                vec![count(ours)],
                 "bare axum",
-                vec![count(theirs as f64)],
+                vec![count(theirs)],
                 Goal::None,
             )
             .with_note(format!(
@@ -170,19 +170,11 @@ async fn count_run(
 
 /// Runs `callgrind_control FLAG PID` (`-z` zeroes the counts, `-d` dumps them).
 async fn control(server: &Server, flag: &str) -> anyhow::Result<()> {
-    let out = Command::new("callgrind_control")
-        .args([flag, &server.pid().to_string()])
-        .output()
-        .await
-        .context("cannot run callgrind_control (part of valgrind)")?;
-    if !out.status.success() {
-        bail!(
-            "callgrind_control {flag} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    procs::output(
+        Command::new("callgrind_control").args([flag, &server.pid().to_string()]),
+        &format!("callgrind_control {flag} (part of valgrind)"),
+    )
+    .await?;
     Ok(())
 }
 

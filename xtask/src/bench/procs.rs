@@ -266,6 +266,23 @@ pub(crate) async fn start_serve(
     .await
 }
 
+/// Runs `command` to its end and returns its stdout; fails naming `what`, with its
+/// status and stderr, when it cannot start or does not succeed.
+pub(crate) async fn output(command: &mut Command, what: &str) -> anyhow::Result<Vec<u8>> {
+    let out = command
+        .output()
+        .await
+        .with_context(|| format!("cannot run {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.stdout)
+}
+
 /// Writes every dirty page of the machine to disk (`sync`), so that a measurement does
 /// not pay for the writeback of what earlier parts wrote: the fsyncs of the store wait
 /// for the disk's queue, and the bare baselines write nothing.
