@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, HttpBody};
 use axum::http::{HeaderMap, header};
+use bytes::{Bytes, BytesMut};
 use flate2::read::MultiGzDecoder;
 use tokio::sync::Semaphore;
 
@@ -135,7 +136,7 @@ pub(crate) async fn read(
     encoding: Encoding,
     limit: usize,
     room: &mut Reservation,
-) -> Result<Vec<u8>, BodyError> {
+) -> Result<Bytes, BodyError> {
     // gzip of incompressible data is slightly larger than the data itself.
     let raw_cap = match encoding {
         Encoding::Identity => limit,
@@ -155,7 +156,7 @@ pub(crate) async fn read(
             let inflated = gunzip(&raw, limit)?;
             drop(raw);
             room.cover(inflated.len())?;
-            Ok(inflated)
+            Ok(Bytes::from(inflated))
         }
     }
 }
@@ -180,25 +181,39 @@ pub(crate) fn may_fit(budget: &Semaphore, headers: &HeaderMap, limit: usize) -> 
 
 /// Reads at most `cap` bytes, reserving them as they come (a gzip body's slack beyond
 /// `limit`, `cap - limit`, is not reserved: the budget holds one body at `limit`).
+///
+/// A body that arrives as one frame, as nearly every single-event body does (hyper hands
+/// it over as a slice of the connection's read buffer), is kept as it is, not copied.
 async fn collect(
     mut body: Body,
     cap: usize,
     limit: usize,
     room: &mut Reservation,
-) -> Result<Vec<u8>, BodyError> {
-    let mut out = Vec::new();
+) -> Result<Bytes, BodyError> {
+    // The first frame; once a second arrives, every frame joined.
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    let mut len = 0usize;
     while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
-            let len = out.len().saturating_add(data.len());
+            len = len.saturating_add(data.len());
             if len > cap {
                 return Err(BodyError::TooLarge);
             }
             room.cover(len.min(limit))?;
-            out.extend_from_slice(&data);
+            match first.take() {
+                None if joined.is_empty() => first = Some(data),
+                None => joined.extend_from_slice(&data),
+                Some(earlier) => {
+                    joined.reserve(len);
+                    joined.extend_from_slice(&earlier);
+                    joined.extend_from_slice(&data);
+                }
+            }
         }
     }
-    Ok(out)
+    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
 /// Inflates at most `limit + 1` bytes. At 500 KiB this takes a millisecond or so,
@@ -312,7 +327,7 @@ mod tests {
                 .await
             }
         };
-        assert_eq!(read_text("abc", 3).await, Ok(b"abc".to_vec()));
+        assert_eq!(read_text("abc", 3).await, Ok(Bytes::from_static(b"abc")));
         assert_eq!(read_text("abcd", 3).await, Err(BodyError::TooLarge));
         let announced = headers(&[(header::CONTENT_LENGTH, "1000000")]);
         assert_eq!(
@@ -335,8 +350,40 @@ mod tests {
                 &mut room()
             )
             .await,
-            Ok(b"hello".to_vec())
+            Ok(Bytes::from_static(b"hello"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_in_several_frames_is_read_whole_and_capped_whole() {
+        let none = HeaderMap::new();
+        let frames = |parts: &[&'static str]| {
+            let parts: Vec<Result<Bytes, std::io::Error>> = parts
+                .iter()
+                .map(|part| Ok(Bytes::from_static(part.as_bytes())))
+                .collect();
+            Body::from_stream(futures::stream::iter(parts))
+        };
+        for parts in [
+            &["ab", "c", "de"][..],
+            &["", "abc", "", "de"],
+            &["abcde"],
+            &["abcd", "e", ""],
+        ] {
+            let body = read(frames(parts), &none, Encoding::Identity, 5, &mut room()).await;
+            assert_eq!(body, Ok(Bytes::from_static(b"abcde")), "{parts:?}");
+        }
+        let over = read(
+            frames(&["abc", "def"]),
+            &none,
+            Encoding::Identity,
+            5,
+            &mut room(),
+        )
+        .await;
+        assert_eq!(over, Err(BodyError::TooLarge));
+        let empty = read(frames(&[]), &none, Encoding::Identity, 5, &mut room()).await;
+        assert_eq!(empty, Ok(Bytes::new()));
     }
 
     #[tokio::test]
@@ -394,7 +441,7 @@ mod tests {
         let mut room = Reservation::new(Arc::clone(&budget));
         let none = HeaderMap::new();
         let read_body = read(Body::from(packed), &none, Encoding::Gzip, 2048, &mut room);
-        assert_eq!(read_body.await, Ok(data));
+        assert_eq!(read_body.await, Ok(Bytes::from(data)));
     }
 
     #[test]

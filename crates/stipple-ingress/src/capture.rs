@@ -8,7 +8,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -194,9 +194,7 @@ fn accept(
     valid.ensure_message_id(|| uuid::Uuid::new_v4().to_string());
     valid.apply_received_at(received_at);
     let kind = valid.kind();
-    let message = valid.into_message();
-    // ensure_message_id has set it.
-    let message_id = message.message_id.clone().unwrap_or_default();
+    let mut message = valid.into_message();
     let payload = match &rest {
         Some(rest) => rest.write(&message),
         None => serde_json::to_vec(&message),
@@ -205,6 +203,8 @@ fn accept(
         code: ErrorCode::InvalidMessage.as_str(),
         message: format!("the message could not be serialised: {e}"),
     })?;
+    // ensure_message_id has set it; taken once written, not copied.
+    let message_id = message.message_id.take().unwrap_or_default();
     Ok(Accepted {
         kind,
         message_id,
@@ -439,7 +439,10 @@ fn success(rejected: &[RejectedItem]) -> Response {
     if rejected.is_empty() {
         // Nearly every answer: written once, not serialised per request.
         return (
-            [(header::CONTENT_TYPE, "application/json")],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             r#"{"success":true}"#,
         )
             .into_response();
