@@ -195,11 +195,17 @@ impl Bench<'_> {
         for round in 0..self.args.rounds.max(1) {
             let measured = plan(self.args.seconds);
             let (stipple, baseline) = if round % 2 == 0 {
-                let s = measure(serve, &stipple_target, &measured).await?;
+                let s = self
+                    .measure_serve(serve, &stipple_target, &measured)
+                    .await?;
                 (s, measure(bare, &bare_target, &measured).await?)
             } else {
                 let b = measure(bare, &bare_target, &measured).await?;
-                (measure(serve, &stipple_target, &measured).await?, b)
+                (
+                    self.measure_serve(serve, &stipple_target, &measured)
+                        .await?,
+                    b,
+                )
             };
             serve.check_alive()?;
             if stipple.result.ok_requests == 0 {
@@ -211,7 +217,7 @@ impl Bench<'_> {
             }
             let seconds = |m: &Measured| m.result.elapsed.as_secs_f64();
             eprintln!(
-                "bench: {path} {label}, {connections} connections, round {}/{}: stipple {} ({:.2} s{}; answers {}; serve {}; load generator {:.2} cores), \
+                "bench: {path} {label}, {connections} connections, round {}/{}: stipple {} ({:.2} s{}; answers {}; serve {}; {}; load generator {:.2} cores), \
                  bare {} ({:.2} s{}; answers {}; {:.2} cores), ratio {:.2}; stolen by the host {:.0}% and {:.0}%",
                 round + 1,
                 self.args.rounds.max(1),
@@ -220,6 +226,10 @@ impl Bench<'_> {
                 suffix(&stipple.result),
                 latencies(&stipple.result),
                 stipple.server.cores(seconds(&stipple)),
+                stipple.store.map_or_else(
+                    || "store: no counts".to_owned(),
+                    |store| store.describe(stipple.result.ok_requests, seconds(&stipple))
+                ),
                 stipple.generator.total / seconds(&stipple),
                 report::number(per(&baseline.result), unit),
                 seconds(&baseline),
@@ -347,6 +357,9 @@ struct Measured {
     generator: Cpu,
     /// The share of the machine's CPU time the hypervisor took meanwhile.
     stolen: f64,
+    /// How `stipple serve`'s store grouped the run's requests (none for the baseline, or
+    /// when its `/metrics` could not be read).
+    store: Option<StoreCounts>,
 }
 
 async fn measure(server: &Server, target: &Target, plan: &LoadPlan) -> anyhow::Result<Measured> {
@@ -363,7 +376,112 @@ async fn measure(server: &Server, target: &Target, plan: &LoadPlan) -> anyhow::R
         stolen: machine_before
             .zip(Machine::now())
             .map_or(0.0, |(before, after)| after.stolen_since(&before)),
+        store: None,
     })
+}
+
+impl Bench<'_> {
+    /// [`measure`] of `stipple serve`, with its store's counters read before and after
+    /// (outside the timed run).
+    async fn measure_serve(
+        &self,
+        serve: &Server,
+        target: &Target,
+        plan: &LoadPlan,
+    ) -> anyhow::Result<Measured> {
+        let before = self.store_counts(serve).await;
+        let mut measured = measure(serve, target, plan).await?;
+        let after = self.store_counts(serve).await;
+        measured.store = before
+            .zip(after)
+            .map(|(before, after)| after.since(&before));
+        Ok(measured)
+    }
+
+    /// The store's counters from `serve`'s `/metrics`; `None` (and a line on stderr) when
+    /// they cannot be read, which costs only this readout.
+    async fn store_counts(&self, serve: &Server) -> Option<StoreCounts> {
+        let text = async {
+            self.http
+                .get(format!("{}/metrics", serve.url))
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await
+        };
+        match text.await {
+            Ok(text) => Some(StoreCounts::parse(&text)),
+            Err(e) => {
+                eprintln!("bench: could not read serve's /metrics: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// What the store's histograms say of its transactions and of the fsyncs that answered
+/// appends: how many, and the seconds they took in all (`stipple_store_commit_seconds`
+/// and `stipple_store_fsync_seconds`, see stipple-store's `COMMIT_SECONDS` and
+/// `FSYNC_SECONDS`).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct StoreCounts {
+    commits: f64,
+    commit_seconds: f64,
+    fsyncs: f64,
+    fsync_seconds: f64,
+}
+
+impl StoreCounts {
+    /// Reads the four series from Prometheus text; a series missing counts as zero.
+    fn parse(text: &str) -> Self {
+        let mut counts = Self::default();
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            let Some((name, value)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            match name {
+                "stipple_store_commit_seconds_count" => counts.commits = value,
+                "stipple_store_commit_seconds_sum" => counts.commit_seconds = value,
+                "stipple_store_fsync_seconds_count" => counts.fsyncs = value,
+                "stipple_store_fsync_seconds_sum" => counts.fsync_seconds = value,
+                _ => {}
+            }
+        }
+        counts
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            commits: self.commits - before.commits,
+            commit_seconds: self.commit_seconds - before.commit_seconds,
+            fsyncs: self.fsyncs - before.fsyncs,
+            fsync_seconds: self.fsync_seconds - before.fsync_seconds,
+        }
+    }
+
+    /// For a round line: how many of the round's `requests` a commit held on average
+    /// (with delivery running, its leases and acks share the commits too), and how long
+    /// commits and fsyncs took, also as a share of the round's `seconds`: one writer
+    /// thread commits every group and fsyncs the small ones itself, so the two shares
+    /// together say how near it ran to its limit on single-event requests.
+    fn describe(&self, requests: u64, seconds: f64) -> String {
+        let mean_ms = |total: f64, n: f64| if n > 0.0 { total * 1e3 / n } else { 0.0 };
+        let share = |total: f64| 100.0 * total / seconds.max(f64::EPSILON);
+        format!(
+            "store {:.0} commits/s, {:.1} requests a commit, commit {:.2} ms ({:.0}% of the time), \
+             fsync {:.2} ms ({:.0}%)",
+            self.commits / seconds.max(f64::EPSILON),
+            requests as f64 / self.commits.max(1.0),
+            mean_ms(self.commit_seconds, self.commits),
+            share(self.commit_seconds),
+            mean_ms(self.fsync_seconds, self.fsyncs),
+            share(self.fsync_seconds),
+        )
+    }
 }
 
 /// The median and 99th percentile answer times of a run, as the round lines print them.
@@ -380,5 +498,48 @@ fn suffix(result: &LoadResult) -> String {
         String::new()
     } else {
         format!(", {failures}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_counts_are_read_from_prometheus_text_and_described() {
+        let text = |commits: u32, fsyncs: u32| {
+            format!(
+                "# HELP stipple_store_commit_seconds Time each store transaction took\n\
+                 # TYPE stipple_store_commit_seconds histogram\n\
+                 stipple_store_commit_seconds_bucket{{le=\"0.001\"}} {commits}\n\
+                 stipple_store_commit_seconds_sum {}\n\
+                 stipple_store_commit_seconds_count {commits}\n\
+                 stipple_store_fsync_seconds_sum {}\n\
+                 stipple_store_fsync_seconds_count {fsyncs}\n\
+                 stipple_store_commits_total 99999\n",
+                f64::from(commits) * 0.0002,
+                f64::from(fsyncs) * 0.0005,
+            )
+        };
+        let before = StoreCounts::parse(&text(100, 90));
+        assert_eq!(
+            before,
+            StoreCounts {
+                commits: 100.0,
+                commit_seconds: 0.02,
+                fsyncs: 90.0,
+                fsync_seconds: 0.045,
+            }
+        );
+        let after = StoreCounts::parse(&text(1100, 1090));
+        let round = after.since(&before);
+        assert_eq!(round.commits, 1000.0);
+        assert_eq!(round.fsyncs, 1000.0);
+        assert_eq!(
+            round.describe(40_000, 2.0),
+            "store 500 commits/s, 40.0 requests a commit, commit 0.20 ms (10% of the time), \
+             fsync 0.50 ms (25%)"
+        );
+        assert_eq!(StoreCounts::parse("not metrics"), StoreCounts::default());
     }
 }
