@@ -435,23 +435,13 @@ struct StoreCounts {
 impl StoreCounts {
     /// Reads the four series from Prometheus text; a series missing counts as zero.
     fn parse(text: &str) -> Self {
-        let mut counts = Self::default();
-        for line in text.lines().filter(|line| !line.starts_with('#')) {
-            let Some((name, value)) = line.split_once(' ') else {
-                continue;
-            };
-            let Ok(value) = value.trim().parse::<f64>() else {
-                continue;
-            };
-            match name {
-                "stipple_store_commit_seconds_count" => counts.commits = value,
-                "stipple_store_commit_seconds_sum" => counts.commit_seconds = value,
-                "stipple_store_fsync_seconds_count" => counts.fsyncs = value,
-                "stipple_store_fsync_seconds_sum" => counts.fsync_seconds = value,
-                _ => {}
-            }
+        let value = |name| crate::e2e::metric_value(text, name).unwrap_or(0.0);
+        Self {
+            commits: value("stipple_store_commit_seconds_count"),
+            commit_seconds: value("stipple_store_commit_seconds_sum"),
+            fsyncs: value("stipple_store_fsync_seconds_count"),
+            fsync_seconds: value("stipple_store_fsync_seconds_sum"),
         }
-        counts
     }
 
     fn since(&self, before: &Self) -> Self {

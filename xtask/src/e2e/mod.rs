@@ -34,6 +34,8 @@ mod raw_http;
 
 use check::Checks;
 use harness::Harness;
+/// Reading a metric from Prometheus text, which the bench does too.
+pub(crate) use harness::metric_value;
 
 /// The parts of the suite, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
