@@ -640,6 +640,35 @@ fn delivery_over_https_trusts_only_a_known_authority() {
     assert!(terminate(&mut service).success());
 }
 
+/// A proxy the environment names (`HTTP_PROXY`, as curl reads it) carries delivery: the
+/// stand-in, acting as the proxy, gets the request in absolute form for the endpoint.
+#[test]
+fn delivery_goes_through_the_proxy_the_environment_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, requests) = recorder(None);
+    // A host that resolves nowhere: only the proxy reaches it.
+    let extra = "[pointillist]\napi_token = \"tok\"\nendpoint = \"http://pointillist.invalid\"\n";
+    let mut service = launch(
+        dir.path(),
+        extra,
+        None,
+        false,
+        &[("HTTP_PROXY", Path::new(&proxy))],
+    );
+    let (status, _) = post(
+        &format!("{}/v1/track", service.ingress),
+        r#"{"type":"track","event":"Proxied","userId":"u-1","messageId":"m-proxied"}"#,
+    );
+    assert_eq!(status, 200);
+    let (target, body) = requests
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the event did not go through the proxy");
+    assert_eq!(target, "http://pointillist.invalid/event");
+    let body = String::from_utf8(body).unwrap();
+    assert!(body.contains("m-proxied"), "{body}");
+    assert!(terminate(&mut service).success());
+}
+
 /// A request whose client stalls mid-body when SIGTERM comes holds the stop for
 /// `ingress.shutdown_grace` at most: it is then cut off unanswered (its client sends it
 /// again), the threads that serve connections are stopped with it, and the service

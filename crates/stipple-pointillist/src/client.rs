@@ -1,13 +1,12 @@
 //! The HTTP client: one event per `POST {endpoint}/event`, keep-alive connections,
 //! bounded concurrency, and every answer classified into an [`Outcome`].
 
-use std::error::Error as _;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderValue, RETRY_AFTER};
 use secrecy::ExposeSecret;
 use stipple_core::PointillistEvent;
 use tokio::sync::Semaphore;
@@ -15,10 +14,8 @@ use tracing::debug;
 use url::Url;
 
 use crate::config::ClientConfig;
-use crate::outcome::{MAX_KEPT_BODY, Outcome, capped, parse_retry_after};
-
-/// The header that carries the API token.
-const API_TOKEN: &str = "apiToken";
+use crate::outcome::{Outcome, capped, parse_retry_after};
+use crate::transport::{Answer, Settings, Transport};
 
 /// Why a [`Client`] could not be built. Never contains the token.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +44,8 @@ pub enum ClientError {
     #[error("pointillist timeout must be longer than zero")]
     ZeroTimeout,
     /// The HTTP stack refused the settings (for example no TLS roots could be loaded).
-    #[error("could not build the HTTP client")]
-    Http(#[source] reqwest::Error),
+    #[error("could not build the HTTP client: {0}")]
+    Http(String),
 }
 
 /// An async Pointillist client. Cheap to clone; clones share the connection pool and
@@ -79,13 +76,25 @@ pub struct Client {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    transport: Transport,
     event_url: Url,
     token: HeaderValue,
+    user_agent: HeaderValue,
     limit: Semaphore,
     timeout: Duration,
     concurrency: usize,
-    user_agent: String,
+}
+
+impl Inner {
+    fn settings(&self) -> Settings<'_> {
+        Settings {
+            event_url: &self.event_url,
+            token: &self.token,
+            user_agent: &self.user_agent,
+            timeout: self.timeout,
+            pool: self.concurrency,
+        }
+    }
 }
 
 impl fmt::Debug for Client {
@@ -96,17 +105,9 @@ impl fmt::Debug for Client {
             .field("timeout", &self.inner.timeout)
             .field("concurrency", &self.inner.concurrency)
             .field("user_agent", &self.inner.user_agent)
+            .field("direct", &self.inner.transport.is_direct())
             .finish()
     }
-}
-
-/// Mozilla's CA roots, bundled, trusted beside the system's: TLS to Pointillist works in
-/// an image without a CA store, and a CA the system trusts (a TLS-inspecting proxy's,
-/// or one named by `SSL_CERT_FILE`) is trusted too.
-fn bundled_roots() -> impl Iterator<Item = reqwest::Certificate> {
-    webpki_root_certs::TLS_SERVER_ROOT_CERTS
-        .iter()
-        .filter_map(|der| reqwest::Certificate::from_der(der).ok())
 }
 
 impl Client {
@@ -131,25 +132,23 @@ impl Client {
             return Err(ClientError::ZeroTimeout);
         }
         let concurrency = config.concurrency.min(Semaphore::MAX_PERMITS);
-        let http = reqwest::Client::builder()
-            .user_agent(user_agent)
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .pool_max_idle_per_host(concurrency)
-            // A redirected POST would lose its body or method; report it instead.
-            .redirect(reqwest::redirect::Policy::none())
-            .tls_certs_merge(bundled_roots())
-            .build()
-            .map_err(ClientError::Http)?;
+        let settings = Settings {
+            event_url: &event_url,
+            token: &token,
+            user_agent: &user_agent,
+            timeout: config.timeout,
+            pool: concurrency,
+        };
+        let transport = Transport::new(&settings)?;
         Ok(Client {
             inner: Arc::new(Inner {
-                http,
+                transport,
                 event_url,
                 token,
+                user_agent,
                 limit: Semaphore::new(concurrency),
                 timeout: config.timeout,
                 concurrency,
-                user_agent: config.user_agent,
             }),
         })
     }
@@ -180,16 +179,14 @@ impl Client {
                 retry_after: None,
             };
         };
-        let request = self
-            .inner
-            .http
-            .post(self.inner.event_url.clone())
-            .header(API_TOKEN, self.inner.token.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(body);
-        let outcome = match request.send().await {
-            Ok(response) => classify(response).await,
-            Err(error) => transport_failure(error, self.inner.timeout),
+        let inner = &self.inner;
+        let outcome = match inner.transport.post(&inner.settings(), body).await {
+            Ok(answer) => classify(answer),
+            Err(failure) => Outcome::Transient {
+                status: None,
+                reason: failure.reason(inner.timeout),
+                retry_after: None,
+            },
         };
         debug!(status = ?outcome.status(), %outcome, "pointillist request done");
         outcome
@@ -222,50 +219,16 @@ fn redacted(endpoint: &Url) -> String {
     shown.to_string()
 }
 
-/// Classifies an answer; reads (at most [`MAX_KEPT_BODY`] bytes of) the body, which
-/// also lets a fully read connection go back to the pool.
-async fn classify(mut response: reqwest::Response) -> Outcome {
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
+/// Classifies an answer (its body already read, which also let a fully read connection
+/// go back to the pool).
+fn classify(answer: Answer) -> Outcome {
+    let retry_after = answer
+        .headers
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let mut body = Vec::new();
-    // A body that breaks off halfway still leaves the status to go by.
-    while body.len() < MAX_KEPT_BODY {
-        match response.chunk().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    let body = capped(String::from_utf8_lossy(&body).into_owned());
-    Outcome::from_status(status, retry_after, body)
-}
-
-/// No answer at all: always transient, with the cause chain as the reason.
-fn transport_failure(error: reqwest::Error, timeout: Duration) -> Outcome {
-    let what = if error.is_timeout() {
-        format!("no answer from pointillist within {timeout:?}")
-    } else if error.is_connect() {
-        "could not connect to pointillist".to_owned()
-    } else {
-        "request to pointillist failed".to_owned()
-    };
-    // The URL is the client's own and known; leave it out of every message.
-    let error = error.without_url();
-    let mut reason = what;
-    let mut cause: Option<&dyn std::error::Error> = error.source();
-    while let Some(c) = cause {
-        reason.push_str(": ");
-        reason.push_str(&c.to_string());
-        cause = c.source();
-    }
-    Outcome::Transient {
-        status: None,
-        reason,
-        retry_after: None,
-    }
+    let body = capped(String::from_utf8_lossy(&answer.body).into_owned());
+    Outcome::from_status(answer.status, retry_after, body)
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ mod backoff;
 mod client;
 mod config;
 mod outcome;
+mod transport;
 
 pub use backoff::Backoff;
 pub use client::{Client, ClientError};

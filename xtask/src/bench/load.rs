@@ -455,9 +455,72 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     Ok(sender)
 }
 
+/// The HTTP client a bare baseline posts Pointillist events with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BareClient {
+    /// reqwest, as a bare client would most often be written.
+    Reqwest,
+    /// hyper's pooled client, the stack Stipple's own client sends with.
+    Hyper,
+}
+
+impl BareClient {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            BareClient::Reqwest => "bare reqwest client",
+            BareClient::Hyper => "bare hyper client",
+        }
+    }
+}
+
+/// One bare client, shared by the workers.
+#[derive(Clone)]
+enum Poster {
+    Reqwest(reqwest::Client, Arc<str>),
+    /// Shared: hyper's client is some 400 bytes.
+    Hyper(Arc<(HyperClient, hyper::Uri)>),
+}
+
+type HyperClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+impl Poster {
+    /// Posts one event and reads the whole answer: its status, or why there is none.
+    async fn post(&self, body: Bytes) -> Option<u16> {
+        match self {
+            Poster::Reqwest(client, url) => {
+                let response = client
+                    .post(&**url)
+                    .header("apiToken", TOKEN)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .ok()?;
+                let status = response.status().as_u16();
+                response.bytes().await.ok().map(|_| status)
+            }
+            Poster::Hyper(shared) => {
+                let (client, uri) = &**shared;
+                let request = hyper::Request::post(uri.clone())
+                    .header("apiToken", TOKEN)
+                    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                    .body(Full::new(body))
+                    .ok()?;
+                let response = client.request(request).await.ok()?;
+                let status = response.status().as_u16();
+                response.into_body().collect().await.ok().map(|_| status)
+            }
+        }
+    }
+}
+
 /// Posts `count` Pointillist events (cycling through `bodies`) to `{mock}/event` with
-/// reqwest, `concurrency` at a time over keep-alive connections, as a bare client would.
+/// `with`, `concurrency` at a time over keep-alive connections, as a bare client would.
 pub(crate) async fn post_events(
+    with: BareClient,
     mock_url: &str,
     bodies: Arc<Vec<Bytes>>,
     count: u64,
@@ -467,17 +530,27 @@ pub(crate) async fn post_events(
     if bodies.is_empty() {
         bail!("no Pointillist events to post");
     }
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()?;
     let url = format!("{mock_url}/event");
+    let poster = match with {
+        BareClient::Reqwest => Poster::Reqwest(
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(concurrency)
+                .build()?,
+            url.into(),
+        ),
+        BareClient::Hyper => Poster::Hyper(Arc::new((
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(concurrency)
+                .build_http(),
+            url.parse()?,
+        ))),
+    };
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + max_time;
     let mut workers = JoinSet::new();
     for _ in 0..concurrency.max(1) {
-        let (client, url, bodies, next) =
-            (client.clone(), url.clone(), bodies.clone(), next.clone());
+        let (poster, bodies, next) = (poster.clone(), bodies.clone(), next.clone());
         workers.spawn(async move {
             let mut result = LoadResult::default();
             let mut errors_in_a_row = 0;
@@ -492,21 +565,8 @@ pub(crate) async fn post_events(
                 }
                 let body = bodies[(ticket % bodies.len() as u64) as usize].clone();
                 let started = Instant::now();
-                let sent = client
-                    .post(&url)
-                    .header("apiToken", TOKEN)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                let status = match sent {
-                    Ok(response) => {
-                        let status = response.status().as_u16();
-                        response.bytes().await.map(|_| status)
-                    }
-                    Err(e) => Err(e),
-                };
-                if result.record(status.ok(), 1, started.elapsed(), &mut errors_in_a_row) {
+                let status = poster.post(body).await;
+                if result.record(status, 1, started.elapsed(), &mut errors_in_a_row) {
                     break;
                 }
             }
