@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, RETRY_AFTER};
@@ -77,34 +77,19 @@ pub struct Client {
 
 struct Inner {
     transport: Transport,
-    event_url: Url,
-    token: HeaderValue,
-    user_agent: HeaderValue,
+    settings: Settings,
     limit: Semaphore,
-    timeout: Duration,
-    concurrency: usize,
-}
-
-impl Inner {
-    fn settings(&self) -> Settings<'_> {
-        Settings {
-            event_url: &self.event_url,
-            token: &self.token,
-            user_agent: &self.user_agent,
-            timeout: self.timeout,
-            pool: self.concurrency,
-        }
-    }
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let settings = &self.inner.settings;
         f.debug_struct("Client")
-            .field("event_url", &self.inner.event_url.as_str())
+            .field("event_url", &settings.event_url.as_str())
             .field("api_token", &"[REDACTED]")
-            .field("timeout", &self.inner.timeout)
-            .field("concurrency", &self.inner.concurrency)
-            .field("user_agent", &self.inner.user_agent)
+            .field("timeout", &settings.timeout)
+            .field("concurrency", &settings.pool)
+            .field("user_agent", &settings.user_agent)
             .field("direct", &self.inner.transport.is_direct())
             .finish()
     }
@@ -133,9 +118,9 @@ impl Client {
         }
         let concurrency = config.concurrency.min(Semaphore::MAX_PERMITS);
         let settings = Settings {
-            event_url: &event_url,
-            token: &token,
-            user_agent: &user_agent,
+            event_url,
+            token,
+            user_agent,
             timeout: config.timeout,
             pool: concurrency,
         };
@@ -143,24 +128,20 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 transport,
-                event_url,
-                token,
-                user_agent,
+                settings,
                 limit: Semaphore::new(concurrency),
-                timeout: config.timeout,
-                concurrency,
             }),
         })
     }
 
     /// The URL events are posted to, `{endpoint}/event`.
     pub fn event_url(&self) -> &Url {
-        &self.inner.event_url
+        &self.inner.settings.event_url
     }
 
     /// Most requests in flight at once.
     pub fn concurrency(&self) -> usize {
-        self.inner.concurrency
+        self.inner.settings.pool
     }
 
     /// Sends one event.
@@ -180,11 +161,11 @@ impl Client {
             };
         };
         let inner = &self.inner;
-        let outcome = match inner.transport.post(&inner.settings(), body).await {
+        let outcome = match inner.transport.post(&inner.settings, body).await {
             Ok(answer) => classify(answer),
             Err(failure) => Outcome::Transient {
                 status: None,
-                reason: failure.reason(inner.timeout),
+                reason: failure.reason(inner.settings.timeout),
                 retry_after: None,
             },
         };

@@ -15,6 +15,7 @@
 //! Both trust the same roots: Mozilla's, built in, and the system's (its CA store, or
 //! the file `SSL_CERT_FILE` names).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -65,13 +66,15 @@ pub(crate) struct Direct {
     uri: Uri,
 }
 
-/// What every request carries, whichever way it travels.
+/// What every request carries, whichever way it travels, checked by the client.
+/// `Debug` shows the token redacted (a sensitive `HeaderValue`).
 #[derive(Debug)]
-pub(crate) struct Settings<'a> {
-    pub(crate) event_url: &'a Url,
-    pub(crate) token: &'a HeaderValue,
-    pub(crate) user_agent: &'a HeaderValue,
+pub(crate) struct Settings {
+    pub(crate) event_url: Url,
+    pub(crate) token: HeaderValue,
+    pub(crate) user_agent: HeaderValue,
     pub(crate) timeout: Duration,
+    /// Most requests in flight at once, and idle connections kept.
     pub(crate) pool: usize,
 }
 
@@ -98,8 +101,8 @@ fn needs_reqwest(url: &Url, env: impl Fn(&str) -> Option<String>) -> bool {
 impl Transport {
     /// The transport for these settings, reading the proxy variables from the process's
     /// environment.
-    pub(crate) fn new(settings: &Settings<'_>) -> Result<Transport, ClientError> {
-        if needs_reqwest(settings.event_url, |name| std::env::var(name).ok()) {
+    pub(crate) fn new(settings: &Settings) -> Result<Transport, ClientError> {
+        if needs_reqwest(&settings.event_url, |name| std::env::var(name).ok()) {
             Self::reqwest(settings)
         } else {
             Self::direct(settings)
@@ -107,7 +110,7 @@ impl Transport {
     }
 
     /// hyper's pooled client, over rustls for `https`.
-    pub(crate) fn direct(settings: &Settings<'_>) -> Result<Transport, ClientError> {
+    pub(crate) fn direct(settings: &Settings) -> Result<Transport, ClientError> {
         let uri: Uri = settings
             .event_url
             .as_str()
@@ -132,7 +135,7 @@ impl Transport {
     }
 
     /// reqwest's client, which follows the environment's proxy variables.
-    pub(crate) fn reqwest(settings: &Settings<'_>) -> Result<Transport, ClientError> {
+    pub(crate) fn reqwest(settings: &Settings) -> Result<Transport, ClientError> {
         let http = reqwest::Client::builder()
             .user_agent(settings.user_agent.clone())
             .timeout(settings.timeout)
@@ -155,18 +158,14 @@ impl Transport {
 
     /// Posts `body` as JSON with the settings' headers; the whole exchange, answer body
     /// included, within the settings' timeout.
-    pub(crate) async fn post(
-        &self,
-        settings: &Settings<'_>,
-        body: Bytes,
-    ) -> Result<Answer, Failure> {
+    pub(crate) async fn post(&self, settings: &Settings, body: Bytes) -> Result<Answer, Failure> {
         match tokio::time::timeout(settings.timeout, self.exchange(settings, body)).await {
             Ok(answer) => answer,
             Err(_) => Err(Failure::Timeout),
         }
     }
 
-    async fn exchange(&self, settings: &Settings<'_>, body: Bytes) -> Result<Answer, Failure> {
+    async fn exchange(&self, settings: &Settings, body: Bytes) -> Result<Answer, Failure> {
         match self {
             Transport::Direct(direct) => {
                 let mut request = Request::new(Full::new(body));
@@ -256,8 +255,18 @@ fn bundled_roots() -> impl Iterator<Item = &'static rustls::pki_types::Certifica
     webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter()
 }
 
-/// rustls trusting the bundled roots and the system's; `h2` and `http/1.1` offered.
+/// rustls trusting the bundled roots and the system's (the connector adds ALPN), built
+/// once a process: every delivery thread's client shares it, and reading the system's
+/// store is what takes time.
 fn tls_config() -> Result<rustls::ClientConfig, ClientError> {
+    static CONFIG: OnceLock<Result<rustls::ClientConfig, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(build_tls_config)
+        .clone()
+        .map_err(ClientError::Http)
+}
+
+fn build_tls_config() -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     for der in bundled_roots() {
         // A root rustls cannot use is left out, as reqwest leaves it out.
@@ -270,7 +279,7 @@ fn tls_config() -> Result<rustls::ClientConfig, ClientError> {
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Http(e.to_string()))?
+        .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
@@ -299,15 +308,12 @@ mod tests {
         }
     }
 
-    static TOKEN: HeaderValue = HeaderValue::from_static("t0ken");
-    static AGENT: HeaderValue = HeaderValue::from_static("stipple/test");
-
     /// Settings for posting to `url` (the mock's token) in a test.
-    fn test_settings(url: &Url) -> Settings<'_> {
+    fn test_settings(url: &Url) -> Settings {
         Settings {
-            event_url: url,
-            token: &TOKEN,
-            user_agent: &AGENT,
+            event_url: url.clone(),
+            token: HeaderValue::from_static("t0ken"),
+            user_agent: HeaderValue::from_static("stipple/test"),
             timeout: Duration::from_secs(10),
             pool: 2,
         }
