@@ -6,8 +6,12 @@
 //! kept as rejected input. One `Store::append` commits it all, and only then is the
 //! answer 200.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use axum::Json;
 use axum::body::Body;
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -50,12 +54,37 @@ pub(crate) const ENDPOINTS: [(&str, Endpoint); 15] = [
     ("b", Endpoint::Batch),
 ];
 
+/// The endpoint `path` names (`/v1/track`, `/v1/t/`, ...), compared exactly as the router
+/// matches it.
+pub(crate) fn endpoint(path: &str) -> Option<Endpoint> {
+    let name = path.strip_prefix("/v1/")?;
+    let name = name.strip_suffix('/').unwrap_or(name);
+    ENDPOINTS
+        .iter()
+        .find_map(|(known, endpoint)| (*known == name).then_some(*endpoint))
+}
+
+/// Answers one Tracking API request and counts it: what every Tracking API route runs,
+/// through the router or straight from the connection (`front.rs`).
+pub(crate) async fn answer(state: IngressState, endpoint: Endpoint, request: Request) -> Response {
+    let arrived = Instant::now();
+    let counters = Arc::clone(&state.shared.counters);
+    // The request whole, not `HeaderMap` and `Body` extractors: axum's `HeaderMap`
+    // extractor clones the map (two allocations and a copy per request).
+    let (parts, body) = request.into_parts();
+    let response = handle(state, endpoint, parts.headers, body)
+        .await
+        .into_response();
+    counters.answered(response.status(), arrived);
+    response
+}
+
 /// The code of a batch item over the message size limit.
 const MESSAGE_TOO_LARGE: &str = "message_too_large";
 
 /// Handles one Tracking API request.
 #[tracing::instrument(name = "ingress.request", level = "info", skip_all, fields(endpoint = ?endpoint))]
-pub(crate) async fn handle(
+async fn handle(
     state: IngressState,
     endpoint: Endpoint,
     headers: HeaderMap,

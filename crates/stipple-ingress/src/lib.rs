@@ -5,7 +5,9 @@
 //! the browser's short forms `/v1/{i,t,p,s,g,a,b}` (each also with a trailing slash),
 //! `GET /healthz`, `GET /readyz` and `GET /metrics`. Collaborators come in through
 //! [`IngressState`]: the [`stipple_store::Store`], a [`Clock`], a [`DestinationHealth`]
-//! and an optional Prometheus handle.
+//! and an optional Prometheus handle. [`serve`] serves an [`Ingress`]: the router with its
+//! state, whose Tracking API requests without an `Origin` header skip the router's lookup
+//! and layers on the way to the same handler (`front.rs`).
 //!
 //! Architecture invariants:
 //! - A tracking request is answered 200 only after [`stipple_store::Store::append`]
@@ -49,6 +51,7 @@ mod capture;
 mod config;
 mod cors;
 mod error;
+mod front;
 mod header_timeout;
 mod ops;
 mod server;
@@ -56,14 +59,12 @@ mod state;
 pub mod telemetry;
 mod threads;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
 use axum::extract::State;
 use axum::http::{HeaderName, Method, StatusCode, header};
-use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tower_http::cors::CorsLayer;
 
@@ -74,25 +75,42 @@ pub use state::{AlwaysHealthy, DestinationHealth, DestinationStatus, IngressStat
 /// The clock the ingress stamps `receivedAt` with: the store's, so both agree.
 pub use stipple_store::{Clock, ManualClock, SystemClock};
 
+/// The ingress ready to [`serve`]: the [`router`] of a state, and that state, whose
+/// Tracking API requests without an `Origin` header each connection serves without the
+/// router's lookup and layers (the same handler, the same answers; `front.rs`).
+#[derive(Debug, Clone)]
+pub struct Ingress {
+    router: Router,
+    state: IngressState,
+}
+
+impl Ingress {
+    /// The ingress of `state`.
+    pub fn new(state: IngressState) -> Self {
+        Self {
+            router: router(state.clone()),
+            state,
+        }
+    }
+
+    /// Its routes, to serve or to nest in another server (all of it is there).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    fn into_front(self) -> front::Front {
+        front::Front::new(self.router, self.state)
+    }
+}
+
 /// The ingress's HTTP routes, CORS included, ready to serve.
 pub fn router(state: IngressState) -> Router {
     telemetry::describe_metrics();
     let mut api = Router::new();
     for (name, endpoint) in capture::ENDPOINTS {
-        let handler = post(
-            // The request whole, not `HeaderMap` and `Body` extractors: axum's `HeaderMap`
-            // extractor clones the map (two allocations and a copy per request).
-            move |State(state): State<IngressState>, request: Request| async move {
-                let arrived = Instant::now();
-                let counters = Arc::clone(&state.shared.counters);
-                let (parts, body) = request.into_parts();
-                let response = capture::handle(state, endpoint, parts.headers, body)
-                    .await
-                    .into_response();
-                counters.answered(response.status(), arrived);
-                response
-            },
-        )
+        let handler = post(move |State(state): State<IngressState>, request: Request| {
+            capture::answer(state, endpoint, request)
+        })
         .fallback(|State(state): State<IngressState>| async move {
             state
                 .shared

@@ -1,5 +1,7 @@
-//! The HTTP server around the [`router`](crate::router): accepting connections, with the
-//! limits a server facing the internet needs, and stopping gracefully.
+//! The HTTP server around the [`Ingress`]: accepting connections, with the limits a
+//! server facing the internet needs, and stopping gracefully. Each connection runs the
+//! ingress's front service (`front.rs`): the Tracking API's requests straight to their
+//! handler, the rest through the router.
 //!
 //! `axum::serve` sets no timer, so a client could hold a connection for ever by sending
 //! nothing, or its headers a byte at a time. Here each connection is HTTP/1 with a
@@ -17,15 +19,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use stipple_store::Throttle;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, error, warn};
 
+use crate::Ingress;
 use crate::header_timeout::{Idle, Watched};
 use crate::telemetry;
 use crate::threads::ConnectionThreads;
@@ -58,14 +59,14 @@ impl Default for ServerConfig {
 /// How often the "connection limit reached" warning is logged at most.
 const LIMIT_WARNINGS_EVERY: Duration = Duration::from_secs(60);
 
-/// Serves `app` on `listener` until `shutdown` completes; then accepts no more
+/// Serves `ingress` on `listener` until `shutdown` completes; then accepts no more
 /// connections, lets each finish the request it is serving (idle ones close at once) and
 /// returns when all have closed. A caller that stops waiting (a grace period ran out)
 /// drops the future: that cuts off the connections still open. Fails only when the
 /// threads that serve connections cannot be started.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    ingress: Ingress,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
@@ -87,6 +88,7 @@ pub async fn serve(
     // that is really gone is found when its answer is written.
     http.half_close(true);
     let header_timeout = config.header_timeout;
+    let front = ingress.into_front();
     let graceful = GracefulShutdown::new();
     let at_limit = Throttle::new(LIMIT_WARNINGS_EVERY);
     tokio::pin!(shutdown);
@@ -122,12 +124,12 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let http = http.clone();
-        let app = app.clone();
+        let front = front.clone();
         let watcher = graceful.watcher();
         threads.spawn(stream, move |stream| async move {
             let _open = telemetry::OpenConnection::new();
             let idle = Idle::new();
-            let service = Watched::new(TowerToHyperService::new(app), Arc::clone(&idle));
+            let service = Watched::new(front, Arc::clone(&idle));
             let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             tokio::select! {
                 ended = connection => {

@@ -40,7 +40,7 @@ async fn start_with(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let addr = listener.local_addr().expect("its address");
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, harness.router, config, async {
+    let task = tokio::spawn(serve(listener, harness.ingress, config, async {
         let _ = stopped.await;
     }));
     (addr, stop, task)
@@ -243,4 +243,56 @@ async fn stopping_finishes_the_request_in_flight_and_closes_idle_connections() {
         .expect("the serve task ran to its end")
         .expect("serve started its threads");
     assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+}
+
+/// The headers of an answer as a sorted list, without `date` and the CORS headers.
+fn headers_but_date_and_cors(answer: &str) -> Vec<String> {
+    let mut headers: Vec<String> = answer
+        .lines()
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .map(str::to_ascii_lowercase)
+        .filter(|line| {
+            !(line.starts_with("date:")
+                || line.starts_with("vary:")
+                || line.starts_with("access-control-"))
+        })
+        .collect();
+    headers.sort();
+    headers
+}
+
+/// A browser's request (with `Origin`) goes through the router and its CORS layer; a
+/// server library's goes straight to the handler (`front.rs`). On the wire both answers
+/// read the same but for CORS.
+#[tokio::test]
+async fn a_tracking_api_answer_reads_the_same_straight_or_through_the_router() {
+    let (addr, _stop, _task) = start(ServerConfig::default()).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&track_request()).await.unwrap();
+    let straight = read_answer(&mut stream).await;
+    let mut browser = track_request();
+    let at = browser.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    browser.splice(at..at, b"origin: https://shop.example\r\n".iter().copied());
+    stream.write_all(&browser).await.unwrap();
+    let routed = read_answer(&mut stream).await;
+    assert!(straight.starts_with("HTTP/1.1 200"), "{straight}");
+    assert!(
+        routed
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin"),
+        "the browser's request went through CORS: {routed}"
+    );
+    assert!(
+        !straight.to_ascii_lowercase().contains("access-control-"),
+        "{straight}"
+    );
+    assert_eq!(
+        headers_but_date_and_cors(&straight),
+        headers_but_date_and_cors(&routed)
+    );
+    assert!(
+        headers_but_date_and_cors(&straight).contains(&"content-length: 16".to_owned()),
+        "{straight}"
+    );
 }

@@ -253,7 +253,7 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     let state = IngressState::new(ingress_config, store.clone())?
         .with_destination_health(Arc::new(Health(delivery.health())))
         .with_metrics(metrics.clone());
-    let app = stipple_ingress::router(state);
+    let ingress = stipple_ingress::Ingress::new(state);
 
     let listen = config.listen()?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -285,7 +285,7 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     let (signal_tx, signal_rx) = watch::channel(false);
     let server = tokio::spawn(stipple_ingress::serve(
         listener,
-        app,
+        ingress,
         ServerConfig {
             max_connections: config.ingress.max_connections,
             header_timeout: config.ingress.header_timeout,

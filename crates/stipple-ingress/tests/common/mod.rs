@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::Value;
-use stipple_ingress::{IngressConfig, IngressState, ManualClock, Source, router};
+use stipple_ingress::{Ingress, IngressConfig, IngressState, ManualClock, Source};
 #[allow(
     unused_imports,
     reason = "some test binaries hold appends at a gate, others do not"
@@ -52,9 +52,10 @@ pub struct Stored {
     pub text: String,
 }
 
-/// A router over a [`TestStore`] with the fixed clock.
+/// A router over a [`TestStore`] with the fixed clock, and the ingress it is part of.
 pub struct Harness {
     pub router: Router,
+    pub ingress: Ingress,
     pub store: Arc<TestStore>,
 }
 
@@ -72,8 +73,10 @@ impl Harness {
         let state = IngressState::new(config, store.clone())
             .unwrap()
             .with_clock(Arc::new(ManualClock::new(now())));
+        let ingress = Ingress::new(customise(state));
         Self {
-            router: router(customise(state)),
+            router: ingress.router(),
+            ingress,
             store,
         }
     }
