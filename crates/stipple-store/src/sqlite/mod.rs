@@ -29,7 +29,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use self::writer::{Call, Db, Delta, Reply, Shared, Work};
+use self::writer::{Call, Db, Delta, Job, Reply, Shared, Work};
 use crate::clock::{Clock, SystemClock};
 use crate::time::{Micros, duration_micros, purge_cutoff, to_micros};
 use crate::{
@@ -234,7 +234,7 @@ impl SqliteStore {
             .name("stipple-store-writer".into())
             .spawn(move || {
                 let db = Db {
-                    conn,
+                    conn: std::rc::Rc::new(conn),
                     dedup,
                     leases: leases::Leases::new(),
                     clock: Arc::clone(&clock),
@@ -287,6 +287,16 @@ impl SqliteStore {
     where
         T: Send + 'static,
         F: FnMut(&mut Db, Micros) -> rusqlite::Result<(T, Delta)> + Send + 'static,
+    {
+        self.run(weight, reply_when, f).await
+    }
+
+    /// [`call`](Self::call) for any [`Job`] (an append, which takes its group's prepared
+    /// statement).
+    async fn run<T, J>(&self, weight: usize, reply_when: Reply, f: J) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        J: Job<T> + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let work: Box<dyn Work> = Box::new(Call {
@@ -422,10 +432,8 @@ impl Store for SqliteStore {
         let window = duration_micros(dedup_window);
         let weight = append.events.len() + append.rejected.len();
         // The ingress answers 200 on this: it waits for the fsync.
-        self.call(weight, Reply::Durable, move |db, now| {
-            ops::append(db, now, &append, window)
-        })
-        .await
+        self.run(weight, Reply::Durable, ops::AppendJob { append, window })
+            .await
     }
 
     async fn lease(&self, max: usize, lease_for: Duration) -> Result<Vec<Leased>, StoreError> {

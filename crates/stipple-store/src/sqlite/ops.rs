@@ -13,7 +13,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::leases::Leases;
-use super::writer::{Db, Delta};
+use super::writer::{Db, Delta, Job, Prepared};
 use crate::time::{Micros, from_micros};
 use crate::{
     Append, Appended, DeadLetter, DeadLetterReason, EventId, Leased, RejectedInput, StoredRejection,
@@ -23,7 +23,7 @@ use crate::{
 /// that appends waiting behind it are not held up for long.
 pub(super) const CHUNK: usize = 5_000;
 
-const INSERT_EVENT: &str = "
+pub(super) const INSERT_EVENT: &str = "
 INSERT INTO queue (source, message_id, enqueued_at, not_before, payload) VALUES (?1, ?2, ?3, ?3, ?4)";
 
 const INSERT_REJECTED: &str = "
@@ -99,9 +99,27 @@ const TOUCH: &str = "
 INSERT INTO meta (key, value) VALUES ('last_write_check', ?1)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
-/// Queues the new events and keeps the rejected inputs. `window` 0 turns dedup off.
-pub(super) fn append(
+/// An append: queues the new events and keeps the rejected inputs, with its group's
+/// prepared `INSERT`. `window` 0 turns dedup off.
+pub(super) struct AppendJob {
+    pub(super) append: Append,
+    pub(super) window: Micros,
+}
+
+impl Job<Appended> for AppendJob {
+    fn run(
+        &mut self,
+        db: &mut Db,
+        prepared: &mut Prepared<'_>,
+        now: Micros,
+    ) -> rusqlite::Result<(Appended, Delta)> {
+        append(db, prepared, now, &self.append, self.window)
+    }
+}
+
+fn append(
     db: &mut Db,
+    prepared: &mut Prepared<'_>,
     now: Micros,
     append: &Append,
     window: Micros,
@@ -109,7 +127,7 @@ pub(super) fn append(
     let cutoff = now.saturating_sub(window);
     let Db { conn, dedup, .. } = db;
     let mut claimer = dedup.claimer(conn);
-    let mut insert = conn.prepare_cached(INSERT_EVENT)?;
+    let insert = prepared.insert_event()?;
     let mut duplicate = Vec::with_capacity(append.events.len());
     let mut delta = Delta::default();
     for event in &append.events {

@@ -91,11 +91,12 @@
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use rusqlite::Connection;
+use rusqlite::{CachedStatement, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::dedup::DedupIndex;
@@ -165,9 +166,11 @@ impl Shared {
 }
 
 /// What the writer thread owns: the connection, the in-memory dedup index and leases.
+/// The connection is shared (`Rc`) with the statements a group prepares once for its
+/// transaction ([`Prepared`]), which borrow it while the group's requests get `&mut Db`.
 #[derive(Debug)]
 pub(super) struct Db {
-    pub(super) conn: Connection,
+    pub(super) conn: Rc<Connection>,
     pub(super) dedup: DedupIndex,
     pub(super) leases: super::leases::Leases,
     /// The store's clock: leases are measured on its monotonic time.
@@ -181,6 +184,59 @@ pub(super) struct Db {
 
 /// How a request is answered once its group has ended: `Err` with why it failed.
 type Finish = Box<dyn FnOnce(Result<(), &str>) + Send>;
+
+/// Statements prepared once for a group's transaction and shared by its requests: one
+/// `INSERT` statement for every append of the group, where preparing it from rusqlite's
+/// cache for each append (hashing its text to find it, then resetting it and putting it
+/// back) cost about 1,400 instructions a single-event append, a tenth of the writer's work
+/// for it (docs/performance.md).
+pub(super) struct Prepared<'c> {
+    conn: &'c Connection,
+    insert_event: Option<CachedStatement<'c>>,
+}
+
+impl<'c> Prepared<'c> {
+    pub(super) fn new(conn: &'c Connection) -> Self {
+        Self {
+            conn,
+            insert_event: None,
+        }
+    }
+
+    /// The statement that queues an event ([`super::ops::INSERT_EVENT`]).
+    pub(super) fn insert_event(&mut self) -> rusqlite::Result<&mut CachedStatement<'c>> {
+        match &mut self.insert_event {
+            Some(statement) => Ok(statement),
+            empty => Ok(empty.insert(self.conn.prepare_cached(super::ops::INSERT_EVENT)?)),
+        }
+    }
+}
+
+/// What a request does in its group's transaction: returns its value and what it changed
+/// in the counts. Closures over the `Db` are jobs; so is an append, which takes its group's
+/// prepared statement.
+pub(super) trait Job<T>: Send {
+    fn run(
+        &mut self,
+        db: &mut Db,
+        prepared: &mut Prepared<'_>,
+        now: Micros,
+    ) -> rusqlite::Result<(T, Delta)>;
+}
+
+impl<T, F> Job<T> for F
+where
+    F: FnMut(&mut Db, Micros) -> rusqlite::Result<(T, Delta)> + Send,
+{
+    fn run(
+        &mut self,
+        db: &mut Db,
+        _: &mut Prepared<'_>,
+        now: Micros,
+    ) -> rusqlite::Result<(T, Delta)> {
+        self(db, now)
+    }
+}
 
 /// When a request is answered (the module docs explain which need which).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +260,12 @@ pub(super) trait Work: Send {
     /// Runs it inside the group's transaction; returns what it changed, or why it failed.
     /// It may run again in a later transaction when this one is rolled back because
     /// another request failed: it must then do the same again.
-    fn run(&mut self, db: &mut Db, now: Micros) -> Result<Delta, String>;
+    fn run(
+        &mut self,
+        db: &mut Db,
+        prepared: &mut Prepared<'_>,
+        now: Micros,
+    ) -> Result<Delta, String>;
     /// How to answer it once its group has ended: with what its last run returned, or
     /// with the error that ended the group.
     fn finish(self: Box<Self>) -> Finish;
@@ -212,7 +273,7 @@ pub(super) trait Work: Send {
     fn fail(self: Box<Self>, error: &str);
 }
 
-/// A request: a function over the connection and the current time, and where to answer.
+/// A request: a job over the connection and the current time, and where to answer.
 pub(super) struct Call<T, F> {
     pub(super) weight: usize,
     pub(super) reply_when: Reply,
@@ -225,7 +286,7 @@ pub(super) struct Call<T, F> {
 impl<T, F> Work for Call<T, F>
 where
     T: Send + 'static,
-    F: FnMut(&mut Db, Micros) -> rusqlite::Result<(T, Delta)> + Send,
+    F: Job<T>,
 {
     fn weight(&self) -> usize {
         self.weight
@@ -235,8 +296,13 @@ where
         self.reply_when
     }
 
-    fn run(&mut self, db: &mut Db, now: Micros) -> Result<Delta, String> {
-        let (value, delta) = (self.f)(db, now).map_err(|e| e.to_string())?;
+    fn run(
+        &mut self,
+        db: &mut Db,
+        prepared: &mut Prepared<'_>,
+        now: Micros,
+    ) -> Result<Delta, String> {
+        let (value, delta) = self.f.run(db, prepared, now).map_err(|e| e.to_string())?;
         self.value = Some(value);
         Ok(delta)
     }
@@ -596,10 +662,12 @@ fn run_all(
     clock: &dyn Clock,
     group: &mut [Box<dyn Work>],
 ) -> Result<Delta, (usize, String)> {
+    let conn = Rc::clone(&db.conn);
+    let mut prepared = Prepared::new(&conn);
     let mut total = Delta::default();
     for (at, work) in group.iter_mut().enumerate() {
         let now = to_micros(clock.now());
-        total.add(work.run(db, now).map_err(|e| (at, e))?);
+        total.add(work.run(db, &mut prepared, now).map_err(|e| (at, e))?);
     }
     Ok(total)
 }
@@ -666,7 +734,7 @@ mod tests {
         let mut conn = Connection::open_in_memory().expect("open");
         super::super::schema::migrate(&mut conn, true).expect("schema");
         Db {
-            conn,
+            conn: Rc::new(conn),
             dedup: DedupIndex::empty(),
             leases: Default::default(),
             clock: Arc::new(ManualClock::new(Utc::now())),
@@ -749,6 +817,71 @@ mod tests {
         );
         assert!(answers[2].is_ok(), "{answers:?}");
         assert_eq!(keys(&db), ["a", "c"]);
+        assert!(db.conn.is_autocommit(), "the transaction ended");
+    }
+
+    /// An append of events `ids` (message ids), dedup on.
+    fn append(
+        ids: &[&str],
+    ) -> (
+        Box<dyn Work>,
+        oneshot::Receiver<Result<crate::Appended, StoreError>>,
+    ) {
+        let (reply, answer) = oneshot::channel();
+        let events = ids
+            .iter()
+            .map(|id| crate::NewEvent {
+                source: "web".into(),
+                message_id: (*id).into(),
+                payload: format!(r#"{{"messageId":"{id}"}}"#).into_bytes(),
+            })
+            .collect();
+        let job = super::super::ops::AppendJob {
+            append: crate::Append {
+                events,
+                rejected: Vec::new(),
+            },
+            window: 1_000_000,
+        };
+        let work = Box::new(Call {
+            weight: ids.len(),
+            reply_when: Reply::Durable,
+            f: job,
+            reply,
+            value: None,
+        });
+        (work, answer)
+    }
+
+    /// The appends of a group share one prepared `INSERT` (`Prepared`), across the
+    /// rollback and rerun a failing request causes too.
+    #[test]
+    fn the_appends_of_a_group_share_its_statement_through_a_rerun() {
+        let mut db = db();
+        let clock = ManualClock::new(Utc::now());
+        let (a, mut a_answer) = append(&["m1", "m2"]);
+        let (failing, mut failing_answer) = put("x", true);
+        let (b, mut b_answer) = append(&["m3", "m1"]);
+        let mut group = vec![a, failing, b];
+        commit_group(&mut db, &clock, &mut group, &Shared::default()).send(None);
+        let duplicates = |answer: &mut oneshot::Receiver<Result<crate::Appended, StoreError>>| {
+            answer
+                .try_recv()
+                .expect("answered")
+                .map(|appended: crate::Appended| appended.duplicate)
+        };
+        assert_eq!(duplicates(&mut a_answer).expect("a"), [false, false]);
+        assert!(failing_answer.try_recv().expect("answered").is_err());
+        assert_eq!(duplicates(&mut b_answer).expect("b"), [false, true]);
+        let queued: Vec<String> = db
+            .conn
+            .prepare("SELECT message_id FROM queue ORDER BY id")
+            .expect("prepare")
+            .query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(queued, ["m1", "m2", "m3"], "each event once, in order");
         assert!(db.conn.is_autocommit(), "the transaction ended");
     }
 
