@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 
 use axum::http::{HeaderMap, header};
+use base64::DecodeSliceError;
 use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -62,11 +63,32 @@ pub(crate) fn authenticate_header<'a>(
     sources: &'a Sources,
     headers: &HeaderMap,
 ) -> Result<Option<&'a Source>, IngressError> {
-    match basic_username(headers)? {
-        Some(key) => known(find(sources, &key)).map(Some),
-        None => Ok(None),
+    let Some(credentials) = basic_credentials(headers)? else {
+        return Ok(None);
+    };
+    // Decoded on the stack, without an allocation, when it fits (write keys are usually
+    // 32 characters); into a vector when it does not.
+    let mut buffer = [0; DECODED_ON_STACK];
+    let decoded: Cow<'_, [u8]> = match BASE64.decode_slice(credentials, &mut buffer) {
+        Ok(n) => Cow::Borrowed(&buffer[..n]),
+        Err(DecodeSliceError::OutputSliceTooSmall) => Cow::Owned(
+            BASE64
+                .decode(credentials)
+                .map_err(|_| IngressError::BadAuthorization)?,
+        ),
+        Err(DecodeSliceError::DecodeError(_)) => return Err(IngressError::BadAuthorization),
+    };
+    let decoded = std::str::from_utf8(&decoded).map_err(|_| IngressError::BadAuthorization)?;
+    let username = decoded.split_once(':').map_or(decoded, |(u, _)| u);
+    if username.is_empty() {
+        // An empty username: the body may carry the key.
+        return Ok(None);
     }
+    known(find(sources, username)).map(Some)
 }
+
+/// Room for the decoded `user:password` of most Basic credentials.
+const DECODED_ON_STACK: usize = 192;
 
 /// The source named by `"writeKey"` in the JSON body.
 pub(crate) fn authenticate_body<'a>(
@@ -84,9 +106,9 @@ fn known(found: Option<&Source>) -> Result<&Source, IngressError> {
     })
 }
 
-/// The Basic username; `None` without an `Authorization` header, with another scheme,
-/// or with an empty username (then the body may carry the key).
-fn basic_username(headers: &HeaderMap) -> Result<Option<String>, IngressError> {
+/// The base64 credentials of an `Authorization: Basic` header; `None` without the
+/// header or with another scheme.
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<&str>, IngressError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -98,12 +120,7 @@ fn basic_username(headers: &HeaderMap) -> Result<Option<String>, IngressError> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return Ok(None);
     }
-    let decoded = BASE64
-        .decode(credentials.trim())
-        .map_err(|_| IngressError::BadAuthorization)?;
-    let decoded = String::from_utf8(decoded).map_err(|_| IngressError::BadAuthorization)?;
-    let username = decoded.split_once(':').map_or(decoded.as_str(), |(u, _)| u);
-    Ok((!username.is_empty()).then(|| username.to_owned()))
+    Ok(Some(credentials.trim()))
 }
 
 /// `"writeKey"` at the top level of the body (a message or a batch envelope).
@@ -181,6 +198,30 @@ mod tests {
             shown.contains("\"web\"") && !shown.contains("wk_"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_key_too_long_for_the_stack_buffer_is_found_too() {
+        let long = "k".repeat(DECODED_ON_STACK * 2);
+        let sources = Sources::new(&[Source::new("web", "wk_web"), Source::new("big", &long)]);
+        for credentials in [format!("{long}:"), long.clone(), format!("{long}:password")] {
+            let found =
+                authenticate_header(&sources, &basic(&credentials)).expect("a valid header");
+            assert_eq!(found.map(|s| s.name.as_str()), Some("big"));
+        }
+        let wrong = format!("{}x:", &long[1..]);
+        let found = authenticate_header(&sources, &basic(&wrong)).map(|s| s.map(|s| &s.name));
+        assert!(
+            matches!(found, Err(IngressError::UnknownWriteKey)),
+            "{found:?}"
+        );
+        // Right at the edge of the buffer, both sides.
+        for len in DECODED_ON_STACK - 2..DECODED_ON_STACK + 2 {
+            let key = "e".repeat(len);
+            let sources = Sources::new(&[Source::new("edge", &key)]);
+            let found = authenticate_header(&sources, &basic(&format!("{key}:"))).expect("valid");
+            assert_eq!(found.map(|s| s.name.as_str()), Some("edge"), "{len}");
+        }
     }
 
     #[test]
