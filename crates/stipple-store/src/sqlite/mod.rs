@@ -288,12 +288,12 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnMut(&mut Db, Micros) -> rusqlite::Result<(T, Delta)> + Send + 'static,
     {
-        self.run(weight, reply_when, f).await
+        self.call_job(weight, reply_when, f).await
     }
 
     /// [`call`](Self::call) for any [`Job`] (an append, which takes its group's prepared
     /// statement).
-    async fn run<T, J>(&self, weight: usize, reply_when: Reply, f: J) -> Result<T, StoreError>
+    async fn call_job<T, J>(&self, weight: usize, reply_when: Reply, f: J) -> Result<T, StoreError>
     where
         T: Send + 'static,
         J: Job<T> + 'static,
@@ -432,7 +432,7 @@ impl Store for SqliteStore {
         let window = duration_micros(dedup_window);
         let weight = append.events.len() + append.rejected.len();
         // The ingress answers 200 on this: it waits for the fsync.
-        self.run(weight, Reply::Durable, ops::AppendJob { append, window })
+        self.call_job(weight, Reply::Durable, ops::AppendJob { append, window })
             .await
     }
 

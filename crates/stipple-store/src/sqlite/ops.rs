@@ -113,47 +113,40 @@ impl Job<Appended> for AppendJob {
         prepared: &mut Prepared<'_>,
         now: Micros,
     ) -> rusqlite::Result<(Appended, Delta)> {
-        append(db, prepared, now, &self.append, self.window)
-    }
-}
-
-fn append(
-    db: &mut Db,
-    prepared: &mut Prepared<'_>,
-    now: Micros,
-    append: &Append,
-    window: Micros,
-) -> rusqlite::Result<(Appended, Delta)> {
-    let cutoff = now.saturating_sub(window);
-    let Db { conn, dedup, .. } = db;
-    let mut claimer = dedup.claimer(conn);
-    let insert = prepared.insert_event()?;
-    let mut duplicate = Vec::with_capacity(append.events.len());
-    let mut delta = Delta::default();
-    for event in &append.events {
-        let fresh = window == 0 || claimer.claim(&event.source, &event.message_id, now, cutoff)?;
-        if fresh {
-            insert.execute(params![event.source, event.message_id, now, event.payload])?;
-            delta.queued += 1;
+        let Self { append, window } = self;
+        let window = *window;
+        let cutoff = now.saturating_sub(window);
+        let Db { conn, dedup, .. } = db;
+        let mut claimer = dedup.claimer(conn);
+        let insert = prepared.insert_event()?;
+        let mut duplicate = Vec::with_capacity(append.events.len());
+        let mut delta = Delta::default();
+        for event in &append.events {
+            let fresh =
+                window == 0 || claimer.claim(&event.source, &event.message_id, now, cutoff)?;
+            if fresh {
+                insert.execute(params![event.source, event.message_id, now, event.payload])?;
+                delta.queued += 1;
+            }
+            duplicate.push(!fresh);
         }
-        duplicate.push(!fresh);
-    }
-    if !append.rejected.is_empty() {
-        let mut insert = conn.prepare_cached(INSERT_REJECTED)?;
-        for input in &append.rejected {
-            let index = input.index.map(|i| i64::try_from(i).unwrap_or(i64::MAX));
-            insert.execute(params![
-                input.source,
-                index,
-                input.code,
-                input.message,
-                now,
-                input.payload
-            ])?;
-            delta.rejected += 1;
+        if !append.rejected.is_empty() {
+            let mut insert = conn.prepare_cached(INSERT_REJECTED)?;
+            for input in &append.rejected {
+                let index = input.index.map(|i| i64::try_from(i).unwrap_or(i64::MAX));
+                insert.execute(params![
+                    input.source,
+                    index,
+                    input.code,
+                    input.message,
+                    now,
+                    input.payload
+                ])?;
+                delta.rejected += 1;
+            }
         }
+        Ok((Appended { duplicate }, delta))
     }
-    Ok((Appended { duplicate }, delta))
 }
 
 /// Leases up to `max` due events until `lease_until`: failed events whose retry is
