@@ -36,7 +36,7 @@ pub use error::{ErrorCode, ValidationError};
 pub use event::{EventTime, PointillistEvent};
 pub use map::{MAX_ATTRIBUTE_BYTES, MapConfig, MapError, Mapper, POINTILLIST};
 pub use message::{Context, Id, Message, MessageType, RawMap};
-pub use stored::{Rest, Split, split};
+pub use stored::{Rest, Split, SplitBatch, SplitItem, split, split_batch};
 pub use time::{format_timestamp, parse_timestamp};
 pub use validate::{MAX_MESSAGE_ID_LEN, ValidMessage};
 

@@ -8,7 +8,7 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use stipple_core::{Input, MapConfig, Mapper, Message, split};
+use stipple_core::{Input, MapConfig, Mapper, Message, split, split_batch};
 
 mod support;
 
@@ -255,5 +255,163 @@ fn nesting_is_taken_up_to_the_reference_paths_limit() {
             }
         }
         assert!(deepest > 118 && deepest < 130, "{block}: {deepest}");
+    }
+}
+
+/// The text each path stores for a split message.
+fn written(split: &stipple_core::Split<'_>) -> Vec<u8> {
+    split.rest.write(&split.plain).unwrap()
+}
+
+/// Where the batch scan (`split_batch`) takes a body, the reference path reads it as a
+/// batch too, with the same `sentAt`, the same items' texts, and each item taken by
+/// `Batch::split_item` and stored alike (the batch's `sentAt` inherited alike).
+fn assert_same_batch(text: &str) -> Result<(), TestCaseError> {
+    let Some(fast) = split_batch(text) else {
+        return Ok(());
+    };
+    let reference = Input::parse_batch(text.as_bytes());
+    let Ok(Input::Batch(batch)) = reference else {
+        return Err(TestCaseError::fail(format!(
+            "taken by the batch scan only ({reference:?}): {text}"
+        )));
+    };
+    prop_assert_eq!(&fast.sent_at, &batch.sent_at, "input: {}", text);
+    prop_assert_eq!(fast.items.len(), batch.batch.len(), "input: {}", text);
+    for (index, item) in fast.items.iter().enumerate() {
+        prop_assert_eq!(item.raw, batch.batch[index].get(), "input: {}", text);
+        let Some(split) = batch.split_item(index) else {
+            return Err(TestCaseError::fail(format!(
+                "item {index} taken by the batch scan only: {text}"
+            )));
+        };
+        prop_assert_eq!(written(&item.split), written(&split), "input: {}", text);
+    }
+    Ok(())
+}
+
+/// A batch body of `items`' texts, its keys in one of several orders, with spaces.
+fn envelope(items: &[String], sent_at: Option<&str>, write_key: bool, order: u8) -> String {
+    let mut keys = vec![format!(" \"batch\" :\n[ {} ]", items.join(" ,\n"))];
+    if let Some(sent_at) = sent_at {
+        keys.push(format!("\"sentAt\": {}", json!(sent_at)));
+    }
+    if write_key {
+        keys.push(r#""writeKey":"wk_1""#.to_owned());
+    }
+    keys.push(r#""_metadata": {"n": [1, 2.5e3, "x\u00e9"]}"#.to_owned());
+    let turn = usize::from(order) % keys.len();
+    keys.rotate_left(turn);
+    format!("{{ {} }}\n", keys.join(", "))
+}
+
+/// A batch as analytics-node sends it takes the scan, every item with it.
+#[test]
+fn client_batches_take_the_batch_scan() {
+    let item = |n: u32| {
+        json!({
+            "type": "track", "event": "Product Added", "userId": format!("u{n}"),
+            "messageId": format!("m{n}"), "timestamp": "2026-11-28T12:00:00.123Z",
+            "properties": {"sku": "G-32", "price": 18.99},
+            "context": {"library": {"name": "@segment/analytics-node", "version": "3.1.0"}},
+            "integrations": {}, "_metadata": {"nodeVersion": "20"}
+        })
+        .to_string()
+    };
+    let items: Vec<String> = (0..3).map(item).collect();
+    let text = envelope(&items, Some("2026-11-28T12:00:01.000Z"), true, 0);
+    let fast = split_batch(&text).expect("taken");
+    assert_eq!(fast.items.len(), 3);
+    assert_eq!(fast.items[1].raw, items[1]);
+    assert_eq!(
+        fast.items[2].split.plain.sent_at.as_deref(),
+        Some("2026-11-28T12:00:01.000Z")
+    );
+    assert_same_batch(&text).unwrap();
+}
+
+/// What the batch scan leaves to the reference path, which decides (its answers and
+/// error messages stand): batch-level `context` or `integrations` to merge, a key of the
+/// envelope twice, anything but an array of messages it takes, and what is not a batch.
+#[test]
+fn the_batch_scan_declines_what_the_reference_decides() {
+    let good = r#"{"type":"track","event":"E","userId":"u"}"#;
+    for text in [
+        format!(r#"{{"batch":[{good}],"context":{{"ip":"203.0.113.7"}}}}"#),
+        format!(r#"{{"batch":[{good}],"integrations":{{}}}}"#),
+        format!(r#"{{"batch":[{good}],"context":null}}"#),
+        format!(r#"{{"batch":[{good}],"batch":[{good}]}}"#),
+        format!(r#"{{"batch":[{good}],"sentAt":"a","sentAt":"b"}}"#),
+        format!(r#"{{"batch":[{good}],"sentAt":7}}"#),
+        format!(r#"{{"batch":[{good}],"writeKey":["k"]}}"#),
+        format!(r#"{{"batch":[{good}, 7]}}"#),
+        format!(r#"{{"batch":[{good}, {{"batch":[]}}]}}"#),
+        format!(r#"{{"batch":[{good}, {{"type":"track","userId":{{}}}}]}}"#),
+        format!(r#"{{"batch":[{good},]}}"#),
+        format!(r#"{{"batch":{good}}}"#),
+        format!(r#"{{"batch":[{good}]}} x"#),
+        good.to_owned(),
+        "[]".to_owned(),
+        String::new(),
+    ] {
+        assert!(split_batch(&text).is_none(), "taken: {text}");
+    }
+    // Refused items are the ingress's to answer, per item: the scan takes them.
+    let refused = r#"{"type":"track","event":"E"}"#;
+    let text = format!(r#"{{"batch":[{good},{refused}],"sentAt":null,"writeKey":null}}"#);
+    assert_eq!(split_batch(&text).expect("taken").items.len(), 2);
+    assert_same_batch(&text).unwrap();
+    assert_same_batch(r#"{"batch":[]}"#).unwrap();
+    assert!(split_batch(r#"{"batch":[]}"#).is_some());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn batches_store_the_same(
+        values in prop::collection::vec(rich_message(), 0..5),
+        sent_at in prop::option::of(prop::sample::select(vec![
+            "2026-11-28T12:00:01.000Z", "2026-11-28T13:00:01+01:00", "é\n\u{1}", "",
+        ])),
+        write_key in any::<bool>(),
+        order in any::<u8>(),
+        seed in 1..u64::MAX,
+    ) {
+        let mut seed = seed;
+        let items: Vec<String> = values
+            .iter()
+            .map(|value| {
+                let mut text = String::new();
+                scrambled(value, &mut seed, &mut text);
+                text
+            })
+            .collect();
+        let text = envelope(&items, sent_at, write_key, order);
+        assert_same_batch(&text)?;
+        // Items with their keys in JSON's order, which every one the reference path
+        // reads is: the scan takes the batch whenever the reference takes each item.
+        let plain: Vec<String> = values.iter().map(Value::to_string).collect();
+        let text = envelope(&plain, sent_at, write_key, order);
+        assert_same_batch(&text)?;
+        if let Ok(Input::Batch(batch)) = Input::parse_batch(text.as_bytes()) {
+            if (0..batch.batch.len()).all(|i| batch.split_item(i).is_some()) {
+                prop_assert!(split_batch(&text).is_some(), "declined: {}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn any_json_in_a_batch_stores_the_same(values in prop::collection::vec(json_value(), 0..4)) {
+        let items: Vec<String> = values.iter().map(Value::to_string).collect();
+        assert_same_batch(&envelope(&items, None, false, 0))?;
+        let wrapped = json!({"batch": values, "sentAt": "s"}).to_string();
+        assert_same_batch(&wrapped)?;
+    }
+
+    #[test]
+    fn any_text_in_a_batch_stores_the_same(text in ".{0,48}") {
+        assert_same_batch(&format!(r#"{{"batch":[{text}]}}"#))?;
+        assert_same_batch(&text)?;
     }
 }

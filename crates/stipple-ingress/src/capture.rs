@@ -409,59 +409,109 @@ async fn batch(
     received_at: DateTime<Utc>,
 ) -> Result<Response, IngressError> {
     let config = &state.shared.config;
-    let batch = match Input::parse_batch(body) {
-        Ok(Input::Batch(batch)) => batch,
-        Ok(Input::Message(_)) => {
-            return Err(IngressError::WrongShape(
-                "this endpoint takes {\"batch\": [...]}: post single messages to /v1/track, /v1/identify, ...",
-            ));
-        }
-        Err(e) if e.code == ErrorCode::InvalidJson => {
-            return Err(IngressError::InvalidJson(e.message));
-        }
-        Err(e) => return Err(IngressError::InvalidBatch(e.message)),
+    // The scan reads the envelope and every item at once (most bodies); else serde_json
+    // reads the envelope and each item is read on its own, as `Read::item` reads it.
+    let mut items = BatchItems {
+        collected: Collected::new(source),
+        listed: Vec::new(),
+        max_message_bytes: config.max_message_bytes,
+        received_at,
     };
-    if batch.batch.len() > config.max_batch_items {
-        return Err(IngressError::TooManyItems {
-            count: batch.batch.len(),
-            limit: config.max_batch_items,
-        });
+    let too_many = |count: usize| IngressError::TooManyItems {
+        count,
+        limit: config.max_batch_items,
+    };
+    match std::str::from_utf8(body)
+        .ok()
+        .and_then(stipple_core::split_batch)
+    {
+        Some(scanned) => {
+            if scanned.items.len() > config.max_batch_items {
+                return Err(too_many(scanned.items.len()));
+            }
+            let sent_at = scanned.sent_at.as_deref();
+            for (index, item) in scanned.items.into_iter().enumerate() {
+                items.take(index, item.raw, sent_at, || Ok(Read::Split(item.split)));
+            }
+        }
+        None => {
+            let batch = parse_batch(body)?;
+            if batch.batch.len() > config.max_batch_items {
+                return Err(too_many(batch.batch.len()));
+            }
+            let sent_at = batch.sent_at.as_deref();
+            for (index, raw) in batch.batch.iter().enumerate() {
+                items.take(index, raw.get(), sent_at, || Read::item(&batch, index));
+            }
+        }
     }
-    let mut collected = Collected::new(source);
-    let mut listed = Vec::new();
-    for (index, raw) in batch.batch.iter().enumerate() {
-        let raw = raw.get();
-        let (kind, outcome) = if raw.len() > config.max_message_bytes {
+    let BatchItems {
+        collected, listed, ..
+    } = items;
+    let tally = collected.store(state).await?;
+    let (accepted, duplicates, rejected) = tally.totals();
+    debug!(source = %source.name, accepted, duplicates, rejected, "batch stored");
+    Ok(success(&listed))
+}
+
+/// A batch's items on their way to the store, and the refused ones' list for the answer.
+struct BatchItems<'s> {
+    collected: Collected<'s>,
+    listed: Vec<RejectedItem>,
+    max_message_bytes: usize,
+    received_at: DateTime<Utc>,
+}
+
+impl BatchItems<'_> {
+    /// Item `index`, its text `raw`, read by `read` unless it is too large.
+    fn take<'a>(
+        &mut self,
+        index: usize,
+        raw: &str,
+        sent_at: Option<&str>,
+        read: impl FnOnce() -> Result<Read<'a>, ValidationError>,
+    ) {
+        let (kind, outcome) = if raw.len() > self.max_message_bytes {
             let rejection = Rejection {
                 code: MESSAGE_TOO_LARGE,
                 message: format!(
                     "the message is over {} bytes: send smaller messages",
-                    config.max_message_bytes
+                    self.max_message_bytes
                 ),
             };
             ("unknown", Err(rejection))
         } else {
-            match Read::item(&batch, index) {
+            match read() {
                 Ok(mut read) => (
                     type_label(read.message().kind.as_deref()),
-                    accept(read, batch.sent_at.as_deref(), received_at),
+                    accept(read, sent_at, self.received_at),
                 ),
                 Err(e) => ("unknown", Err(Rejection::from(e))),
             }
         };
         if let Err(rejection) = &outcome {
-            listed.push(RejectedItem {
+            self.listed.push(RejectedItem {
                 index,
                 code: rejection.code,
                 message: rejection.message.clone(),
             });
         }
-        collected.push(outcome, kind, Some(index), raw.as_bytes());
+        self.collected
+            .push(outcome, kind, Some(index), raw.as_bytes());
     }
-    let tally = collected.store(state).await?;
-    let (accepted, duplicates, rejected) = tally.totals();
-    debug!(source = %source.name, accepted, duplicates, rejected, "batch stored");
-    Ok(success(&listed))
+}
+
+/// A `/v1/batch` body read by `serde_json`, for what the batch scan declines: the
+/// answers and error messages of whole-request problems are this reading's.
+fn parse_batch(body: &[u8]) -> Result<stipple_core::Batch, IngressError> {
+    match Input::parse_batch(body) {
+        Ok(Input::Batch(batch)) => Ok(batch),
+        Ok(Input::Message(_)) => Err(IngressError::WrongShape(
+            "this endpoint takes {\"batch\": [...]}: post single messages to /v1/track, /v1/identify, ...",
+        )),
+        Err(e) if e.code == ErrorCode::InvalidJson => Err(IngressError::InvalidJson(e.message)),
+        Err(e) => Err(IngressError::InvalidBatch(e.message)),
+    }
 }
 
 fn success(rejected: &[RejectedItem]) -> Response {

@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use serde::Deserialize;
 
-use super::{Part, Rest, Split, assemble, next_stop};
+use super::{Part, Rest, Split, SplitBatch, SplitItem, assemble, next_stop};
 use crate::message::{Message, read_plain_field};
 
 /// The scan cannot read this message as the reference path would: take that path.
@@ -54,31 +54,69 @@ const CONTEXT_BLOCKS: [Cow<'static, str>; 5] = [
 /// Reads `text`, one JSON object, as [`super::split`] does (see the module docs).
 pub(super) fn message(text: &str) -> Result<Split<'_>, Declined> {
     let mut scan = Scan { text, at: 0 };
-    let mut m = Message::default();
-    let mut rest = Rest {
-        text: Vec::with_capacity(text.len()),
-        ..Rest::default()
-    };
+    let split = scan.message(DEPTH, text.len())?;
+    scan.whitespace();
+    if scan.at != text.len() {
+        return Err(Declined);
+    }
+    Ok(split)
+}
+
+/// Reads `text`, a batch envelope, as [`super::split_batch`] does: each item of `batch`
+/// read as [`message`] reads a whole text, `sentAt` as [`crate::Batch`] reads it. Declines
+/// an envelope with `context` or `integrations` (which [`crate::Batch`] merges into
+/// every item), a key of its own repeated (which [`crate::Batch`] refuses), an item it
+/// declines or one holding a `batch` key (as [`super::split`] declines it), and anything
+/// that is not such an object.
+pub(super) fn batch(text: &str) -> Result<SplitBatch<'_>, Declined> {
+    let mut scan = Scan { text, at: 0 };
     scan.whitespace();
     if scan.peek() != Some(b'{') {
         return Err(Declined);
     }
-    let depth = enter(DEPTH)?;
     scan.at += 1;
+    let mut items = None;
+    let mut sent_at = None;
+    let mut write_key = false;
     scan.entries(|scan, key| {
-        let out = &mut rest.text;
-        // A repeated block is read again, the last one kept, as in `Message`.
         match &*key {
-            "properties" => rest.properties = scan.object_or_null(depth, out)?,
-            "traits" => rest.traits = scan.object_or_null(depth, out)?,
-            "integrations" => rest.integrations = scan.object_or_null(depth, out)?,
-            "context" => rest.context = scan.context(depth, out)?,
-            _ => {
-                let raw = scan.raw()?;
-                let mut value = PlainValue(raw);
-                if !read_plain_field!(&*key, m, value) {
-                    rest.other.push((key, raw));
+            "batch" if items.is_none() => {
+                scan.whitespace();
+                if scan.peek() != Some(b'[') {
+                    return Err(Declined);
                 }
+                scan.at += 1;
+                let mut read = Vec::new();
+                scan.elements(|scan| {
+                    scan.whitespace();
+                    let start = scan.at;
+                    // Two levels below the envelope's top, where `serde_json` counts
+                    // the limit from: declining sooner than it refuses is safe.
+                    let split = scan.message(DEPTH - 2, ITEM_TEXT)?;
+                    if split.rest.contains_other("batch") {
+                        return Err(Declined);
+                    }
+                    let raw = &scan.text[start..scan.at];
+                    if read.is_empty() {
+                        // Room for as many items as the first one's length says the
+                        // body holds, and a quarter more (items differ in length): the
+                        // items are large, and growing moves them.
+                        let items = (scan.text.len() - start) / (raw.len() + 1);
+                        read.reserve(items + items / 4);
+                    }
+                    read.push(SplitItem { raw, split });
+                    Ok(())
+                })?;
+                items = Some(read);
+            }
+            "sentAt" if sent_at.is_none() => sent_at = Some(scan.string_or_null()?),
+            "writeKey" if !write_key => {
+                scan.string_or_null()?;
+                write_key = true;
+            }
+            "batch" | "sentAt" | "writeKey" | "context" | "integrations" => return Err(Declined),
+            _ => {
+                scan.raw()?;
             }
         }
         Ok(())
@@ -87,9 +125,20 @@ pub(super) fn message(text: &str) -> Result<Split<'_>, Declined> {
     if scan.at != text.len() {
         return Err(Declined);
     }
-    sort_unique(&mut rest.other)?;
-    Ok(Split { plain: m, rest })
+    let sent_at = sent_at.flatten().map(Cow::into_owned);
+    let mut items = items.ok_or(Declined)?;
+    // As `Batch::split_item`: an item without a `sentAt` of its own takes the batch's.
+    for item in &mut items {
+        if item.split.plain.sent_at.is_none() {
+            item.split.plain.sent_at.clone_from(&sent_at);
+        }
+    }
+    Ok(SplitBatch { items, sent_at })
 }
+
+/// Room first made for the parts of a batch item, whose length is known only once read:
+/// about what the realistic messages of the benchmarks take.
+const ITEM_TEXT: usize = 1024;
 
 /// A plain field's value, for [`read_plain_field`], which reads it with `next_value`.
 struct PlainValue<'a>(&'a str);
@@ -198,6 +247,53 @@ impl<'a> Scan<'a> {
                 _ => return Err(Declined),
             }
         }
+    }
+
+    /// The message object here (after any whitespace), with `depth` left of the
+    /// recursion limit, up to its closing `}`; `text` is room first made for its parts.
+    fn message(&mut self, depth: u8, text: usize) -> Result<Split<'a>, Declined> {
+        let mut m = Message::default();
+        let mut rest = Rest {
+            text: Vec::with_capacity(text),
+            ..Rest::default()
+        };
+        self.whitespace();
+        if self.peek() != Some(b'{') {
+            return Err(Declined);
+        }
+        let depth = enter(depth)?;
+        self.at += 1;
+        self.entries(|scan, key| {
+            let out = &mut rest.text;
+            // A repeated block is read again, the last one kept, as in `Message`.
+            match &*key {
+                "properties" => rest.properties = scan.object_or_null(depth, out)?,
+                "traits" => rest.traits = scan.object_or_null(depth, out)?,
+                "integrations" => rest.integrations = scan.object_or_null(depth, out)?,
+                "context" => rest.context = scan.context(depth, out)?,
+                _ => {
+                    let raw = scan.raw()?;
+                    let mut value = PlainValue(raw);
+                    if !read_plain_field!(&*key, m, value) {
+                        rest.other.push((key, raw));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        sort_unique(&mut rest.other)?;
+        Ok(Split { plain: m, rest })
+    }
+
+    /// A string or `null` here, read as `Option<String>` reads it; anything else declines.
+    fn string_or_null(&mut self) -> Result<Option<Cow<'a, str>>, Declined> {
+        if self.null() {
+            return Ok(None);
+        }
+        if self.peek() != Some(b'"') {
+            return Err(Declined);
+        }
+        self.string().map(Some)
     }
 
     /// Whether the value here is `null`, stepped over if so.
