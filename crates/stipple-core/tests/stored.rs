@@ -258,6 +258,9 @@ fn nesting_is_taken_up_to_the_reference_paths_limit() {
     }
 }
 
+/// The batch scan's limit on items, as the ingress's default.
+const LIMIT: usize = 2500;
+
 /// The text each path stores for a split message.
 fn written(split: &stipple_core::Split<'_>) -> Vec<u8> {
     split.rest.write(&split.plain).unwrap()
@@ -267,7 +270,7 @@ fn written(split: &stipple_core::Split<'_>) -> Vec<u8> {
 /// batch too, with the same `sentAt`, the same items' texts, and each item taken by
 /// `Batch::split_item` and stored alike (the batch's `sentAt` inherited alike).
 fn assert_same_batch(text: &str) -> Result<(), TestCaseError> {
-    let Some(fast) = split_batch(text) else {
+    let Some(fast) = split_batch(text, LIMIT) else {
         return Ok(());
     };
     let reference = Input::parse_batch(text.as_bytes());
@@ -320,7 +323,7 @@ fn client_batches_take_the_batch_scan() {
     };
     let items: Vec<String> = (0..3).map(item).collect();
     let text = envelope(&items, Some("2026-11-28T12:00:01.000Z"), true, 0);
-    let fast = split_batch(&text).expect("taken");
+    let fast = split_batch(&text, LIMIT).expect("taken");
     assert_eq!(fast.items.len(), 3);
     assert_eq!(fast.items[1].raw, items[1]);
     assert_eq!(
@@ -354,15 +357,25 @@ fn the_batch_scan_declines_what_the_reference_decides() {
         "[]".to_owned(),
         String::new(),
     ] {
-        assert!(split_batch(&text).is_none(), "taken: {text}");
+        assert!(split_batch(&text, LIMIT).is_none(), "taken: {text}");
     }
     // Refused items are the ingress's to answer, per item: the scan takes them.
     let refused = r#"{"type":"track","event":"E"}"#;
     let text = format!(r#"{{"batch":[{good},{refused}],"sentAt":null,"writeKey":null}}"#);
-    assert_eq!(split_batch(&text).expect("taken").items.len(), 2);
+    assert_eq!(split_batch(&text, LIMIT).expect("taken").items.len(), 2);
     assert_same_batch(&text).unwrap();
     assert_same_batch(r#"{"batch":[]}"#).unwrap();
-    assert!(split_batch(r#"{"batch":[]}"#).is_some());
+    // Up to the limit, not past it (the ingress refuses more before reading any item).
+    let items = [good; 3].join(",");
+    let text = format!(r#"{{"batch":[{items}]}}"#);
+    assert_eq!(split_batch(&text, 3).expect("taken").items.len(), 3);
+    assert!(split_batch(&text, 2).is_none());
+    // A body of tiny items makes no room past the limit either.
+    let text = format!(r#"{{"batch":[{}]}}"#, vec!["{}"; 10_000].join(","));
+    assert!(split_batch(&text, 2).is_none());
+    let text = format!(r#"{{"batch":[{good},{}]}}"#, vec!["{}"; 10_000].join(","));
+    assert!(split_batch(&text, 5).is_none());
+    assert!(split_batch(r#"{"batch":[]}"#, LIMIT).is_some());
 }
 
 proptest! {
@@ -396,7 +409,7 @@ proptest! {
         assert_same_batch(&text)?;
         if let Ok(Input::Batch(batch)) = Input::parse_batch(text.as_bytes()) {
             if (0..batch.batch.len()).all(|i| batch.split_item(i).is_some()) {
-                prop_assert!(split_batch(&text).is_some(), "declined: {}", text);
+                prop_assert!(split_batch(&text, LIMIT).is_some(), "declined: {}", text);
             }
         }
     }

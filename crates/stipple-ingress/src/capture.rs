@@ -417,18 +417,10 @@ async fn batch(
         max_message_bytes: config.max_message_bytes,
         received_at,
     };
-    let too_many = |count: usize| IngressError::TooManyItems {
-        count,
-        limit: config.max_batch_items,
-    };
-    match std::str::from_utf8(body)
-        .ok()
-        .and_then(stipple_core::split_batch)
-    {
+    // The scan stops past `max_batch_items`, which the serde_json reading then refuses.
+    let text = std::str::from_utf8(body).ok();
+    match text.and_then(|text| stipple_core::split_batch(text, config.max_batch_items)) {
         Some(scanned) => {
-            if scanned.items.len() > config.max_batch_items {
-                return Err(too_many(scanned.items.len()));
-            }
             let sent_at = scanned.sent_at.as_deref();
             for (index, item) in scanned.items.into_iter().enumerate() {
                 items.take(index, item.raw, sent_at, || Ok(Read::Split(item.split)));
@@ -437,7 +429,10 @@ async fn batch(
         None => {
             let batch = parse_batch(body)?;
             if batch.batch.len() > config.max_batch_items {
-                return Err(too_many(batch.batch.len()));
+                return Err(IngressError::TooManyItems {
+                    count: batch.batch.len(),
+                    limit: config.max_batch_items,
+                });
             }
             let sent_at = batch.sent_at.as_deref();
             for (index, raw) in batch.batch.iter().enumerate() {

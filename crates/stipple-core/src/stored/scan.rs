@@ -66,9 +66,9 @@ pub(super) fn message(text: &str) -> Result<Split<'_>, Declined> {
 /// read as [`message`] reads a whole text, `sentAt` as [`crate::Batch`] reads it. Declines
 /// an envelope with `context` or `integrations` (which [`crate::Batch`] merges into
 /// every item), a key of its own repeated (which [`crate::Batch`] refuses), an item it
-/// declines or one holding a `batch` key (as [`super::split`] declines it), and anything
-/// that is not such an object.
-pub(super) fn batch(text: &str) -> Result<SplitBatch<'_>, Declined> {
+/// declines or one holding a `batch` key (as [`super::split`] declines it), more than
+/// `max_items` items, and anything that is not such an object.
+pub(super) fn batch(text: &str, max_items: usize) -> Result<SplitBatch<'_>, Declined> {
     let mut scan = Scan { text, at: 0 };
     scan.whitespace();
     if scan.peek() != Some(b'{') {
@@ -88,6 +88,11 @@ pub(super) fn batch(text: &str) -> Result<SplitBatch<'_>, Declined> {
                 scan.at += 1;
                 let mut read = Vec::new();
                 scan.elements(|scan| {
+                    // Past the limit, the reference path refuses the batch before it
+                    // reads any item: no reading (and no memory) for what is refused.
+                    if read.len() == max_items {
+                        return Err(Declined);
+                    }
                     scan.whitespace();
                     let start = scan.at;
                     // Two levels below the envelope's top, where `serde_json` counts
@@ -102,7 +107,7 @@ pub(super) fn batch(text: &str) -> Result<SplitBatch<'_>, Declined> {
                         // body holds, and a quarter more (items differ in length): the
                         // items are large, and growing moves them.
                         let items = (scan.text.len() - start) / (raw.len() + 1);
-                        read.reserve(items + items / 4);
+                        read.reserve((items + items / 4).min(max_items));
                     }
                     read.push(SplitItem { raw, split });
                     Ok(())
