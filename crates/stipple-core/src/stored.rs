@@ -85,8 +85,9 @@ pub struct SplitItem<'a> {
 /// `None` when it declines any part or the body holds more than `max_items` items (the
 /// caller's limit, which it refuses a batch over: the scan stops there, so a body of many
 /// tiny items costs no more than the limit's worth), and then
-/// [`crate::Input::parse_batch`] and [`crate::Batch::item`] decide. Where it reads a body, it reads what they read: the
-/// same items, each as [`crate::Batch::split_item`] gives it, and the same `sentAt`.
+/// [`crate::Input::parse_batch`] and [`crate::Batch::item`] decide. Where it reads a
+/// body, it reads what they read: the same items, each as [`crate::Batch::split_item`]
+/// gives it, and the same `sentAt`.
 /// Why: [`crate::Batch`] keeps its items as `RawValue`s, which `serde_json` finds the
 /// end of by stepping over each item's text, before the scan reads that text again
 /// (about a sixth of the instructions of an event in a batch, docs/performance.md).

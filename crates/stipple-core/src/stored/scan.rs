@@ -80,40 +80,7 @@ pub(super) fn batch(text: &str, max_items: usize) -> Result<SplitBatch<'_>, Decl
     let mut write_key = false;
     scan.entries(|scan, key| {
         match &*key {
-            "batch" if items.is_none() => {
-                scan.whitespace();
-                if scan.peek() != Some(b'[') {
-                    return Err(Declined);
-                }
-                scan.at += 1;
-                let mut read = Vec::new();
-                scan.elements(|scan| {
-                    // Past the limit, the reference path refuses the batch before it
-                    // reads any item: no reading (and no memory) for what is refused.
-                    if read.len() == max_items {
-                        return Err(Declined);
-                    }
-                    scan.whitespace();
-                    let start = scan.at;
-                    // Two levels below the envelope's top, where `serde_json` counts
-                    // the limit from: declining sooner than it refuses is safe.
-                    let split = scan.message(DEPTH - 2, ITEM_TEXT)?;
-                    if split.rest.contains_other("batch") {
-                        return Err(Declined);
-                    }
-                    let raw = &scan.text[start..scan.at];
-                    if read.is_empty() {
-                        // Room for as many items as the first one's length says the
-                        // body holds, and a quarter more (items differ in length): the
-                        // items are large, and growing moves them.
-                        let items = (scan.text.len() - start) / (raw.len() + 1);
-                        read.reserve((items + items / 4).min(max_items));
-                    }
-                    read.push(SplitItem { raw, split });
-                    Ok(())
-                })?;
-                items = Some(read);
-            }
+            "batch" if items.is_none() => items = Some(scan.batch_items(max_items)?),
             "sentAt" if sent_at.is_none() => sent_at = Some(scan.string_or_null()?),
             "writeKey" if !write_key => {
                 scan.string_or_null()?;
@@ -288,6 +255,43 @@ impl<'a> Scan<'a> {
         })?;
         sort_unique(&mut rest.other)?;
         Ok(Split { plain: m, rest })
+    }
+
+    /// The items of the `batch` array here, each read as [`Scan::message`] reads a
+    /// message, with its text; declines past `max_items` items.
+    fn batch_items(&mut self, max_items: usize) -> Result<Vec<SplitItem<'a>>, Declined> {
+        self.whitespace();
+        if self.peek() != Some(b'[') {
+            return Err(Declined);
+        }
+        self.at += 1;
+        let mut items = Vec::new();
+        self.elements(|scan| {
+            // Past the limit, the reference path refuses the batch before it reads any
+            // item: no reading (and no memory) for what is refused.
+            if items.len() == max_items {
+                return Err(Declined);
+            }
+            scan.whitespace();
+            let start = scan.at;
+            // Two levels below the envelope's top, where `serde_json` counts the limit
+            // from: declining sooner than it refuses is safe.
+            let split = scan.message(DEPTH - 2, ITEM_TEXT)?;
+            if split.rest.contains_other("batch") {
+                return Err(Declined);
+            }
+            let raw = &scan.text[start..scan.at];
+            if items.is_empty() {
+                // Room for as many items as the first one's length says the body holds,
+                // and a quarter more (items differ in length): the items are large, and
+                // growing moves them.
+                let count = (scan.text.len() - start) / (raw.len() + 1);
+                items.reserve((count + count / 4).min(max_items));
+            }
+            items.push(SplitItem { raw, split });
+            Ok(())
+        })?;
+        Ok(items)
     }
 
     /// A string or `null` here, read as `Option<String>` reads it; anything else declines.
