@@ -134,7 +134,8 @@ pub(crate) struct PurgeArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RejectedCommand {
-    /// List rejected input, oldest first: id, time, source, batch index, code, message, input.
+    /// List rejected input, oldest first, a line each: id, time, source (with `item N` for a
+    /// batch item), `code: message`, the input as received; tab-separated.
     List {
         #[command(flatten)]
         list: ListArgs,

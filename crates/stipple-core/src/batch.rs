@@ -38,8 +38,7 @@ impl Batch {
                 format!("no batch item {index}"),
             )
         })?;
-        let mut message: Message =
-            serde_json::from_str(raw.get()).map_err(|e| ValidationError::from_json(&e))?;
+        let mut message: Message = ValidationError::read(raw.get().as_bytes())?;
         if let Some(defaults) = &self.context {
             message
                 .context
@@ -146,13 +145,9 @@ impl Input {
         let probe: std::collections::BTreeMap<std::borrow::Cow<'_, str>, serde::de::IgnoredAny> =
             serde_json::from_slice(json).map_err(|e| ValidationError::from_json(&e))?;
         if probe.contains_key("batch") {
-            serde_json::from_slice(json)
-                .map(Input::Batch)
-                .map_err(|e| ValidationError::from_json(&e))
+            ValidationError::read(json).map(Input::Batch)
         } else {
-            serde_json::from_slice(json)
-                .map(|m| Input::Message(Box::new(m)))
-                .map_err(|e| ValidationError::from_json(&e))
+            ValidationError::read(json).map(|m| Input::Message(Box::new(m)))
         }
     }
 }
@@ -198,10 +193,46 @@ mod tests {
             batch.item(1).unwrap_err().code,
             crate::ErrorCode::InvalidMessage
         );
-        assert_eq!(
-            batch.item(2).unwrap_err().code,
-            crate::ErrorCode::InvalidMessage
+        let error = batch.item(2).unwrap_err();
+        assert_eq!(error.code, crate::ErrorCode::InvalidMessage);
+        assert!(
+            error.message.starts_with("userId: invalid type: map"),
+            "{}",
+            error.message
         );
+    }
+
+    /// A field of the wrong type is named, however deep; a body that is no object is
+    /// said to be one.
+    #[test]
+    fn type_errors_name_the_field() {
+        for (body, start) in [
+            (
+                r#"{"type":"track","userId":["u"]}"#,
+                "userId: invalid type: sequence",
+            ),
+            (
+                r#"{"type":"track","userId":"u","timestamp":5}"#,
+                "timestamp: invalid type: integer",
+            ),
+            (
+                r#"{"type":"track","userId":"u","context":5}"#,
+                "context: invalid type: integer",
+            ),
+            (
+                r#"{"batch":[],"sentAt":5}"#,
+                "sentAt: invalid type: integer",
+            ),
+            ("[1]", "invalid type: sequence"),
+        ] {
+            let error = Input::parse(body.as_bytes()).unwrap_err();
+            assert_eq!(error.code, crate::ErrorCode::InvalidMessage, "{body}");
+            assert!(
+                error.message.starts_with(start),
+                "{body}: {}",
+                error.message
+            );
+        }
     }
 
     /// The one-pass readings answer exactly as reading the keys first does.

@@ -22,6 +22,32 @@ impl ValidationError {
         }
     }
 
+    /// Reads `json` as a `T`; on failure, a classified error (see [`Self::from_json`])
+    /// whose message names the field at fault (`context.traits.age: invalid type: ...`).
+    /// The field is found by reading the text again, so only failures pay for it.
+    pub fn read<'a, T: serde::Deserialize<'a>>(json: &'a [u8]) -> Result<T, Self> {
+        crate::from_json(json).map_err(|e| Self::from_json_at::<T>(json, &e))
+    }
+
+    /// [`Self::from_json`] for an error met reading `json` as a `T`, naming the field at
+    /// fault.
+    fn from_json_at<'a, T: serde::Deserialize<'a>>(
+        json: &'a [u8],
+        err: &serde_json::Error,
+    ) -> Self {
+        let mut error = Self::from_json(err);
+        if error.code == ErrorCode::InvalidMessage {
+            let mut reader = serde_json::Deserializer::from_slice(json);
+            if let Err(e) = serde_path_to_error::deserialize::<_, T>(&mut reader) {
+                let path = e.path().to_string();
+                if path != "." {
+                    error.message = format!("{path}: {}", error.message);
+                }
+            }
+        }
+        error
+    }
+
     /// Classifies a `serde_json` error met while reading one message.
     pub fn from_json(err: &serde_json::Error) -> Self {
         let code = match err.classify() {

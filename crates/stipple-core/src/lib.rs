@@ -27,6 +27,7 @@ mod event;
 mod map;
 mod message;
 mod stored;
+mod surrogates;
 mod time;
 mod transcode;
 mod validate;
@@ -37,6 +38,7 @@ pub use event::{EventTime, PointillistEvent};
 pub use map::{MAX_ATTRIBUTE_BYTES, MapConfig, MapError, Mapper, POINTILLIST};
 pub use message::{Context, Id, Message, MessageType, RawMap};
 pub use stored::{Rest, Split, SplitBatch, SplitItem, split, split_batch};
+pub use surrogates::replace_lone_surrogates;
 pub use time::{format_timestamp, parse_timestamp};
 pub use validate::{MAX_MESSAGE_ID_LEN, ValidMessage};
 

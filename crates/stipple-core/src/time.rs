@@ -1,15 +1,27 @@
 //! ISO-8601 timestamps in, RFC 3339 UTC with milliseconds out.
 
-use chrono::{DateTime, Datelike as _, NaiveDateTime, SecondsFormat, Timelike as _, Utc};
+use chrono::{
+    DateTime, Datelike as _, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, Timelike as _, Utc,
+};
 
 /// Parses a Segment timestamp: RFC 3339 with any offset; ISO 8601's other offset forms
-/// (`+0100`, `+01`: Java's `SimpleDateFormat` writes the first); or a date-time without
-/// an offset, which is taken as UTC (some server libraries send those).
+/// (`+0100`, `+01`: Java's `SimpleDateFormat` writes the first); a date-time without an
+/// offset, which is taken as UTC (some server libraries send those); ISO 8601's reduced
+/// precisions, minutes without seconds (`2026-11-28T12:00Z`) or a date alone (its
+/// midnight, UTC); and its comma as the decimal sign (`12:00:00,5Z`).
 pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     if let Some(t) = parse_canonical(text.as_bytes()) {
         return Some(t);
     }
     let text = text.trim();
+    if let Some((whole, fraction)) = text.split_once(',') {
+        return parse_general(&format!("{whole}.{fraction}"));
+    }
+    parse_general(text)
+}
+
+/// [`parse_timestamp`]'s forms but the fast path's and the comma's.
+fn parse_general(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Some(t.with_timezone(&Utc));
     }
@@ -24,7 +36,15 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
             return Some(t.and_utc());
         }
     }
-    None
+    if let Ok(t) = DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M%#z") {
+        return Some(t.with_timezone(&Utc));
+    }
+    if let Ok(t) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M") {
+        return Some(t.and_utc());
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .map(|date| date.and_time(NaiveTime::MIN).and_utc())
 }
 
 /// The fast path for the form the ingress itself writes, `2026-11-28T12:00:00.123Z`,
@@ -210,6 +230,15 @@ mod tests {
         check("2026-11-28T12:00:00", Some("2026-11-28T12:00:00.000Z"));
         check("2026-11-28 12:00:00.25", Some("2026-11-28T12:00:00.250Z"));
         check(" 2026-11-28T12:00:00Z ", Some("2026-11-28T12:00:00.000Z"));
+        check("2026-11-28T12:00Z", Some("2026-11-28T12:00:00.000Z"));
+        check("2026-11-28T13:00+01:00", Some("2026-11-28T12:00:00.000Z"));
+        check("2026-11-28T12:00", Some("2026-11-28T12:00:00.000Z"));
+        check("2026-11-28", Some("2026-11-28T00:00:00.000Z"));
+        check("2026-11-28T12:00:00,25Z", Some("2026-11-28T12:00:00.250Z"));
+        check("2026-11-28T12:00:00,25", Some("2026-11-28T12:00:00.250Z"));
+        check("2026-11-28T12:00:00,25,5Z", None);
+        check("2026-11-28T12Z", None);
+        check("2026-11", None);
         check("yesterday", None);
         check("", None);
         check("2026-13-28T12:00:00Z", None);

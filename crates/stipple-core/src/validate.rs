@@ -32,7 +32,7 @@ fn check_time(
         Some(text) => parse_timestamp(text).map(Some).ok_or_else(|| {
             ValidationError::new(
                 ErrorCode::InvalidTimestamp,
-                format!("{field} {text:?} is not an ISO-8601 date-time"),
+                format!("{field} {text:?} is not an ISO-8601 date-time (such as 2026-11-28T12:00:00.000Z)"),
             )
         }),
     }
@@ -154,24 +154,32 @@ impl ValidMessage {
     /// What the ingress does on receipt: `receivedAt` is its clock, `originalTimestamp`
     /// the client's `timestamp`, and `timestamp` is corrected for the client's clock
     /// skew: `receivedAt - (sentAt - originalTimestamp)` when the client sent both,
-    /// its own `timestamp` when it sent no `sentAt`, `receivedAt` when it sent no time.
+    /// its own `timestamp` when it sent no `sentAt`, `receivedAt` when it sent no
+    /// `timestamp`.
     ///
-    /// Applying it twice with the same `received_at` changes nothing more.
+    /// A message that already carries an `originalTimestamp` (one an ingress saw before:
+    /// Segment's Webhooks destination, an export, a replay) keeps it, and the correction
+    /// starts from it: it was read from the same clock as `sentAt`, where its `timestamp`
+    /// has been corrected already. So applying this twice with the same `received_at`
+    /// changes nothing more.
     pub fn apply_received_at(&mut self, received_at: DateTime<Utc>) {
         let m = &mut self.message;
-        let original = m
-            .original_timestamp
-            .as_deref()
-            .or(m.timestamp.as_deref())
-            .and_then(parse_timestamp);
+        let timestamp = m.timestamp.as_deref().and_then(parse_timestamp);
         let sent_at = m.sent_at.as_deref().and_then(parse_timestamp);
-        let corrected = match (original, sent_at) {
-            // Checked: times near the calendar's ends (year ±262,000) overflow it; the
-            // client's own time then stands, as without `sentAt`.
-            (Some(original), Some(sent_at)) => received_at
-                .checked_sub_signed(sent_at.signed_duration_since(original))
-                .unwrap_or(original),
-            (Some(original), None) => original,
+        let corrected = match (timestamp, sent_at) {
+            (Some(timestamp), Some(sent_at)) => {
+                let original = m
+                    .original_timestamp
+                    .as_deref()
+                    .and_then(parse_timestamp)
+                    .unwrap_or(timestamp);
+                // Checked: times near the calendar's ends (year ±262,000) overflow it;
+                // the client's own time then stands, as without `sentAt`.
+                received_at
+                    .checked_sub_signed(sent_at.signed_duration_since(original))
+                    .unwrap_or(original)
+            }
+            (Some(timestamp), None) => timestamp,
             (None, _) => received_at,
         };
         if m.original_timestamp.is_none() {
@@ -320,6 +328,42 @@ mod tests {
         );
         assert_eq!(m.timestamp.as_deref(), Some("2026-11-28T12:00:00.000Z"));
         assert_eq!(m.original_timestamp, None);
+    }
+
+    #[test]
+    fn a_client_s_original_timestamp_is_kept_and_corrected_from_only_with_sent_at() {
+        // No sentAt: the client's timestamp stands, whatever originalTimestamp says.
+        let m = stamped(
+            json!({"type": "track", "event": "E", "userId": "u",
+                   "timestamp": "2025-05-05T05:05:05Z", "originalTimestamp": "2001-01-01T00:00:00Z"}),
+            "2026-11-28T12:00:00Z",
+        );
+        assert_eq!(m.timestamp.as_deref(), Some("2025-05-05T05:05:05.000Z"));
+        assert_eq!(
+            m.original_timestamp.as_deref(),
+            Some("2001-01-01T00:00:00Z")
+        );
+        // No timestamp: receivedAt, whatever originalTimestamp says.
+        let m = stamped(
+            json!({"type": "track", "event": "E", "userId": "u",
+                   "originalTimestamp": "2001-01-01T00:00:00Z"}),
+            "2026-11-28T12:00:00Z",
+        );
+        assert_eq!(m.timestamp.as_deref(), Some("2026-11-28T12:00:00.000Z"));
+        // A forwarded message: timestamp corrected by an ingress before (server clock),
+        // originalTimestamp and sentAt from the device, 1 h fast; sent 10 s after it
+        // happened, received here at 12:00:10.
+        let m = stamped(
+            json!({"type": "track", "event": "E", "userId": "u",
+                   "timestamp": "2026-11-28T12:00:00Z", "originalTimestamp": "2026-11-28T13:00:00Z",
+                   "sentAt": "2026-11-28T13:00:10Z"}),
+            "2026-11-28T12:00:10Z",
+        );
+        assert_eq!(m.timestamp.as_deref(), Some("2026-11-28T12:00:00.000Z"));
+        assert_eq!(
+            m.original_timestamp.as_deref(),
+            Some("2026-11-28T13:00:00Z")
+        );
     }
 
     #[test]

@@ -124,6 +124,9 @@ async fn handle(
         Some(source) => source,
         None => crate::auth::authenticate_body(&state.shared.sources, &bytes)?,
     };
+    // A lone surrogate's escape would fail the whole body: it reads as U+FFFD, as in
+    // Segment's API (see `stipple_core::replace_lone_surrogates`).
+    let bytes = stipple_core::replace_lone_surrogates(&bytes);
     let received_at = state.shared.clock.now();
     match endpoint {
         Endpoint::Single(kind) => single(&state, source, kind, &bytes, received_at).await,

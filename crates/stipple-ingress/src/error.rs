@@ -87,9 +87,14 @@ pub enum IngressError {
     BadAuthorization,
     /// 404: a path that is not part of the Tracking API.
     #[error(
-        "no such endpoint: post to /v1/batch, /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/group or /v1/alias"
+        "no such endpoint: post to /v1/batch, /v1/track, /v1/identify, /v1/page, /v1/screen, \
+         /v1/group, /v1/alias or /v1/import (or the browser library's /v1/b, /v1/t, /v1/i, \
+         /v1/p, /v1/s, /v1/g, /v1/a)"
     )]
     NoSuchEndpoint,
+    /// 405: a Tracking API path asked with another method than `POST`.
+    #[error("{0} is not allowed here: the Tracking API takes events by POST")]
+    MethodNotAllowed(axum::http::Method),
     /// 503: too many requests being stored at once.
     #[error("the ingress is busy: retry after {RETRY_AFTER_OVERLOAD_SECS} second(s)")]
     Overloaded,
@@ -117,6 +122,7 @@ impl IngressError {
             Self::UnknownWriteKey => "unknown_write_key",
             Self::BadAuthorization => "bad_authorization",
             Self::NoSuchEndpoint => "no_such_endpoint",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Overloaded => "overloaded",
             Self::Store(_) => "store_unavailable",
         }
@@ -141,6 +147,7 @@ impl IngressError {
                 (StatusCode::UNAUTHORIZED, None)
             }
             Self::NoSuchEndpoint => (StatusCode::NOT_FOUND, None),
+            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, None),
             // The data was never taken. Not 408: analytics-python and the browser library
             // retry only 429 and 5xx, and drop what got any other 4xx.
             Self::BodyTimeout { .. } | Self::Overloaded => (
@@ -155,6 +162,22 @@ impl IngressError {
     }
 }
 
+impl IngressError {
+    /// Whether the request's body may have been left partly unread: refused for its
+    /// size or its room before or while it was read, cut off by the body timeout, or
+    /// unreadable.
+    fn leaves_body_unread(&self) -> bool {
+        matches!(
+            self,
+            Self::MessageTooLarge { .. }
+                | Self::BatchTooLarge { .. }
+                | Self::BodyTimeout { .. }
+                | Self::UnreadableBody(_)
+                | Self::Overloaded
+        )
+    }
+}
+
 impl IntoResponse for IngressError {
     fn into_response(self) -> Response {
         let (status, retry_after) = self.status();
@@ -164,6 +187,18 @@ impl IntoResponse for IngressError {
             "message": self.to_string(),
         });
         let mut response = (status, Json(body)).into_response();
+        if self.leaves_body_unread() {
+            // The rest of the body would be read as the next request: hyper closes the
+            // connection after this answer, and the header tells the client so.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if matches!(self, Self::MethodNotAllowed(_)) {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
         if let Some(seconds) = retry_after {
             response
                 .headers_mut()

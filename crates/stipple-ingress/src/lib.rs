@@ -111,13 +111,15 @@ pub fn router(state: IngressState) -> Router {
         let handler = post(move |State(state): State<IngressState>, request: Request| {
             capture::answer(state, endpoint, request)
         })
-        .fallback(|State(state): State<IngressState>| async move {
-            state
-                .shared
-                .counters
-                .request(StatusCode::METHOD_NOT_ALLOWED);
-            (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")])
-        });
+        .fallback(
+            |State(state): State<IngressState>, method: Method| async move {
+                state
+                    .shared
+                    .counters
+                    .request(StatusCode::METHOD_NOT_ALLOWED);
+                IngressError::MethodNotAllowed(method)
+            },
+        );
         api = api
             .route(&format!("/v1/{name}"), handler.clone())
             .route(&format!("/v1/{name}/"), handler);

@@ -236,6 +236,45 @@ async fn content_types() {
     assert_eq!(h.events().await.len(), 5);
 }
 
+/// A string cut inside an emoji (`JSON.stringify` writes its lone half as an escape)
+/// costs the message nothing but that character: it reads as U+FFFD, as in Segment's API.
+#[tokio::test]
+async fn lone_surrogate_escapes_read_as_the_replacement_character() {
+    let h = Harness::new();
+    let ok = json!({"success": true});
+    let single = r#"{"type":"track","userId":"u","event":"Viewed \ud83d","properties":{"title":"a\ude00b \ud83d\ude00"}}"#;
+    h.check(
+        post("/v1/track")
+            .basic("wk_web:")
+            .raw(single.to_owned())
+            .build(),
+        200,
+        ok.clone(),
+    )
+    .await;
+    let stored = h.last_event().await.payload;
+    assert_eq!(stored["event"], "Viewed \u{fffd}", "{stored}");
+    assert_eq!(
+        stored["properties"]["title"], "a\u{fffd}b \u{1f600}",
+        "{stored}"
+    );
+
+    let batch = r#"{"batch":[{"type":"track","userId":"u","event":"E \udc00"},{"type":"identify","userId":"u","traits":{"name":"\ud83d"}}]}"#;
+    h.check(
+        post("/v1/batch")
+            .basic("wk_web:")
+            .raw(batch.to_owned())
+            .build(),
+        200,
+        ok,
+    )
+    .await;
+    let events = h.events().await;
+    let last = &events[events.len() - 2..];
+    assert_eq!(last[0].payload["event"], "E \u{fffd}");
+    assert_eq!(last[1].payload["traits"]["name"], "\u{fffd}");
+}
+
 #[tokio::test]
 async fn gzip_bodies_and_the_gzip_bomb() {
     let h = Harness::new();
@@ -1127,12 +1166,25 @@ async fn cors_preflight_and_headers_on_every_answer_to_a_browser() {
 #[tokio::test]
 async fn unknown_paths_are_404() {
     let h = Harness::new();
-    h.check(
-        post("/v1/nope").basic("wk_web:").json(track()).build(),
-        404,
-        json!({"code": "no_such_endpoint"}),
-    )
-    .await;
+    let (_, body) = h
+        .check(
+            post("/v1/nope").basic("wk_web:").json(track()).build(),
+            404,
+            json!({"code": "no_such_endpoint"}),
+        )
+        .await;
+    // The answer names every path there is.
+    let message = body["message"].as_str().unwrap();
+    for name in [
+        "batch", "track", "identify", "page", "screen", "group", "alias", "import", "b", "t", "i",
+        "p", "s", "g", "a",
+    ] {
+        let path = format!("/v1/{name}");
+        let named = message
+            .match_indices(&path)
+            .any(|(at, _)| matches!(message.as_bytes()[at + path.len()], b',' | b' ' | b')'));
+        assert!(named, "{path} not in {message}");
+    }
     h.check(
         post("/v2/track").basic("wk_web:").json(track()).build(),
         404,
@@ -1297,7 +1349,14 @@ async fn metrics_text_has_the_counters_and_the_store_gauges() {
     .await;
     h.check(post("/v1/track").json(track()).build(), 401, Value::Null)
         .await;
-    let (headers, _) = h.check(get("/v1/track").build(), 405, Value::Null).await;
+    let (headers, _) = h
+        .check(
+            get("/v1/track").build(),
+            405,
+            json!({"success": false, "code": "method_not_allowed",
+                   "message": "GET is not allowed here: the Tracking API takes events by POST"}),
+        )
+        .await;
     assert_eq!(headers["allow"], "POST");
 
     let (headers, text) = h.check(get("/metrics").build(), 200, Value::Null).await;

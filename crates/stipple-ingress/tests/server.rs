@@ -191,6 +191,55 @@ async fn a_client_that_stops_sending_after_its_request_still_gets_the_answer() {
     assert!(read.is_ok(), "a half-closed connection was kept open");
 }
 
+/// A request refused for its body's size leaves that body unread: the answer says the
+/// connection closes, and it does, where a refusal that read its small body keeps it.
+#[tokio::test]
+async fn a_body_refused_unread_closes_the_connection_and_says_so() {
+    let (addr, _stop, _task) = start(ServerConfig::default()).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let body = format!(
+        r#"{{"userId":"u1","event":"E","properties":{{"pad":"{}"}}}}"#,
+        "x".repeat(40 * 1024)
+    );
+    let request = format!(
+        "POST /v1/track HTTP/1.1\r\nhost: stipple\r\nauthorization: {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        basic("wk_web:"),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let answer = tokio::time::timeout(HANG, read_answer(&mut stream))
+        .await
+        .expect("no answer");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("message_too_large"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{answer}"
+    );
+    let read = tokio::time::timeout(HANG, read_to_close(&mut stream)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+
+    // A wrong key, refused with its small body read: the connection serves on.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let wrong_key = String::from_utf8(track_request())
+        .unwrap()
+        .replace(&basic("wk_web:"), &basic("nobody:"));
+    stream.write_all(wrong_key.as_bytes()).await.unwrap();
+    let answer = tokio::time::timeout(HANG, read_answer(&mut stream))
+        .await
+        .expect("no answer");
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    stream.write_all(&track_request()).await.unwrap();
+    answered_200(&mut stream, "no answer on the same connection").await;
+}
+
 #[tokio::test]
 async fn at_the_connection_limit_a_new_connection_waits_for_one_to_close() {
     let (addr, _stop, _task) = start(ServerConfig {

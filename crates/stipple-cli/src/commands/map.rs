@@ -10,6 +10,8 @@ use crate::cli::MapArgs;
 
 pub(crate) fn run(args: &MapArgs) -> anyhow::Result<ExitCode> {
     let input = read_input(args)?;
+    // As the ingress reads a body: a lone surrogate's escape reads as U+FFFD.
+    let input = stipple_core::replace_lone_surrogates(&input);
     let mapper = Mapper::new(MapConfig {
         event_source: args.event_source.clone(),
         actor_type: args.actor_type.clone(),
