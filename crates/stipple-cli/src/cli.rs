@@ -153,10 +153,15 @@ pub(crate) struct MapArgs {
     /// File of Segment messages; `-` or nothing reads standard input.
     pub(crate) file: Option<PathBuf>,
     /// The `eventSource` of every event.
-    #[arg(long, default_value = "segment", value_name = "NAME")]
+    #[arg(
+        long,
+        default_value = "segment",
+        value_name = "NAME",
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
     pub(crate) event_source: String,
-    /// The primary actor type.
-    #[arg(long, default_value = "customer", value_name = "TYPE")]
+    /// The primary actor type (not `account`, the group call's).
+    #[arg(long, default_value = "customer", value_name = "TYPE", value_parser = actor_type)]
     pub(crate) actor_type: String,
     /// Pretty-print each event over several lines instead of one line each.
     #[arg(long)]
@@ -183,7 +188,7 @@ pub(crate) struct MockArgs {
         long,
         default_value = stipple_mock::DEFAULT_ACTOR_TYPE,
         value_name = "TYPE",
-        value_parser = clap::builder::NonEmptyStringValueParser::new()
+        value_parser = actor_type
     )]
     pub(crate) actor_type: String,
     /// Share of requests (0 to 1) answered with a 5xx.
@@ -207,6 +212,18 @@ pub(crate) struct MockArgs {
     /// Only count accepted events instead of keeping them (for load tests).
     #[arg(long)]
     pub(crate) no_record: bool,
+}
+
+/// An actor type as `pointillist.actor_type` takes it: not empty, not the group call's.
+fn actor_type(text: &str) -> Result<String, String> {
+    match text {
+        "" => Err("an actor type must not be empty".to_owned()),
+        stipple_core::ACCOUNT => Err(format!(
+            "the actor type must not be \"{}\": group calls send their group as that actor",
+            stipple_core::ACCOUNT
+        )),
+        _ => Ok(text.to_owned()),
+    }
 }
 
 #[cfg(test)]

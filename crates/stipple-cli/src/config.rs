@@ -538,6 +538,12 @@ impl Config {
         if p.actor_type.is_empty() {
             bail!("pointillist.actor_type must not be empty");
         }
+        if p.actor_type == stipple_core::ACCOUNT {
+            bail!(
+                "pointillist.actor_type must not be \"{}\": group calls send their group as that actor",
+                stipple_core::ACCOUNT
+            );
+        }
         if p.concurrency == 0 {
             bail!("pointillist.concurrency must be at least 1");
         }
@@ -814,6 +820,13 @@ mod tests {
                 MINIMAL.replace("[pointillist]\n", "[pointillist]\nconcurrency = 2\n")
             ),
             "delivery.threads (3) must be at most pointillist.concurrency (2)",
+        );
+        check(
+            &MINIMAL.replace(
+                "[pointillist]\n",
+                "[pointillist]\nactor_type = \"account\"\n",
+            ),
+            "pointillist.actor_type must not be \"account\"",
         );
     }
 

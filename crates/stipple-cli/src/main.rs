@@ -17,8 +17,11 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match commands::run(cli) {
         Ok(code) => code,
+        // The reader of the output stopped reading, as `head` does: what it wanted, it has.
+        Err(err) if commands::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr().lock(), "error: {err:#}");
             ExitCode::from(2)
         }
     }

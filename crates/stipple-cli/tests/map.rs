@@ -114,3 +114,40 @@ fn a_missing_file_is_a_clear_error() {
             .contains("cannot read /nonexistent/stipple-input.jsonl")
     );
 }
+
+/// `stipple map ... | head`: once the reader of its output has gone, it stops quietly
+/// and successfully, however much was left to write (no panic, no error).
+#[test]
+fn a_reader_that_goes_away_ends_it_quietly() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.jsonl");
+    // Far more output than a pipe holds, and a refused line now and then for stderr.
+    let mut input = String::new();
+    for i in 0..40_000 {
+        input.push_str(if i % 100 == 0 {
+            "{\"type\":\"nope\"}"
+        } else {
+            GOOD
+        });
+        input.push('\n');
+    }
+    std::fs::write(&path, input).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stipple"))
+        .args(["map", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("stipple runs");
+    let mut first = [0u8; 100];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+}

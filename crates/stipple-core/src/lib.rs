@@ -35,7 +35,7 @@ mod validate;
 pub use batch::{Batch, Input, from_json};
 pub use error::{ErrorCode, ValidationError};
 pub use event::{EventTime, PointillistEvent};
-pub use map::{MAX_ATTRIBUTE_BYTES, MapConfig, MapError, Mapper, POINTILLIST};
+pub use map::{ACCOUNT, MAX_ATTRIBUTE_BYTES, MapConfig, MapError, Mapper, POINTILLIST};
 pub use message::{Context, Id, Message, MessageType, RawMap};
 pub use stored::{Rest, Split, SplitBatch, SplitItem, split, split_batch};
 pub use surrogates::replace_lone_surrogates;

@@ -62,8 +62,9 @@ pub struct Mapper {
     config: MapConfig,
 }
 
-/// The secondary actor type of a group call.
-pub(crate) const ACCOUNT: &str = "account";
+/// The secondary actor type of a group call, which the primary one (`actor_type`) must
+/// not be.
+pub const ACCOUNT: &str = "account";
 
 impl Mapper {
     /// A mapper with the given settings.

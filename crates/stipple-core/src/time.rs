@@ -14,10 +14,23 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
         return Some(t);
     }
     let text = text.trim();
-    if let Some((whole, fraction)) = text.split_once(',') {
-        return parse_general(&format!("{whole}.{fraction}"));
+    let parsed = match text.split_once(',') {
+        Some((whole, fraction)) => parse_general(&format!("{whole}.{fraction}")),
+        None => parse_general(text),
+    }?;
+    // A second `:60` (chrono takes it at any minute, in any offset) is read as the end
+    // of second 59, as Java's `Instant` reads a leap second: no receiver of an RFC 3339
+    // time has to know the leap seconds, and most refuse the ones that are not.
+    match parsed.nanosecond().checked_sub(1_000_000_000) {
+        Some(nanos) => parsed.with_nanosecond(nanos),
+        None => Some(parsed),
     }
-    parse_general(text)
+}
+
+/// Whether `time` can be written as RFC 3339 (years 0000 to 9999), as Pointillist's
+/// `eventTime` must be.
+pub(crate) fn is_rfc3339_year(time: DateTime<Utc>) -> bool {
+    (0..=9999).contains(&time.year())
 }
 
 /// [`parse_timestamp`]'s forms but the fast path's and the comma's.
@@ -239,6 +252,11 @@ mod tests {
         check("2026-11-28T12:00:00,25,5Z", None);
         check("2026-11-28T12Z", None);
         check("2026-11", None);
+        check("2026-11-28T23:59:60Z", Some("2026-11-28T23:59:59.000Z"));
+        check(
+            "2026-11-28T10:30:60.250-05:00",
+            Some("2026-11-28T15:30:59.250Z"),
+        );
         check("yesterday", None);
         check("", None);
         check("2026-13-28T12:00:00Z", None);

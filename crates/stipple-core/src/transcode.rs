@@ -30,7 +30,7 @@ use serde_json::Number;
 use crate::event::EventTime;
 use crate::map::{ACCOUNT, Mapper, POINTILLIST};
 use crate::message::{IdText, MessageType, Text, read_plain_field};
-use crate::time::parse_timestamp;
+use crate::time::{is_rfc3339_year, parse_timestamp};
 use crate::validate::MAX_MESSAGE_ID_LEN;
 
 /// Maps `text` on the fast path: `None` when it declines the message (the caller takes
@@ -518,11 +518,14 @@ impl<'de> Deserialize<'de> for View<'de> {
     }
 }
 
-/// A timestamp field: `Some(None)` when absent, `None` when it does not parse.
+/// A timestamp field: `Some(None)` when absent, `None` when validation would refuse it
+/// (it does not parse, or falls outside RFC 3339's years).
 fn time(field: &Option<Text<'_>>) -> Option<Option<chrono::DateTime<chrono::Utc>>> {
     match field {
         None => Some(None),
-        Some(text) => parse_timestamp(text).map(Some),
+        Some(text) => parse_timestamp(text)
+            .filter(|time| is_rfc3339_year(*time))
+            .map(Some),
     }
 }
 

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{ErrorCode, ValidationError};
 use crate::message::{Id, Message, MessageType};
-use crate::time::{format_timestamp, parse_timestamp};
+use crate::time::{format_timestamp, is_rfc3339_year, parse_timestamp};
 
 /// Segment's limit: a `messageId` is under 100 characters.
 pub const MAX_MESSAGE_ID_LEN: usize = 100;
@@ -29,12 +29,19 @@ fn check_time(
 ) -> Result<Option<DateTime<Utc>>, ValidationError> {
     match value {
         None => Ok(None),
-        Some(text) => parse_timestamp(text).map(Some).ok_or_else(|| {
-            ValidationError::new(
+        Some(text) => match parse_timestamp(text) {
+            Some(time) if is_rfc3339_year(time) => Ok(Some(time)),
+            Some(_) => Err(ValidationError::new(
                 ErrorCode::InvalidTimestamp,
-                format!("{field} {text:?} is not an ISO-8601 date-time (such as 2026-11-28T12:00:00.000Z)"),
-            )
-        }),
+                format!("{field} {text:?} is outside the years 0000 to 9999 (in UTC)"),
+            )),
+            None => Err(ValidationError::new(
+                ErrorCode::InvalidTimestamp,
+                format!(
+                    "{field} {text:?} is not an ISO-8601 date-time (such as 2026-11-28T12:00:00.000Z)"
+                ),
+            )),
+        },
     }
 }
 
@@ -173,10 +180,11 @@ impl ValidMessage {
                     .as_deref()
                     .and_then(parse_timestamp)
                     .unwrap_or(timestamp);
-                // Checked: times near the calendar's ends (year ±262,000) overflow it;
-                // the client's own time then stands, as without `sentAt`.
+                // A correction past the years an RFC 3339 time can carry (a client
+                // clock centuries off) leaves the client's own time, as without `sentAt`.
                 received_at
                     .checked_sub_signed(sent_at.signed_duration_since(original))
+                    .filter(|corrected| is_rfc3339_year(*corrected))
                     .unwrap_or(original)
             }
             (Some(timestamp), None) => timestamp,
@@ -306,13 +314,46 @@ mod tests {
     }
 
     #[test]
-    fn a_correction_past_the_calendar_s_end_keeps_the_client_s_time() {
-        let m = stamped(
-            json!({"type": "track", "event": "E", "userId": "u",
-                   "timestamp": "+262142-01-01T00:00:00+00:00", "sentAt": "-262143-01-01T00:00:00"}),
-            "2026-11-28T12:00:10.5Z",
-        );
-        assert_eq!(m.timestamp.as_deref(), Some("+262142-01-01T00:00:00.000Z"));
+    fn a_correction_past_rfc_3339_s_years_keeps_the_client_s_time() {
+        for (timestamp, sent_at, kept) in [
+            (
+                "0001-01-01T00:00:00Z",
+                "9999-12-31T00:00:00Z",
+                "0001-01-01T00:00:00.000Z",
+            ),
+            (
+                "9999-12-31T00:00:00Z",
+                "0000-01-01T00:00:00Z",
+                "9999-12-31T00:00:00.000Z",
+            ),
+        ] {
+            let m = stamped(
+                json!({"type": "track", "event": "E", "userId": "u",
+                       "timestamp": timestamp, "sentAt": sent_at}),
+                "2026-11-28T12:00:10.5Z",
+            );
+            assert_eq!(m.timestamp.as_deref(), Some(kept));
+        }
+    }
+
+    #[test]
+    fn times_outside_rfc_3339_s_years_are_refused() {
+        for field in ["timestamp", "sentAt", "originalTimestamp", "receivedAt"] {
+            for text in [
+                "9999-12-31T23:59:59.999-01:00",
+                "+10000-01-01T00:00:00Z",
+                "-0001-12-31T00:00:00Z",
+            ] {
+                check(
+                    json!({"type": "track", "event": "E", "userId": "u", field: text}),
+                    Some(ErrorCode::InvalidTimestamp),
+                );
+            }
+            check(
+                json!({"type": "track", "event": "E", "userId": "u", field: "9999-12-31T23:59:59.999+01:00"}),
+                None,
+            );
+        }
     }
 
     #[test]

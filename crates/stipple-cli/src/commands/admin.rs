@@ -39,11 +39,11 @@ pub(crate) fn status(args: &StoreArgs, json: bool) -> anyhow::Result<ExitCode> {
     let store = open_store(args)?;
     let stats = super::runtime()?.block_on(store.stats())?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        out!("{}", serde_json::to_string_pretty(&stats)?)?;
     } else {
-        println!("queued        {}", stats.queued);
-        println!("dead letters  {}", stats.dead_letters);
-        println!("rejected      {}", stats.rejected);
+        out!("queued        {}", stats.queued)?;
+        out!("dead letters  {}", stats.dead_letters)?;
+        out!("rejected      {}", stats.rejected)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -55,18 +55,18 @@ pub(crate) fn dead_letters(command: &DeadLetterCommand) -> anyhow::Result<ExitCo
             let letters = super::runtime()?.block_on(store.dead_letters(list.limit))?;
             if list.json {
                 for letter in &letters {
-                    println!("{}", serde_json::to_string(letter)?);
+                    out!("{}", serde_json::to_string(letter)?)?;
                 }
             } else {
                 if letters.is_empty() {
-                    println!("no dead letters");
+                    out!("no dead letters")?;
                 }
                 for l in &letters {
                     let status = l
                         .reason
                         .status
                         .map_or_else(|| "-".to_owned(), |s| s.to_string());
-                    println!(
+                    out!(
                         "{id}\t{at}\t{source}\t{message_id}\tstatus {status}\tattempts {attempts}\t{detail}",
                         id = l.id,
                         at = l.dead_at.format("%Y-%m-%dT%H:%M:%SZ"),
@@ -74,7 +74,7 @@ pub(crate) fn dead_letters(command: &DeadLetterCommand) -> anyhow::Result<ExitCo
                         message_id = one_line(&l.message_id),
                         attempts = l.attempts,
                         detail = one_line(&l.reason.detail),
-                    );
+                    )?;
                 }
             }
         }
@@ -86,12 +86,12 @@ pub(crate) fn dead_letters(command: &DeadLetterCommand) -> anyhow::Result<ExitCo
             let store = open_store(store)?;
             let named = (!*all).then_some(ids.as_slice());
             let moved = super::runtime()?.block_on(store.requeue_dead_letters(named))?;
-            println!(
+            out!(
                 "requeued {moved} dead letter(s); a running service delivers them at its next lease"
-            );
+            )?;
             let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
             if !*all && moved < distinct as u64 {
-                eprintln!(
+                note!(
                     "error: {} of the ids named no dead letter (requeued already, or never one): \
                      `stipple dead-letters list` shows the ids",
                     distinct as u64 - moved
@@ -103,7 +103,7 @@ pub(crate) fn dead_letters(command: &DeadLetterCommand) -> anyhow::Result<ExitCo
             let deleted = purge(args, |store, age| async move {
                 store.purge_dead_letters(age).await
             })?;
-            println!("deleted {deleted} dead letter(s)");
+            out!("deleted {deleted} dead letter(s)")?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -131,18 +131,18 @@ pub(crate) fn rejected(command: &RejectedCommand) -> anyhow::Result<ExitCode> {
                     let mut value = serde_json::to_value(r)?;
                     // The raw input as text, not a byte array, so people can read it.
                     value["payload"] = String::from_utf8_lossy(&r.input.payload).into();
-                    println!("{value}");
+                    out!("{value}")?;
                 }
             } else {
                 if rejected.is_empty() {
-                    println!("no rejected input");
+                    out!("no rejected input")?;
                 }
                 for r in &rejected {
                     let index = r
                         .input
                         .index
                         .map_or_else(String::new, |i| format!(" item {i}"));
-                    println!(
+                    out!(
                         "{id}\t{at}\t{source}{index}\t{code}: {message}\t{payload}",
                         id = r.id,
                         at = r.received_at.format("%Y-%m-%dT%H:%M:%SZ"),
@@ -150,7 +150,7 @@ pub(crate) fn rejected(command: &RejectedCommand) -> anyhow::Result<ExitCode> {
                         code = r.input.code,
                         message = one_line(&r.input.message),
                         payload = one_line(&String::from_utf8_lossy(&r.input.payload)),
-                    );
+                    )?;
                 }
             }
         }
@@ -159,7 +159,7 @@ pub(crate) fn rejected(command: &RejectedCommand) -> anyhow::Result<ExitCode> {
                 args,
                 |store, age| async move { store.purge_rejected(age).await },
             )?;
-            println!("deleted {deleted} rejected input(s)");
+            out!("deleted {deleted} rejected input(s)")?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -21,7 +21,7 @@ pub(crate) fn run(args: &MapArgs) -> anyhow::Result<ExitCode> {
     let mut failed = 0usize;
     let mut report = |place: String, err: &ValidationError| {
         failed += 1;
-        eprintln!("{place}: {}: {}", err.code, err.message);
+        note!("{place}: {}: {}", err.code, err.message);
     };
     for (line, text) in split_input(&input) {
         let items = match Input::parse(text) {
@@ -44,14 +44,14 @@ pub(crate) fn run(args: &MapArgs) -> anyhow::Result<ExitCode> {
                     }
                     out.write_all(b"\n")?;
                 }
-                Ok(None) => eprintln!("{place}: skipped: its integrations turn {POINTILLIST} off"),
+                Ok(None) => note!("{place}: skipped: its integrations turn {POINTILLIST} off"),
                 Err(err) => report(place, &err),
             }
         }
     }
     out.flush().context("cannot write to standard output")?;
     if failed > 0 {
-        eprintln!("{failed} message(s) failed");
+        note!("{failed} message(s) failed");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
