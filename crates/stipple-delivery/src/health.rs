@@ -17,6 +17,8 @@ pub struct DeliveryHealth {
     detail: Mutex<String>,
     /// Transient failures since Pointillist last answered.
     failures: AtomicUsize,
+    /// The last of those failures, for `/readyz` before they pause delivery.
+    last_failure: Mutex<String>,
     /// Paused because Pointillist refused the token (not for an outage).
     for_credentials: AtomicBool,
     /// When delivery last resumed after Pointillist refused the token.
@@ -32,7 +34,7 @@ pub struct HealthStatus {
     /// False while delivery is paused: Pointillist refuses the API token, or fails
     /// every request.
     pub healthy: bool,
-    /// What is wrong, or `"delivering"`.
+    /// What is wrong, or `"delivering"` (with the failures in a row so far, if any).
     pub detail: String,
 }
 
@@ -50,9 +52,18 @@ impl DeliveryHealth {
                 detail: self.detail.lock().clone(),
             }
         } else {
+            let failures = self.failures.load(Ordering::Acquire);
+            let detail = if failures == 0 {
+                "delivering".into()
+            } else {
+                format!(
+                    "delivering; the last {failures} request(s) failed in a row (the last: {}) and are retried",
+                    self.last_failure.lock()
+                )
+            };
             HealthStatus {
                 healthy: true,
-                detail: "delivering".into(),
+                detail,
             }
         }
     }
@@ -97,9 +108,11 @@ impl DeliveryHealth {
         until.checked_duration_since(Instant::now())
     }
 
-    /// Counts a transient failure; returns how many there have been since Pointillist
-    /// last answered.
-    pub(crate) fn failed(&self) -> usize {
+    /// Counts a transient failure, for `reason`; returns how many there have been since
+    /// Pointillist last answered.
+    pub(crate) fn failed(&self, reason: &str) -> usize {
+        let mut last = self.last_failure.lock();
+        reason.clone_into(&mut last);
         self.failures.fetch_add(1, Ordering::AcqRel) + 1
     }
 
@@ -159,10 +172,18 @@ mod tests {
     #[test]
     fn failures_count_in_a_row_until_pointillist_answers() {
         let health = DeliveryHealth::default();
-        assert_eq!(health.failed(), 1);
-        assert_eq!(health.failed(), 2);
+        assert_eq!(health.status().detail, "delivering");
+        assert_eq!(health.failed("connection refused"), 1);
+        assert_eq!(health.failed("503"), 2);
+        let status = health.status();
+        assert!(status.healthy, "failures alone do not pause");
+        assert_eq!(
+            status.detail,
+            "delivering; the last 2 request(s) failed in a row (the last: 503) and are retried"
+        );
         health.answered();
-        assert_eq!(health.failed(), 1, "an answer starts the count again");
+        assert_eq!(health.status().detail, "delivering");
+        assert_eq!(health.failed("503"), 1, "an answer starts the count again");
         assert!(health.pause_for_outage(1, "503"));
         assert!(!health.pause_for_outage(2, "503"), "already paused");
         let status = health.status();
@@ -175,7 +196,7 @@ mod tests {
             status.detail
         );
         assert!(health.resume());
-        assert_eq!(health.failed(), 1, "resuming starts the count again");
+        assert_eq!(health.failed("503"), 1, "resuming starts the count again");
         assert!(health.status().healthy);
     }
 

@@ -440,7 +440,7 @@ impl Inner {
                 reason,
                 retry_after,
             } => {
-                let failures = self.health.failed();
+                let failures = self.health.failed(&reason);
                 if let Some(asked) = retry_after {
                     self.health.asked_to_wait(asked);
                 }
