@@ -32,7 +32,10 @@ pub(crate) enum Command {
     /// per line or as the whole input) and writes one Pointillist event per line, in
     /// input order. Bad lines are reported on stderr with their line number and
     /// validation code; the rest still go through, and the exit status is 1.
-    /// Messages keep their own `timestamp`; a message with none gets the current time.
+    /// Messages keep their own `timestamp` (corrected for clock skew when they carry the
+    /// `receivedAt` of an ingress); a message with none gets the current time. A message
+    /// without a `messageId` maps without that label: the ingress gives every message one
+    /// on receipt, this command does not make one up.
     Map(MapArgs),
     /// Show the queue depth, dead letters and rejected input kept in the store.
     Status {
