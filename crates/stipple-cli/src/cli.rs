@@ -86,9 +86,9 @@ pub(crate) struct StoreArgs {
 pub(crate) struct ListArgs {
     #[command(flatten)]
     pub(crate) store: StoreArgs,
-    /// At most this many.
-    #[arg(long, default_value_t = 100)]
-    pub(crate) limit: usize,
+    /// At most this many (1 or more).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) limit: u32,
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -109,7 +109,7 @@ pub(crate) enum DeadLetterCommand {
         #[arg(long, conflicts_with = "ids")]
         all: bool,
         /// The ids to requeue (as `dead-letters list` shows them).
-        #[arg(value_name = "ID")]
+        #[arg(value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
         ids: Vec<i64>,
     },
     /// Delete dead letters for good (`store.dead_letter_retention` does it by age, as the
@@ -128,7 +128,7 @@ pub(crate) struct PurgeArgs {
     #[command(flatten)]
     pub(crate) store: StoreArgs,
     /// Delete those at least this old, e.g. `7d`, `12h`.
-    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "AGE", value_parser = duration)]
     pub(crate) older_than: Option<std::time::Duration>,
     /// Delete all of them.
     #[arg(long)]
@@ -204,10 +204,10 @@ pub(crate) struct MockArgs {
     #[arg(long, default_value_t = 1, value_name = "SECONDS")]
     pub(crate) retry_after: u64,
     /// Answer 401 to everything for this long from start (e.g. `30s`, `5m`).
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub(crate) unauthorized_for: Option<Duration>,
     /// Delay added before every answer (e.g. `20ms`).
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub(crate) latency: Option<Duration>,
     /// Share of requests (0 to 1) whose connection is dropped without an answer.
     #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
@@ -215,6 +215,13 @@ pub(crate) struct MockArgs {
     /// Only count accepted events instead of keeping them (for load tests).
     #[arg(long)]
     pub(crate) no_record: bool,
+}
+
+/// A duration as the configuration writes them (`30d`, `10s`), with an example when it is
+/// not one.
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}: write a duration such as \"10s\", \"5m\" or \"30d\""))
 }
 
 /// An actor type as `pointillist.actor_type` takes it: not empty, not the group call's.
@@ -236,5 +243,49 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    /// Values that would do something other than what was meant are refused by name.
+    #[test]
+    fn values_that_mean_nothing_are_refused() {
+        use clap::Parser as _;
+        for (args, expected) in [
+            (
+                &["stipple", "dead-letters", "list", "--limit", "0"][..],
+                "--limit",
+            ),
+            (&["stipple", "rejected", "list", "--limit", "0"], "--limit"),
+            (&["stipple", "dead-letters", "requeue", "--", "-1"], "-1"),
+            (
+                &["stipple", "rejected", "purge", "--older-than", "soon"],
+                "such as \"10s\"",
+            ),
+            (
+                &["stipple", "map", "--actor-type", "account"],
+                "\"account\"",
+            ),
+            (&["stipple", "map", "--actor-type", ""], "--actor-type"),
+            (
+                &["stipple", "mock", "--token", "t", "--actor-type", "account"],
+                "\"account\"",
+            ),
+            (
+                &[
+                    "stipple",
+                    "mock",
+                    "--token",
+                    "t",
+                    "--unauthorized-for",
+                    "soon",
+                ],
+                "such as \"10s\"",
+            ),
+        ] {
+            let err = super::Cli::try_parse_from(args).unwrap_err().to_string();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
+        assert!(
+            super::Cli::try_parse_from(["stipple", "dead-letters", "list", "--limit", "1"]).is_ok()
+        );
     }
 }

@@ -169,7 +169,10 @@ fn retention<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>,
     }
     match humantime::parse_duration(text) {
         Ok(d) if !d.is_zero() => Ok(Some(d)),
-        _ => Err(serde::de::Error::custom(format!(
+        Ok(_) => Err(serde::de::Error::custom(format!(
+            "{text:?} would keep nothing: set a duration longer than zero such as \"30d\", or \"never\""
+        ))),
+        Err(_) => Err(serde::de::Error::custom(format!(
             "{text:?} is not a retention: expected a duration such as \"30d\", or \"never\""
         ))),
     }
@@ -390,10 +393,114 @@ fn http_url(key: &str, value: &str, hint: &str) -> anyhow::Result<()> {
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https"))
         .map(drop)
-        .with_context(|| format!("{key} {value:?} must be an http(s) URL{hint}"))
+        .with_context(|| {
+            let shown = without_credentials(value);
+            format!("{key} {shown:?} must be an http(s) URL{hint}")
+        })
+}
+
+/// The `config` crate's message for a value it could not read, said in the file's terms:
+/// the key in full, what it takes, an example. Messages it does not know pass as they are.
+fn explain(message: &str) -> String {
+    // "... for key `pointillist.timeout`" ends most of them.
+    let (what, key) = match message.rsplit_once(" for key `") {
+        Some((what, key)) => (what, key.strip_suffix('`').unwrap_or(key)),
+        None => (message, ""),
+    };
+    let value = what
+        .strip_prefix("invalid value: string ")
+        .and_then(|rest| rest.split_once(", expected "));
+    if let Some(field) = what
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        let (field, expected) = field;
+        let expected = expected.trim_start_matches(", ");
+        return if key.is_empty() {
+            format!("unknown section [{field}] ({expected})")
+        } else {
+            format!(
+                "unknown key {key}.{field} ([{key}] takes {})",
+                expected.trim_start_matches("expected one of ")
+            )
+        };
+    }
+    if let Some((value, expected)) = value {
+        if expected == "a duration" {
+            return format!(
+                "{key} {value} is not a duration: write one such as \"10s\", \"5m\" or \"72h\""
+            );
+        }
+        if expected == "parsable string" {
+            return format!(
+                "{key} {value} is not a size: write a number of bytes, or one with a unit such as \"64MiB\" or \"100MB\""
+            );
+        }
+    }
+    if let Some(variant) = what
+        .strip_prefix("enum ")
+        .and_then(|rest| rest.split_once(" does not have variant constructor "))
+        .map(|(_, variant)| variant)
+    {
+        let takes = match key {
+            "log.format" => "\"text\" or \"json\"",
+            _ => "one of the values docs/configuration.md lists",
+        };
+        return format!("{key} \"{variant}\" is not a value it takes: expected {takes}");
+    }
+    if let Some(field) = what.strip_prefix("missing configuration field ") {
+        // `sources[0]name`: the index and the key it holds, with the dot between.
+        let field = field.trim_matches('"');
+        let field = match field.split_once(']') {
+            Some((index, rest)) if !rest.is_empty() && !rest.starts_with('.') => {
+                format!("{index}].{rest}")
+            }
+            _ => field.to_owned(),
+        };
+        return format!("missing key {field}");
+    }
+    if key.is_empty() {
+        message.to_owned()
+    } else {
+        format!("{key}: {what}")
+    }
+}
+
+/// `value`, a URL as written (well formed or not), with what stands before the `@` of
+/// its authority shown as `***`: a `user:password@` there is a secret, which an error
+/// message must not print.
+pub(crate) fn without_credentials(value: &str) -> std::borrow::Cow<'_, str> {
+    let start = value.find("://").map_or(0, |i| i + 3);
+    let end = value[start..]
+        .find(['/', '?', '#'])
+        .map_or(value.len(), |i| start + i);
+    match value[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &value[..start], &value[start + at..]).into(),
+        None => value.into(),
+    }
 }
 
 impl Config {
+    /// The ingress's settings.
+    pub(crate) fn ingress_config(&self) -> stipple_ingress::IngressConfig {
+        stipple_ingress::IngressConfig {
+            sources: self
+                .sources
+                .iter()
+                .map(|s| stipple_ingress::Source {
+                    name: s.name.clone(),
+                    write_key: s.write_key.clone(),
+                })
+                .collect(),
+            dedup_window: self.ingress.dedup_window,
+            cors_origins: self.ingress.cors_origins.clone(),
+            max_in_flight_bytes: usize::try_from(self.ingress.max_in_flight_bytes.as_u64())
+                .unwrap_or(usize::MAX),
+            body_timeout: self.ingress.body_timeout,
+            ..stipple_ingress::IngressConfig::default()
+        }
+    }
+
     /// Reads `path` (when given) and the `STIPPLE_*` environment, then checks the values.
     pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Config> {
         Self::load_from(path, Self::env_settings(None)?)
@@ -411,6 +518,8 @@ impl Config {
         }
         let config = Self::read(path, env)?;
         config.check()?;
+        // What the ingress checks itself, before anything is opened.
+        config.ingress_config().check()?;
         Ok(config)
     }
 
@@ -478,7 +587,7 @@ impl Config {
         }
         merged
             .try_deserialize()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {}", explain(&e.to_string())))
     }
 
     /// The file and the environment's settings, merged, not yet read into sections.
@@ -590,8 +699,18 @@ impl Config {
         }
         self.synchronous()?;
         let d = &self.delivery;
-        if d.backoff_min.is_zero() || d.backoff_min > d.backoff_max {
-            bail!("delivery.backoff_min must be above zero and at most delivery.backoff_max");
+        if d.backoff_min.is_zero() {
+            bail!("delivery.backoff_min must be longer than zero, e.g. \"1s\"");
+        }
+        if d.backoff_max.is_zero() {
+            bail!("delivery.backoff_max must be longer than zero, e.g. \"10m\"");
+        }
+        if d.backoff_min > d.backoff_max {
+            bail!(
+                "delivery.backoff_min ({}) must be at most delivery.backoff_max ({})",
+                humantime::format_duration(d.backoff_min),
+                humantime::format_duration(d.backoff_max)
+            );
         }
         if d.lease_batch == 0 {
             bail!("delivery.lease_batch must be at least 1");
@@ -821,6 +940,62 @@ mod tests {
             ),
             "delivery.threads (3) must be at most pointillist.concurrency (2)",
         );
+        // In the file's terms: the key in full, what it takes.
+        for (extra, expected) in [
+            (
+                "[log]\nformat = \"yaml\"\n",
+                "log.format \"yaml\" is not a value it takes: expected \"text\" or \"json\"",
+            ),
+            (
+                "[ingress]\nmax_in_flight_bytes = \"lots\"\n",
+                "ingress.max_in_flight_bytes \"lots\" is not a size",
+            ),
+            (
+                "[ingress]\nmax_in_flight_bytes = \"0\"\n",
+                "ingress.max_in_flight_bytes (0 bytes) is smaller than the largest request body",
+            ),
+            (
+                "[delivery]\nbackoff_max = \"0s\"\n",
+                "delivery.backoff_max must be longer than zero",
+            ),
+            (
+                "[delivery]\nbackoff_min = \"5m\"\nbackoff_max = \"1m\"\n",
+                "delivery.backoff_min (5m) must be at most delivery.backoff_max (1m)",
+            ),
+            (
+                "[store]\nrejected_retention = \"0s\"\n",
+                "store.rejected_retention: \"0s\" would keep nothing",
+            ),
+            (
+                "[store]\ntimeoutt = \"5s\"\n",
+                "unknown key store.timeoutt ([store] takes `url`",
+            ),
+            ("[pointillist3]\n", "unknown section [pointillist3]"),
+            (
+                "[[sources]]\nwrite_key = \"other\"\n",
+                "missing key sources[1].name",
+            ),
+        ] {
+            check(&format!("{MINIMAL}{extra}"), expected);
+        }
+        check(
+            &MINIMAL.replace("[pointillist]\n", "[pointillist]\ntimeout = 10\n"),
+            "pointillist.timeout \"10\" is not a duration: write one such as \"10s\"",
+        );
+        for bad in [
+            "ftp://user:PW-SECRET@x.example",
+            "https://user:PW-SECRET@x.example:99999/path",
+            "user:PW-SECRET@x.example",
+        ] {
+            let line = format!("[pointillist]\nendpoint = \"{bad}\"\n");
+            let err = format!(
+                "{:#}",
+                load(&MINIMAL.replace("[pointillist]\n", &line)).unwrap_err()
+            );
+            assert!(err.contains("pointillist.endpoint"), "{err}");
+            assert!(!err.contains("PW-SECRET"), "{err}");
+            assert!(err.contains("***@x.example"), "{err}");
+        }
         check(
             &MINIMAL.replace(
                 "[pointillist]\n",

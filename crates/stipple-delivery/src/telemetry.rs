@@ -92,10 +92,20 @@ pub(crate) struct Retried<'a> {
     pub(crate) reason: &'a str,
 }
 
+/// Failed sends: Pointillist unreachable fails every event in flight, so one warning is
+/// logged per interval (each is at debug), with how many like it were held back.
+static SEND_FAILURES: Throttle = Throttle::new(STORE_WARNINGS_EVERY);
+
 impl Retried<'_> {
     pub(crate) fn emit(self) {
         counter!(RETRIED).increment(1);
         debug!(message_id = self.message_id, attempts = self.attempts, delay = ?self.delay, reason = self.reason, "delivery will be retried");
+        if let Some(held_back) = SEND_FAILURES.admit() {
+            warn!(
+                reason = self.reason,
+                held_back, "sending to Pointillist failed; the event stays queued and is retried"
+            );
+        }
     }
 }
 

@@ -100,12 +100,14 @@ pub enum ConfigError {
     #[error("CORS origin {0:?} is not valid: use \"*\" or an origin like \"https://example.com\"")]
     BadCorsOrigin(String),
     /// A limit set to zero.
-    #[error("{0} is zero: set it to at least 1")]
+    #[error("ingress.{0} is zero: set it to at least 1")]
     ZeroLimit(&'static str),
-    /// An in-flight budget too small for one batch: no batch could ever be taken.
+    /// An in-flight budget too small for the largest body: such a request could never be
+    /// taken.
     #[error(
-        "max_in_flight_bytes ({budget}) is smaller than one batch (max_batch_bytes, {batch}): \
-         set it to at least {batch}"
+        "ingress.max_in_flight_bytes ({budget} bytes) is smaller than the largest request \
+         body the ingress takes (a batch of {batch} bytes): set it to at least {batch}, \
+         e.g. \"64MiB\""
     )]
     InFlightBelowBatch {
         /// The in-flight budget.
@@ -116,6 +118,12 @@ pub enum ConfigError {
 }
 
 impl IngressConfig {
+    /// Checks the settings as [`crate::IngressState::new`] does, for a caller that wants
+    /// to refuse bad ones before it opens anything.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.validate().map(drop)
+    }
+
     /// Checks the settings and builds the CORS origin rule.
     pub(crate) fn validate(&self) -> Result<AllowOrigin, ConfigError> {
         if self.sources.is_empty() {
@@ -149,7 +157,6 @@ impl IngressConfig {
             ("max_message_bytes", self.max_message_bytes),
             ("max_batch_bytes", self.max_batch_bytes),
             ("max_batch_items", self.max_batch_items),
-            ("max_in_flight_bytes", self.max_in_flight_bytes),
         ] {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit(name));
@@ -229,7 +236,10 @@ mod tests {
                 max_in_flight_bytes: 0,
                 ..config(vec![Source::new("a", "k1")])
             },
-            Some(ConfigError::ZeroLimit("max_in_flight_bytes")),
+            Some(ConfigError::InFlightBelowBatch {
+                budget: 0,
+                batch: 500 * 1024,
+            }),
         );
         check(
             IngressConfig {

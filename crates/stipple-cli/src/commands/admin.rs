@@ -5,7 +5,6 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use stipple_store::{SqliteOptions, Store};
 
 use crate::cli::{DeadLetterCommand, PurgeArgs, RejectedCommand, StoreArgs};
@@ -19,20 +18,24 @@ fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
             "store {url:?} lives only inside a running process: the admin commands need sqlite://PATH"
         );
     }
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        // The admin commands never create a store: a typo would otherwise look like an empty queue.
-        anyhow::ensure!(
-            std::path::Path::new(path).exists(),
-            "there is no store at {path}: check store.url (or --store), relative paths are from the working directory"
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        anyhow::bail!(
+            "unsupported store URL {url:?}: the admin commands open sqlite://PATH (e.g. \
+             sqlite://./stipple-data/stipple.db); check store.url (or --store)"
         );
-    }
+    };
+    // The admin commands never create a store: a typo would otherwise look like an empty queue.
+    anyhow::ensure!(
+        std::path::Path::new(path).exists(),
+        "there is no store at {path}: check store.url (or --store), relative paths are from the working directory"
+    );
     let options = SqliteOptions {
         synchronous: config.synchronous()?,
         // Beside a running service: no lock, leases left alone, no appends.
         role: stipple_store::Role::Admin,
         ..SqliteOptions::default()
     };
-    stipple_store::open(&url, options).with_context(|| format!("cannot open the store {url:?}"))
+    stipple_store::open(&url, options).map_err(anyhow::Error::from)
 }
 
 pub(crate) fn status(args: &StoreArgs, json: bool) -> anyhow::Result<ExitCode> {
@@ -52,7 +55,8 @@ pub(crate) fn dead_letters(command: &DeadLetterCommand) -> anyhow::Result<ExitCo
     match command {
         DeadLetterCommand::List { list } => {
             let store = open_store(&list.store)?;
-            let letters = super::runtime()?.block_on(store.dead_letters(list.limit))?;
+            let letters =
+                super::runtime()?.block_on(store.dead_letters(usize::try_from(list.limit)?))?;
             if list.json {
                 for letter in &letters {
                     out!("{}", serde_json::to_string(letter)?)?;
@@ -125,7 +129,8 @@ pub(crate) fn rejected(command: &RejectedCommand) -> anyhow::Result<ExitCode> {
     match command {
         RejectedCommand::List { list } => {
             let store = open_store(&list.store)?;
-            let rejected = super::runtime()?.block_on(store.rejected(list.limit))?;
+            let rejected =
+                super::runtime()?.block_on(store.rejected(usize::try_from(list.limit)?))?;
             if list.json {
                 for r in &rejected {
                     let mut value = serde_json::to_value(r)?;

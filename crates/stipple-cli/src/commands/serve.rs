@@ -10,9 +10,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use secrecy::SecretString;
 use stipple_core::{MapConfig, Mapper};
 use stipple_delivery::{Delivery, DeliveryConfig, DeliveryHealth};
-use stipple_ingress::{
-    DestinationHealth, DestinationStatus, IngressConfig, IngressState, ServerConfig, Source,
-};
+use stipple_ingress::{DestinationHealth, DestinationStatus, IngressState, ServerConfig};
 use stipple_pointillist::{Backoff, Client, ClientConfig};
 use stipple_store::{SqliteOptions, Store};
 use tokio::sync::watch;
@@ -106,11 +104,18 @@ fn init_logging(config: &Config) -> anyhow::Result<Option<SdkTracerProvider>> {
 }
 
 fn tracer_provider(endpoint: &str, service_name: &str) -> anyhow::Result<SdkTracerProvider> {
-    use opentelemetry_otlp::WithExportConfig as _;
+    use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+    let (endpoint, authorization) = basic_credentials(endpoint)?;
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(url)
+        .with_headers(
+            authorization
+                .into_iter()
+                .map(|a| ("authorization".to_owned(), a))
+                .collect(),
+        )
         .build()
         .context("cannot build the OTLP trace exporter")?;
     let resource = opentelemetry_sdk::Resource::builder()
@@ -120,6 +125,40 @@ fn tracer_provider(endpoint: &str, service_name: &str) -> anyhow::Result<SdkTrac
         .with_batch_exporter(exporter)
         .with_resource(resource)
         .build())
+}
+
+/// A collector's URL without the `user:password@` it may carry, and that as the value of
+/// a basic `Authorization` header: the HTTP client's connection pool names its
+/// connections by the URL's authority in its trace-level log, password and all.
+fn basic_credentials(endpoint: &str) -> anyhow::Result<(String, Option<String>)> {
+    use base64::Engine as _;
+    let mut url = url::Url::parse(endpoint).with_context(|| {
+        format!(
+            "telemetry.otlp_endpoint {:?} is not a URL",
+            crate::config::without_credentials(endpoint)
+        )
+    })?;
+    if url.username().is_empty() && url.password().is_none() {
+        return Ok((endpoint.to_owned(), None));
+    }
+    let decode = |part: &str| {
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let credentials = format!(
+        "{}:{}",
+        decode(url.username()),
+        decode(url.password().unwrap_or_default())
+    );
+    let header = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    );
+    // Only fails for URLs that cannot have credentials, which then have none.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    Ok((url.to_string(), Some(header)))
 }
 
 /// The latency buckets, in seconds: from a fast local hop to a long retry.
@@ -234,23 +273,7 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
         pipelines.push(delivery.shard(client(concurrency)?));
     }
 
-    let ingress_config = IngressConfig {
-        sources: config
-            .sources
-            .iter()
-            .map(|s| Source {
-                name: s.name.clone(),
-                write_key: s.write_key.clone(),
-            })
-            .collect(),
-        dedup_window: config.ingress.dedup_window,
-        cors_origins: config.ingress.cors_origins.clone(),
-        max_in_flight_bytes: usize::try_from(config.ingress.max_in_flight_bytes.as_u64())
-            .unwrap_or(usize::MAX),
-        body_timeout: config.ingress.body_timeout,
-        ..IngressConfig::default()
-    };
-    let state = IngressState::new(ingress_config, store.clone())?
+    let state = IngressState::new(config.ingress_config(), store.clone())?
         .with_destination_health(Arc::new(Health(delivery.health())))
         .with_metrics(metrics.clone());
     let ingress = stipple_ingress::Ingress::new(state);
@@ -258,7 +281,7 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     let listen = config.listen()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+        .with_context(|| format!("cannot listen on {listen} (ingress.listen)"))?;
     let addr = listener.local_addr()?;
     info!(
         %addr,
@@ -468,7 +491,18 @@ mod tests {
         Append, DeadLetterReason, ManualClock, MemoryStore, NewEvent, RejectedInput, Store,
     };
 
-    use super::{Keeping, housekeeping, share};
+    use super::{Keeping, basic_credentials, housekeeping, share};
+
+    #[test]
+    fn a_collector_s_credentials_leave_its_url_for_a_header() {
+        let (url, header) = basic_credentials("http://ouser:p%40ss@127.0.0.1:4318/otlp").unwrap();
+        assert_eq!(url, "http://127.0.0.1:4318/otlp");
+        // base64 of "ouser:p@ss"
+        assert_eq!(header.as_deref(), Some("Basic b3VzZXI6cEBzcw=="));
+        let (url, header) = basic_credentials("https://collector.example:4318").unwrap();
+        assert_eq!(url, "https://collector.example:4318");
+        assert_eq!(header, None);
+    }
 
     #[tokio::test]
     async fn housekeeping_deletes_what_is_past_its_retention_at_start() {
