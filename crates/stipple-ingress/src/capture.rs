@@ -209,7 +209,7 @@ fn accept(
     batch_sent_at: Option<&str>,
     received_at: DateTime<Utc>,
 ) -> Result<Accepted, Rejection> {
-    let (message, rest): (Message, Option<Rest<'_>>) = match read {
+    let (mut message, rest): (Message, Option<Rest<'_>>) = match read {
         Read::Whole(mut message) => {
             message.other.remove("writeKey");
             (message, None)
@@ -219,6 +219,8 @@ fn accept(
             (split.plain, Some(split.rest))
         }
     };
+    // The ingress's clock sets it: a client's is not read, so cannot refuse the message.
+    message.received_at = None;
     let mut valid = message.validate()?;
     if let Some(sent_at) = batch_sent_at {
         valid.inherit_sent_at(sent_at)?;

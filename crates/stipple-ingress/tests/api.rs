@@ -647,6 +647,20 @@ async fn clock_skew_is_corrected_in_the_stored_payload() {
     assert_eq!(stored["timestamp"], "2026-11-28T12:00:00.000Z");
     assert_eq!(stored["receivedAt"], "2026-11-28T12:00:00.000Z");
     assert!(stored.get("originalTimestamp").is_none(), "{stored}");
+
+    // A client's receivedAt is the ingress's to set: not read, even when it is no time.
+    for theirs in ["garbage", "2001-01-01T00:00:00Z"] {
+        let message = json!({"userId": "u1", "event": "E", "receivedAt": theirs});
+        h.check(
+            post("/v1/track").basic("wk_web:").json(message).build(),
+            200,
+            json!({"success": true}),
+        )
+        .await;
+        let stored = h.last_event().await.payload;
+        assert_eq!(stored["receivedAt"], "2026-11-28T12:00:00.000Z", "{stored}");
+        assert_eq!(stored["timestamp"], "2026-11-28T12:00:00.000Z", "{stored}");
+    }
 }
 
 #[tokio::test]
