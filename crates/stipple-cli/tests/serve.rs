@@ -139,6 +139,32 @@ fn delivered(service: &Service, n: usize) -> Vec<serde_json::Value> {
     events
 }
 
+/// A `RUST_LOG` that is no filter is refused, as a bad `log.level` is, before anything
+/// starts.
+#[test]
+fn a_bad_rust_log_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stipple.toml");
+    std::fs::write(&file, "[[sources]]\nname = \"web\"\nwrite_key = \"k\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stipple"))
+        .args(["serve", "--mock", "--config"])
+        .arg(&file)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "stipple=verbose")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("RUST_LOG \"stipple=verbose\" is not a valid filter"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("stipple-data").exists(),
+        "the store was created"
+    );
+}
+
 #[test]
 fn environment_variables_set_what_the_file_does_not() {
     let dir = tempfile::tempdir().unwrap();

@@ -65,9 +65,18 @@ fn raise_open_files_limit(config: &Config) {
 /// is set; the returned provider flushes the last spans when shut down.
 fn init_logging(config: &Config) -> anyhow::Result<Option<SdkTracerProvider>> {
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // `RUST_LOG` stands in for `log.level` (checked with the file); a bad one is refused
+    // as a bad `log.level` is, not passed over in silence.
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&text)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "RUST_LOG {text:?} is not a valid filter: {e} (it overrides log.level)"
+                )
+            })?,
+        _ => tracing_subscriber::EnvFilter::try_new(&config.log.level)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
     // Log lines carry their own fields; spans are for traces only. Recording a span's
     // fields for the log layer would cost a formatted string per request, and with no
     // OTLP endpoint no layer wants spans at all, so they cost nothing.
