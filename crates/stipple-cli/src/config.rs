@@ -673,7 +673,10 @@ impl Config {
             bail!("ingress.threads must be at least 1, e.g. 2");
         }
         if self.sources.is_empty() {
-            bail!("no [[sources]]: add at least one source with a name and a write_key");
+            bail!(
+                "no [[sources]]: add at least one source with a name and a write_key, in the \
+                 file or as STIPPLE_SOURCES__<NAME>__WRITE_KEY"
+            );
         }
         for (i, s) in self.sources.iter().enumerate() {
             if s.name.trim().is_empty() {
@@ -736,6 +739,15 @@ impl Config {
                 humantime::format_duration(d.lease_for),
                 humantime::format_duration(p.timeout)
             );
+        }
+        if self.ingress.dedup_window.is_zero() {
+            bail!(
+                "ingress.dedup_window must be longer than zero: Segment's own is \"24h\", and a \
+                 short one such as \"10m\" still catches a client's retries"
+            );
+        }
+        if self.telemetry.service_name.trim().is_empty() {
+            bail!("telemetry.service_name must not be empty: it names the service on every span");
         }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
             http_url(
@@ -928,6 +940,14 @@ mod tests {
         check(
             &format!("{MINIMAL}[log]\nlevel = \"info,stipple\"\n"),
             "\"stipple\" is not a level",
+        );
+        check(
+            &format!("{MINIMAL}[ingress]\ndedup_window = \"0s\"\n"),
+            "ingress.dedup_window must be longer than zero",
+        );
+        check(
+            &format!("{MINIMAL}[telemetry]\nservice_name = \" \"\n"),
+            "telemetry.service_name must not be empty",
         );
         check(
             &format!("{MINIMAL}[delivery]\nthreads = 0\n"),

@@ -97,7 +97,10 @@ pub enum ConfigError {
         second: String,
     },
     /// A CORS origin that is not a valid header value.
-    #[error("CORS origin {0:?} is not valid: use \"*\" or an origin like \"https://example.com\"")]
+    #[error(
+        "CORS origin {0:?} is not valid: use \"*\" or origins as browsers send them, like \
+         \"https://example.com\" or \"http://localhost:3000\" (no path, no trailing /)"
+    )]
     BadCorsOrigin(String),
     /// A limit set to zero.
     #[error("ingress.{0} is zero: set it to at least 1")]
@@ -178,11 +181,36 @@ impl IngressConfig {
             .cors_origins
             .iter()
             .map(|o| {
-                HeaderValue::from_str(o.trim()).map_err(|_| ConfigError::BadCorsOrigin(o.clone()))
+                is_origin(o.trim())
+                    .then(|| HeaderValue::from_str(o.trim()).ok())
+                    .flatten()
+                    .ok_or_else(|| ConfigError::BadCorsOrigin(o.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(AllowOrigin::list(origins))
     }
+}
+
+/// Whether `text` is written as a browser writes an `Origin` header, which a CORS origin
+/// must match exactly: `scheme://host[:port]`, nothing after (a trailing `/` would never
+/// match), or `null`.
+fn is_origin(text: &str) -> bool {
+    if text == "null" {
+        return true;
+    }
+    let Some((scheme, host)) = text.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        && !host.is_empty()
+        && !host.bytes().any(|b| {
+            matches!(b, b'/' | b'?' | b'#' | b'@')
+                || b.is_ascii_whitespace()
+                || b.is_ascii_control()
+        })
 }
 
 #[cfg(test)]
@@ -258,5 +286,34 @@ mod tests {
             },
             Some(ConfigError::BadCorsOrigin("bad\norigin".into())),
         );
+        for bad in [
+            "not an origin",
+            "https://ok.example/",
+            "ok.example",
+            "https://",
+            "://x",
+        ] {
+            check(
+                IngressConfig {
+                    cors_origins: vec![bad.into()],
+                    ..config(vec![Source::new("a", "k1")])
+                },
+                Some(ConfigError::BadCorsOrigin(bad.into())),
+            );
+        }
+        for good in [
+            "https://ok.example",
+            "http://localhost:3000",
+            "chrome-extension://abc",
+            "null",
+        ] {
+            check(
+                IngressConfig {
+                    cors_origins: vec![good.into()],
+                    ..config(vec![Source::new("a", "k1")])
+                },
+                None,
+            );
+        }
     }
 }
