@@ -195,10 +195,10 @@ pub(crate) struct MockArgs {
     )]
     pub(crate) actor_type: String,
     /// Share of requests (0 to 1) answered with a 5xx.
-    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE", value_parser = share)]
     pub(crate) error_rate: f64,
     /// Share of requests (0 to 1) answered 429.
-    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE", value_parser = share)]
     pub(crate) throttle_rate: f64,
     /// The `Retry-After` seconds sent with a 429.
     #[arg(long, default_value_t = 1, value_name = "SECONDS")]
@@ -210,11 +210,21 @@ pub(crate) struct MockArgs {
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub(crate) latency: Option<Duration>,
     /// Share of requests (0 to 1) whose connection is dropped without an answer.
-    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE", value_parser = share)]
     pub(crate) drop_rate: f64,
     /// Only count accepted events instead of keeping them (for load tests).
     #[arg(long)]
     pub(crate) no_record: bool,
+}
+
+/// A share of requests: a number from 0 to 1.
+fn share(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => {
+            Err("expected a share of requests, a number from 0 to 1 (0.1 is one in ten)".to_owned())
+        }
+    }
 }
 
 /// A duration as the configuration writes them (`30d`, `10s`), with an example when it is
@@ -283,6 +293,18 @@ mod tests {
         ] {
             let err = super::Cli::try_parse_from(args).unwrap_err().to_string();
             assert!(err.contains(expected), "{args:?}: {err}");
+        }
+        for flag in ["--error-rate", "--throttle-rate", "--drop-rate"] {
+            for bad in ["2", "1.5", "x"] {
+                let err =
+                    super::Cli::try_parse_from(["stipple", "mock", "--token", "t", flag, bad])
+                        .unwrap_err()
+                        .to_string();
+                assert!(
+                    err.contains(flag) && err.contains("a number from 0 to 1"),
+                    "{err}"
+                );
+            }
         }
         assert!(
             super::Cli::try_parse_from(["stipple", "dead-letters", "list", "--limit", "1"]).is_ok()
