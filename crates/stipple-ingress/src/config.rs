@@ -286,33 +286,24 @@ mod tests {
             },
             Some(ConfigError::BadCorsOrigin("bad\norigin".into())),
         );
-        for bad in [
-            "not an origin",
-            "https://ok.example/",
-            "ok.example",
-            "https://",
-            "://x",
+        // As browsers write `Origin`, or refused by name.
+        for (origin, taken) in [
+            ("not an origin", false),
+            ("https://ok.example/", false),
+            ("ok.example", false),
+            ("https://", false),
+            ("://x", false),
+            ("https://ok.example", true),
+            ("http://localhost:3000", true),
+            ("chrome-extension://abc", true),
+            ("null", true),
         ] {
             check(
                 IngressConfig {
-                    cors_origins: vec![bad.into()],
+                    cors_origins: vec![origin.into()],
                     ..config(vec![Source::new("a", "k1")])
                 },
-                Some(ConfigError::BadCorsOrigin(bad.into())),
-            );
-        }
-        for good in [
-            "https://ok.example",
-            "http://localhost:3000",
-            "chrome-extension://abc",
-            "null",
-        ] {
-            check(
-                IngressConfig {
-                    cors_origins: vec![good.into()],
-                    ..config(vec![Source::new("a", "k1")])
-                },
-                None,
+                (!taken).then(|| ConfigError::BadCorsOrigin(origin.into())),
             );
         }
     }
