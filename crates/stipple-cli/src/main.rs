@@ -9,6 +9,23 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `println!` that hands back the write's error instead of panicking: a reader that
+/// went away (`stipple rejected list | head`) ends the command quietly (see `main`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `eprintln!` that does not panic: a diagnostic that cannot be written is dropped.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod commands;
 mod config;
@@ -20,8 +37,7 @@ fn main() -> ExitCode {
         // The reader of the output stopped reading, as `head` does: what it wanted, it has.
         Err(err) if commands::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            use std::io::Write as _;
-            let _ = writeln!(std::io::stderr().lock(), "error: {err:#}");
+            note!("error: {err:#}");
             ExitCode::from(2)
         }
     }

@@ -160,9 +160,7 @@ impl IngressError {
             ),
         }
     }
-}
 
-impl IngressError {
     /// Whether the request's body may have been left partly unread: refused for its
     /// size or its room before or while it was read, cut off by the body timeout, or
     /// unreadable.

@@ -4,23 +4,6 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
-/// `println!` that hands back the write's error instead of panicking: a reader that
-/// went away (`stipple rejected list | head`) ends the command quietly (see `main`).
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)
-    }};
-}
-
-/// `eprintln!` that does not panic: a diagnostic that cannot be written is dropped.
-macro_rules! note {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
-}
-
 mod admin;
 mod map;
 mod mock;
