@@ -218,7 +218,7 @@ impl Bench<'_> {
             let seconds = |m: &Measured| m.result.elapsed.as_secs_f64();
             eprintln!(
                 "bench: {path} {label}, {connections} connections, round {}/{}: stipple {} ({:.2} s{}; answers {}; serve {}; {}; load generator {:.2} cores), \
-                 bare {} ({:.2} s{}; answers {}; {:.2} cores), ratio {:.2}; stolen by the host {:.0}% and {:.0}%",
+                 bare {} ({:.2} s{}; answers {}; {:.2} cores), ratio {:.2}; machine idle {:.0}% and {:.0}%, stolen by the host {:.0}% and {:.0}%",
                 round + 1,
                 self.args.rounds.max(1),
                 report::number(per(&stipple.result), unit),
@@ -237,6 +237,8 @@ impl Bench<'_> {
                 latencies(&baseline.result),
                 baseline.server.total / seconds(&baseline),
                 per(&stipple.result) / per(&baseline.result),
+                stipple.idle * 100.0,
+                baseline.idle * 100.0,
                 stipple.stolen * 100.0,
                 baseline.stolen * 100.0,
             );
@@ -357,6 +359,8 @@ struct Measured {
     generator: Cpu,
     /// The share of the machine's CPU time the hypervisor took meanwhile.
     stolen: f64,
+    /// The share of the machine's CPU time no thread used meanwhile.
+    idle: f64,
     /// How `stipple serve`'s store grouped the run's requests (none for the baseline, or
     /// when its `/metrics` could not be read).
     store: Option<StoreCounts>,
@@ -368,14 +372,15 @@ async fn measure(server: &Server, target: &Target, plan: &LoadPlan) -> anyhow::R
     let machine_before = Machine::now();
     let result = load::run(target, plan).await?;
     let (server_after, own_after) = (Cpu::of(server.pid()), Cpu::own());
+    // Unknown (no /proc/stat) counts as none stolen and none idle.
+    let machine = machine_before.zip(Machine::now());
+    let share = |f: fn(&Machine, &Machine) -> f64| machine.map_or(0.0, |(b, a)| f(&a, &b));
     Ok(Measured {
         result,
         server: server_after.since(&server_before),
         generator: own_after.since(&own_before),
-        // Unknown (no /proc/stat) counts as none stolen.
-        stolen: machine_before
-            .zip(Machine::now())
-            .map_or(0.0, |(before, after)| after.stolen_since(&before)),
+        stolen: share(Machine::stolen_since),
+        idle: share(Machine::idle_since),
         store: None,
     })
 }

@@ -374,15 +374,18 @@ impl Cpu {
 }
 
 /// The whole machine's CPU time so far, from the `cpu` line of `/proc/stat`: all of it,
-/// and what the hypervisor gave other guests meanwhile (steal). On a shared virtual
-/// machine steal slows whatever runs, in spells: a round that lost much to it measures
-/// the host rather than the server.
+/// what the hypervisor gave other guests meanwhile (steal), and what no thread used
+/// (idle). On a shared virtual machine steal slows whatever runs, in spells: a round that
+/// lost much to it measures the host rather than the server. Idle time in a round that
+/// has work waiting is what the server's hand-offs leave unused (docs/performance.md).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Machine {
     /// Ticks of every kind (user, nice, system, idle, iowait, irq, softirq, steal).
     total: u64,
     /// Ticks stolen by the hypervisor.
     steal: u64,
+    /// Ticks idle, waiting for I/O included.
+    idle: u64,
 }
 
 impl Machine {
@@ -402,16 +405,26 @@ impl Machine {
         Some(Machine {
             total: ticks.iter().sum(),
             steal: *ticks.get(7)?,
+            idle: ticks.get(3)? + ticks.get(4)?,
         })
     }
 
     /// The share of the machine's CPU time stolen between `earlier` and `self` (0 to 1).
     pub(crate) fn stolen_since(&self, earlier: &Machine) -> f64 {
+        self.share_since(earlier, |m| m.steal)
+    }
+
+    /// The share of the machine's CPU time idle between `earlier` and `self` (0 to 1).
+    pub(crate) fn idle_since(&self, earlier: &Machine) -> f64 {
+        self.share_since(earlier, |m| m.idle)
+    }
+
+    fn share_since(&self, earlier: &Machine, part: fn(&Machine) -> u64) -> f64 {
         let total = self.total.saturating_sub(earlier.total);
         if total == 0 {
             return 0.0;
         }
-        self.steal.saturating_sub(earlier.steal) as f64 / total as f64
+        part(self).saturating_sub(part(earlier)) as f64 / total as f64
     }
 }
 
@@ -446,7 +459,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn steal_is_the_share_of_all_ticks_between_two_readings() {
+    fn steal_and_idle_are_shares_of_all_ticks_between_two_readings() {
         let before =
             Machine::parse("cpu  100 0 50 800 10 0 20 20 0 0\ncpu0 1 2 3\n").expect("parse");
         let after =
@@ -454,6 +467,11 @@ mod tests {
         // 200 ticks in all, 30 of them stolen.
         assert!((after.stolen_since(&before) - 0.15).abs() < 1e-9);
         assert_eq!(after.stolen_since(&after), 0.0);
+        // 80 of them idle, none waiting for I/O; then 20 more waiting for I/O.
+        assert!((after.idle_since(&before) - 0.4).abs() < 1e-9);
+        let later =
+            Machine::parse("cpu  160 0 70 880 30 0 30 50 0 0\ncpu0 1 2 3\n").expect("parse");
+        assert!((later.idle_since(&after) - 1.0).abs() < 1e-9);
         assert!(Machine::parse("cpu  1 2 3\n").is_none(), "a line too short");
     }
 }
