@@ -18,6 +18,7 @@
 //! request costs (`cargo xtask bench --only instructions`).
 
 use std::borrow::Cow;
+use std::hash::{BuildHasher as _, Hasher as _, RandomState};
 
 use axum::http::{HeaderMap, header};
 use base64::DecodeSliceError;
@@ -26,8 +27,6 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use std::hash::{BuildHasher as _, Hasher as _, RandomState};
-
 use subtle::ConstantTimeEq;
 
 use crate::config::Source;
