@@ -37,7 +37,7 @@ pub use error::{ErrorCode, ValidationError};
 pub use event::{EventTime, PointillistEvent};
 pub use map::{ACCOUNT, MAX_ATTRIBUTE_BYTES, MapConfig, MapError, Mapper, POINTILLIST};
 pub use message::{Context, Id, Message, MessageType, RawMap};
-pub use stored::{Rest, Split, SplitBatch, SplitItem, split, split_batch};
+pub use stored::{Rest, Split, SplitBatch, SplitItem, split, split_batch, split_into};
 pub use surrogates::replace_lone_surrogates;
 pub use time::{format_timestamp, parse_timestamp};
 pub use validate::{MAX_MESSAGE_ID_LEN, ValidMessage};

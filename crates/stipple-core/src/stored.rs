@@ -35,7 +35,7 @@ use crate::message::{Id, Message};
 mod scan;
 
 /// A message read by [`split`]: its plain fields, and the text of everything else.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Split<'a> {
     /// The plain fields, read as [`Message`] reads them; no blocks and no unknown fields.
     pub plain: Message,
@@ -58,8 +58,15 @@ pub struct Rest<'a> {
 
 /// Reads `text` on the fast path; `None` when it declines (see the module docs).
 pub fn split(text: &str) -> Option<Split<'_>> {
-    let split = scan::message(text).ok()?;
-    (!split.rest.contains_other("batch")).then_some(split)
+    let mut split = Split::default();
+    split_into(text, &mut split).then_some(split)
+}
+
+/// [`split`] into `out`, a [`Split::default()`] the caller keeps where it is (a message
+/// is large: each move copies it): whether it was taken. When it was not, `out` holds
+/// what was read before the scan declined, to be dropped.
+pub fn split_into<'a>(text: &'a str, out: &mut Split<'a>) -> bool {
+    scan::message(text, out).is_ok() && !out.rest.contains_other("batch")
 }
 
 /// A batch envelope read by [`split_batch`].
@@ -72,7 +79,7 @@ pub struct SplitBatch<'a> {
 }
 
 /// An item of a [`SplitBatch`].
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SplitItem<'a> {
     /// Its text, as [`crate::Batch`] holds it (`RawValue::get`).
     pub raw: &'a str,

@@ -1,5 +1,7 @@
 //! Validation of one Segment message and the timestamp work the ingress does on it.
 
+use std::borrow::BorrowMut;
+
 use chrono::{DateTime, Utc};
 
 use crate::error::{ErrorCode, ValidationError};
@@ -11,12 +13,27 @@ pub const MAX_MESSAGE_ID_LEN: usize = 100;
 
 /// A message that passed [`Message::validate`]: its type is known and the fields its
 /// call needs are there, and every timestamp it carries parses.
+///
+/// It holds the message (`M = Message`), or borrows it (`M = &mut Message`, from
+/// [`Message::validate_in_place`]), so that a caller that keeps the message where it is
+/// (the ingress, per message) validates and stamps it without moving it.
 #[derive(Debug, Clone)]
-pub struct ValidMessage {
-    message: Message,
+pub struct ValidMessage<M = Message> {
+    message: M,
     kind: MessageType,
     /// `timestamp`, else `receivedAt`, else `originalTimestamp`, parsed once.
     event_time: Option<DateTime<Utc>>,
+    /// The times as validation parsed them, for the first
+    /// [`ValidMessage::apply_received_at`] (which would parse them again).
+    times: Option<Times>,
+}
+
+/// The times of a message as [`Message::validate`] parsed them.
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    timestamp: Option<DateTime<Utc>>,
+    original: Option<DateTime<Utc>>,
+    sent_at: Option<DateTime<Utc>>,
 }
 
 fn present(id: &Option<Id>) -> bool {
@@ -52,6 +69,23 @@ impl Message {
     /// under [`MAX_MESSAGE_ID_LEN`] characters. An empty `messageId` counts as none (the
     /// ingress then makes one, as for a missing one).
     pub fn validate(mut self) -> Result<ValidMessage, ValidationError> {
+        let ValidMessage {
+            kind,
+            event_time,
+            times,
+            ..
+        } = self.validate_in_place()?;
+        Ok(ValidMessage {
+            message: self,
+            kind,
+            event_time,
+            times,
+        })
+    }
+
+    /// [`Message::validate`] on the message where it is (an empty `messageId` is
+    /// removed here too).
+    pub fn validate_in_place(&mut self) -> Result<ValidMessage<&mut Message>, ValidationError> {
         if self.message_id.as_deref() == Some("") {
             self.message_id = None;
         }
@@ -114,46 +148,69 @@ impl Message {
         }
         let timestamp = check_time("timestamp", &self.timestamp)?;
         let original = check_time("originalTimestamp", &self.original_timestamp)?;
-        check_time("sentAt", &self.sent_at)?;
+        let sent_at = check_time("sentAt", &self.sent_at)?;
         let received_at = check_time("receivedAt", &self.received_at)?;
         let event_time = timestamp.or(received_at).or(original);
         Ok(ValidMessage {
             message: self,
             kind,
             event_time,
+            times: Some(Times {
+                timestamp,
+                original,
+                sent_at,
+            }),
         })
     }
 }
 
-impl ValidMessage {
+impl<M> ValidMessage<M> {
     /// The call type.
     pub fn kind(&self) -> MessageType {
         self.kind
     }
 
-    /// The message.
-    pub fn message(&self) -> &Message {
-        &self.message
+    /// Gives the message back (or the borrow of it).
+    pub fn into_message(self) -> M {
+        self.message
     }
 
-    /// Gives the message back.
-    pub fn into_message(self) -> Message {
-        self.message
+    /// The time the Pointillist event carries: `timestamp`, or else `receivedAt`, or
+    /// else `originalTimestamp`.
+    pub fn event_time(&self) -> Result<DateTime<Utc>, ValidationError> {
+        self.event_time.ok_or_else(|| {
+            ValidationError::new(
+                ErrorCode::MissingTimestamp,
+                "the message has no timestamp and no receivedAt",
+            )
+        })
+    }
+}
+
+impl<M: BorrowMut<Message>> ValidMessage<M> {
+    /// The message.
+    pub fn message(&self) -> &Message {
+        self.message.borrow()
     }
 
     /// Sets `messageId` with `make` when the client sent none.
     pub fn ensure_message_id(&mut self, make: impl FnOnce() -> String) {
-        if self.message.message_id.is_none() {
-            self.message.message_id = Some(make());
+        let m = self.message.borrow_mut();
+        if m.message_id.is_none() {
+            m.message_id = Some(make());
         }
     }
 
     /// Sets the body-level `sentAt` of a batch on an item that has none of its own.
     pub fn inherit_sent_at(&mut self, sent_at: &str) -> Result<(), ValidationError> {
-        if self.message.sent_at.is_none() {
-            let parsed = Some(sent_at.to_owned());
-            check_time("sentAt", &parsed)?;
-            self.message.sent_at = parsed;
+        let m = self.message.borrow_mut();
+        if m.sent_at.is_none() {
+            let text = Some(sent_at.to_owned());
+            let parsed = check_time("sentAt", &text)?;
+            m.sent_at = text;
+            if let Some(times) = &mut self.times {
+                times.sent_at = parsed;
+            }
         }
         Ok(())
     }
@@ -170,16 +227,19 @@ impl ValidMessage {
     /// has been corrected already. So applying this twice with the same `received_at`
     /// changes nothing more.
     pub fn apply_received_at(&mut self, received_at: DateTime<Utc>) {
-        let m = &mut self.message;
-        let timestamp = m.timestamp.as_deref().and_then(parse_timestamp);
-        let sent_at = m.sent_at.as_deref().and_then(parse_timestamp);
-        let corrected = match (timestamp, sent_at) {
+        let m = self.message.borrow_mut();
+        // Validation's parse of the fields as they still are; after this, they are not.
+        let times = self.times.take().unwrap_or_else(|| {
+            let parse = |text: &Option<String>| text.as_deref().and_then(parse_timestamp);
+            Times {
+                timestamp: parse(&m.timestamp),
+                original: parse(&m.original_timestamp),
+                sent_at: parse(&m.sent_at),
+            }
+        });
+        let corrected = match (times.timestamp, times.sent_at) {
             (Some(timestamp), Some(sent_at)) => {
-                let original = m
-                    .original_timestamp
-                    .as_deref()
-                    .and_then(parse_timestamp)
-                    .unwrap_or(timestamp);
+                let original = times.original.unwrap_or(timestamp);
                 // A correction past the years an RFC 3339 time can carry (a client
                 // clock centuries off) leaves the client's own time, as without `sentAt`.
                 received_at
@@ -196,17 +256,6 @@ impl ValidMessage {
         m.timestamp = Some(format_timestamp(corrected));
         m.received_at = Some(format_timestamp(received_at));
         self.event_time = Some(corrected);
-    }
-
-    /// The time the Pointillist event carries: `timestamp`, or else `receivedAt`, or
-    /// else `originalTimestamp`.
-    pub fn event_time(&self) -> Result<DateTime<Utc>, ValidationError> {
-        self.event_time.ok_or_else(|| {
-            ValidationError::new(
-                ErrorCode::MissingTimestamp,
-                "the message has no timestamp and no receivedAt",
-            )
-        })
     }
 }
 
@@ -419,5 +468,77 @@ mod tests {
             serde_json::to_value(&once).unwrap(),
             serde_json::to_value(&twice).unwrap()
         );
+    }
+
+    #[test]
+    fn stamping_twice_on_one_valid_message_is_stable() {
+        // The second time reads the fields again, as the first changed them.
+        let message: Message = serde_json::from_value(json!({"type": "track", "event": "E",
+            "userId": "u", "timestamp": "2026-11-28T13:00:00Z", "sentAt": "2026-11-28T13:00:10Z"}))
+        .unwrap();
+        let mut valid = message.validate().unwrap();
+        let received_at = parse_timestamp("2026-11-28T12:00:10.5Z").unwrap();
+        valid.apply_received_at(received_at);
+        let once = serde_json::to_value(valid.message()).unwrap();
+        valid.apply_received_at(received_at);
+        assert_eq!(serde_json::to_value(valid.message()).unwrap(), once);
+        assert_eq!(once["timestamp"], "2026-11-28T12:00:00.500Z");
+    }
+
+    #[test]
+    fn an_inherited_sent_at_corrects_the_skew_as_the_message_s_own_does() {
+        let received_at = parse_timestamp("2026-11-28T12:00:10.5Z").unwrap();
+        let mut message: Message = serde_json::from_value(json!({"type": "track", "event": "E",
+            "userId": "u", "timestamp": "2026-11-28T13:00:00Z"}))
+        .unwrap();
+        let mut valid = message.validate_in_place().unwrap();
+        valid.inherit_sent_at("2026-11-28T13:00:10Z").unwrap();
+        valid.apply_received_at(received_at);
+        assert_eq!(
+            valid.event_time().unwrap(),
+            parse_timestamp("2026-11-28T12:00:00.5Z").unwrap()
+        );
+        let own = stamped(
+            json!({"type": "track", "event": "E", "userId": "u",
+                   "timestamp": "2026-11-28T13:00:00Z", "sentAt": "2026-11-28T13:00:10Z"}),
+            "2026-11-28T12:00:10.5Z",
+        );
+        assert_eq!(
+            serde_json::to_value(&message).unwrap(),
+            serde_json::to_value(&own).unwrap()
+        );
+        // A bad one is refused, and leaves the message as it was.
+        let mut message: Message =
+            serde_json::from_value(json!({"type": "track", "event": "E", "userId": "u"})).unwrap();
+        let mut valid = message.validate_in_place().unwrap();
+        let before = serde_json::to_value(valid.message()).unwrap();
+        assert!(valid.inherit_sent_at("yesterday").is_err());
+        assert_eq!(serde_json::to_value(valid.message()).unwrap(), before);
+    }
+
+    #[test]
+    fn validating_in_place_stamps_as_validating_does() {
+        for input in [
+            json!({"type": "track", "event": "E", "userId": "u", "messageId": "",
+                   "timestamp": "2026-11-28T13:00:00+01:00", "sentAt": "2026-11-28T12:00:10Z"}),
+            json!({"type": "identify", "anonymousId": "a", "originalTimestamp": "2026-11-28T11:00:00Z",
+                   "timestamp": "2026-11-28T13:00:00Z", "sentAt": "2026-11-28T13:00:10Z"}),
+            json!({"type": "page", "userId": 1}),
+        ] {
+            let received_at = parse_timestamp("2026-11-28T12:00:10Z").unwrap();
+            let mut in_place: Message = serde_json::from_value(input.clone()).unwrap();
+            let mut valid = in_place.validate_in_place().unwrap();
+            valid.apply_received_at(received_at);
+            let time = valid.event_time().unwrap();
+            let moved = stamped(input.clone(), "2026-11-28T12:00:10Z");
+            let mut again = moved.clone().validate().unwrap();
+            again.apply_received_at(received_at);
+            assert_eq!(time, again.event_time().unwrap(), "{input}");
+            assert_eq!(
+                serde_json::to_value(&in_place).unwrap(),
+                serde_json::to_value(&moved).unwrap(),
+                "{input}"
+            );
+        }
     }
 }

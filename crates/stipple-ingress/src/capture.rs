@@ -159,24 +159,31 @@ struct Accepted {
 }
 
 /// A message as read: whole (the reference path), or split into its plain fields and
-/// the text of the rest (the fast path, [`stipple_core::split`]), whose stored text
-/// reads back as the same message (its blocks kept as the client sent them).
+/// the text of the rest (the fast path, [`stipple_core::split_into`]), whose stored text
+/// reads back as the same message (its blocks kept as the client sent them). A split
+/// message is read into room the caller keeps, and stays there (a message is large:
+/// each move copies it).
 #[derive(Debug)]
-enum Read<'a> {
-    Whole(Message),
-    Split(Split<'a>),
+enum Read<'r, 'a> {
+    Whole(Box<Message>),
+    Split(&'r mut Split<'a>),
 }
 
-impl<'a> Read<'a> {
-    /// A single-call body, on the fast path when it takes it. JSON that is not a message
-    /// is a refused message (kept like any other); a batch or invalid JSON is an error
-    /// of the whole request.
-    fn single(body: &'a [u8]) -> Result<Result<Self, Rejection>, IngressError> {
-        if let Some(split) = std::str::from_utf8(body).ok().and_then(stipple_core::split) {
-            return Ok(Ok(Read::Split(split)));
+impl<'r, 'a> Read<'r, 'a> {
+    /// A single-call body, on the fast path (read into `room`, a default [`Split`]) when
+    /// it takes it. JSON that is not a message is a refused message (kept like any
+    /// other); a batch or invalid JSON is an error of the whole request.
+    fn single(
+        body: &'a [u8],
+        room: &'r mut Split<'a>,
+    ) -> Result<Result<Self, Rejection>, IngressError> {
+        if let Ok(text) = std::str::from_utf8(body) {
+            if stipple_core::split_into(text, room) {
+                return Ok(Ok(Read::Split(room)));
+            }
         }
         match Input::parse(body) {
-            Ok(Input::Message(message)) => Ok(Ok(Read::Whole(*message))),
+            Ok(Input::Message(message)) => Ok(Ok(Read::Whole(message))),
             Ok(Input::Batch(_)) => Err(IngressError::WrongShape(
                 "this endpoint takes one message: post batches to /v1/batch",
             )),
@@ -185,53 +192,63 @@ impl<'a> Read<'a> {
         }
     }
 
-    /// Batch item `index`, on the fast path when it takes it.
-    fn item(batch: &'a stipple_core::Batch, index: usize) -> Result<Self, ValidationError> {
+    /// Batch item `index`, on the fast path (kept in `room`) when it takes it.
+    fn item(
+        batch: &'a stipple_core::Batch,
+        index: usize,
+        room: &'r mut Split<'a>,
+    ) -> Result<Self, ValidationError> {
         match batch.split_item(index) {
-            Some(split) => Ok(Read::Split(split)),
-            None => batch.item(index).map(Read::Whole),
+            Some(split) => {
+                *room = split;
+                Ok(Read::Split(room))
+            }
+            None => batch.item(index).map(|m| Read::Whole(Box::new(m))),
         }
     }
 
     /// The plain fields (all of the message when read whole).
     fn message(&mut self) -> &mut Message {
+        self.parts().0
+    }
+
+    /// The plain fields, and the text of the rest when split.
+    fn parts(&mut self) -> (&mut Message, Option<&mut Rest<'a>>) {
         match self {
-            Read::Whole(message) => message,
-            Read::Split(split) => &mut split.plain,
+            Read::Whole(message) => (message, None),
+            Read::Split(split) => (&mut split.plain, Some(&mut split.rest)),
         }
     }
 }
 
-/// Validates and stamps one message. `writeKey` is removed: it is a secret and the
-/// source already says whose message it is.
+/// Validates and stamps one message where it is (a message is large: moving it costs
+/// more than the stamping). `writeKey` is removed: it is a secret and the source already
+/// says whose message it is.
 fn accept(
-    read: Read<'_>,
+    read: &mut Read<'_, '_>,
     batch_sent_at: Option<&str>,
     received_at: DateTime<Utc>,
 ) -> Result<Accepted, Rejection> {
-    let (mut message, rest): (Message, Option<Rest<'_>>) = match read {
-        Read::Whole(mut message) => {
+    let (message, mut rest) = read.parts();
+    match &mut rest {
+        Some(rest) => rest.remove_other("writeKey"),
+        None => {
             message.other.remove("writeKey");
-            (message, None)
         }
-        Read::Split(mut split) => {
-            split.rest.remove_other("writeKey");
-            (split.plain, Some(split.rest))
-        }
-    };
+    }
     // The ingress's clock sets it: a client's is not read, so cannot refuse the message.
     message.received_at = None;
-    let mut valid = message.validate()?;
+    let mut valid = message.validate_in_place()?;
     if let Some(sent_at) = batch_sent_at {
         valid.inherit_sent_at(sent_at)?;
     }
     valid.ensure_message_id(|| uuid::Uuid::new_v4().to_string());
     valid.apply_received_at(received_at);
     let kind = valid.kind();
-    let mut message = valid.into_message();
+    let message = valid.into_message();
     let payload = match &rest {
-        Some(rest) => rest.write(&message),
-        None => serde_json::to_vec(&message),
+        Some(rest) => rest.write(message),
+        None => serde_json::to_vec(message),
     };
     let payload = payload.map_err(|e| Rejection {
         code: ErrorCode::InvalidMessage.as_str(),
@@ -360,10 +377,16 @@ async fn single(
     received_at: DateTime<Utc>,
 ) -> Result<Response, IngressError> {
     let mut kind = kind;
-    let outcome = Read::single(body)?.and_then(|mut read| {
-        kind = with_type(read.message(), kind);
-        accept(read, None, received_at)
-    });
+    let outcome = {
+        let mut room = Split::default();
+        match Read::single(body, &mut room)? {
+            Ok(mut read) => {
+                kind = with_type(read.message(), kind);
+                accept(&mut read, None, received_at)
+            }
+            Err(rejection) => Err(rejection),
+        }
+    };
     let refused = outcome.as_ref().err().map(|r| (r.code, r.message.clone()));
     let mut collected = Collected::new(source);
     collected.push(outcome, kind.as_str(), None, body);
@@ -425,10 +448,12 @@ async fn batch(
     // The scan stops past `max_batch_items`, which the serde_json reading then refuses.
     let text = std::str::from_utf8(body).ok();
     match text.and_then(|text| stipple_core::split_batch(text, config.max_batch_items)) {
-        Some(scanned) => {
+        Some(mut scanned) => {
             let sent_at = scanned.sent_at.as_deref();
-            for (index, item) in scanned.items.into_iter().enumerate() {
-                items.take(index, item.raw, sent_at, || Ok(Read::Split(item.split)));
+            for (index, item) in scanned.items.iter_mut().enumerate() {
+                items.take(index, item.raw, sent_at, || {
+                    Ok(Read::Split(&mut item.split))
+                });
             }
         }
         None => {
@@ -441,7 +466,10 @@ async fn batch(
             }
             let sent_at = batch.sent_at.as_deref();
             for (index, raw) in batch.batch.iter().enumerate() {
-                items.take(index, raw.get(), sent_at, || Read::item(&batch, index));
+                let mut room = Split::default();
+                items.take(index, raw.get(), sent_at, || {
+                    Read::item(&batch, index, &mut room)
+                });
             }
         }
     }
@@ -464,12 +492,12 @@ struct BatchItems<'s> {
 
 impl BatchItems<'_> {
     /// Item `index`, its text `raw`, read by `read` unless it is too large.
-    fn take<'a>(
+    fn take<'r, 'a: 'r>(
         &mut self,
         index: usize,
         raw: &str,
         sent_at: Option<&str>,
-        read: impl FnOnce() -> Result<Read<'a>, ValidationError>,
+        read: impl FnOnce() -> Result<Read<'r, 'a>, ValidationError>,
     ) {
         let (kind, outcome) = if raw.len() > self.max_message_bytes {
             let rejection = Rejection {
@@ -484,7 +512,7 @@ impl BatchItems<'_> {
             match read() {
                 Ok(mut read) => (
                     type_label(read.message().kind.as_deref()),
-                    accept(read, sent_at, self.received_at),
+                    accept(&mut read, sent_at, self.received_at),
                 ),
                 Err(e) => ("unknown", Err(Rejection::from(e))),
             }

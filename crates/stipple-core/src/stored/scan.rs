@@ -1,5 +1,5 @@
 //! One scan of a message's text, the way [`super::split`] reads it: the plain fields
-//! handed to `serde_json` one value at a time, as [`Message`] reads them; the blocks,
+//! handed to `serde_json` one value at a time, as [`Message`](crate::Message) reads them; the blocks,
 //! the unknown fields and the `context` keys the mapping does not read kept as their
 //! text.
 //!
@@ -25,8 +25,8 @@ use std::ops::Range;
 
 use serde::Deserialize;
 
-use super::{Part, Rest, Split, SplitBatch, SplitItem, assemble, needs_escape, next_stop};
-use crate::message::{Id, Message, read_plain_field};
+use super::{Part, Split, SplitBatch, SplitItem, assemble, needs_escape, next_stop};
+use crate::message::{Id, read_plain_field};
 
 /// The scan cannot read this message as the reference path would: take that path.
 #[derive(Debug)]
@@ -51,15 +51,16 @@ const CONTEXT_BLOCKS: [Cow<'static, str>; 5] = [
     Cow::Borrowed("personas"),
 ];
 
-/// Reads `text`, one JSON object, as [`super::split`] does (see the module docs).
-pub(super) fn message(text: &str) -> Result<Split<'_>, Declined> {
+/// Reads `text`, one JSON object, into `out` (a default [`Split`]) as [`super::split`]
+/// does (see the module docs).
+pub(super) fn message<'a>(text: &'a str, out: &mut Split<'a>) -> Result<(), Declined> {
     let mut scan = Scan { text, at: 0 };
-    let split = scan.message(DEPTH, text.len())?;
+    scan.message(DEPTH, text.len(), out)?;
     scan.whitespace();
     if scan.at != text.len() {
         return Err(Declined);
     }
-    Ok(split)
+    Ok(())
 }
 
 /// Reads `text`, a batch envelope, as [`super::split_batch`] does: each item of `batch`
@@ -251,13 +252,12 @@ impl<'a> Scan<'a> {
     }
 
     /// The message object here (after any whitespace), with `depth` left of the
-    /// recursion limit, up to its closing `}`; `text` is room first made for its parts.
-    fn message(&mut self, depth: u8, text: usize) -> Result<Split<'a>, Declined> {
-        let mut m = Message::default();
-        let mut rest = Rest {
-            text: Vec::with_capacity(text),
-            ..Rest::default()
-        };
+    /// recursion limit, up to its closing `}`, read into `out` (a default [`Split`]:
+    /// filled where it is, as a message is large to move); `text` is room first made
+    /// for its parts.
+    fn message(&mut self, depth: u8, text: usize, out: &mut Split<'a>) -> Result<(), Declined> {
+        let Split { plain: m, rest } = out;
+        rest.text.reserve(text);
         self.whitespace();
         if self.peek() != Some(b'{') {
             return Err(Declined);
@@ -283,7 +283,7 @@ impl<'a> Scan<'a> {
             Ok(())
         })?;
         sort_unique(&mut rest.other)?;
-        Ok(Split { plain: m, rest })
+        Ok(())
     }
 
     /// The items of the `batch` array here, each read as [`Scan::message`] reads a
@@ -303,21 +303,23 @@ impl<'a> Scan<'a> {
             }
             scan.whitespace();
             let start = scan.at;
+            // Read where it is kept: an item is large to move.
+            items.push(SplitItem::default());
+            let item = items.last_mut().ok_or(Declined)?;
             // Two levels below the envelope's top, where `serde_json` counts the limit
             // from: declining sooner than it refuses is safe.
-            let split = scan.message(DEPTH - 2, ITEM_TEXT)?;
-            if split.rest.contains_other("batch") {
+            scan.message(DEPTH - 2, ITEM_TEXT, &mut item.split)?;
+            if item.split.rest.contains_other("batch") {
                 return Err(Declined);
             }
-            let raw = &scan.text[start..scan.at];
-            if items.is_empty() {
+            item.raw = &scan.text[start..scan.at];
+            if items.len() == 1 {
                 // Room for as many items as the first one's length says the body holds,
                 // and a quarter more (items differ in length): the items are large, and
                 // growing moves them.
-                let count = (scan.text.len() - start) / (raw.len() + 1);
+                let count = (scan.text.len() - start) / (scan.at - start + 1);
                 items.reserve((count + count / 4).min(max_items));
             }
-            items.push(SplitItem { raw, split });
             Ok(())
         })?;
         Ok(items)
