@@ -264,16 +264,21 @@ impl<'o> Object<'o> {
         Self { out, first: true }
     }
 
+    /// The comma before every entry but the first.
+    fn separate(&mut self) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+    }
+
     /// Starts an entry: the value is written next.
     #[allow(
         clippy::ptr_arg,
         reason = "borrowed or owned says whether the text had escapes"
     )]
     fn key(&mut self, key: &Cow<'_, str>) -> serde_json::Result<()> {
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.first = false;
+        self.separate();
         write_str(self.out, key)?;
         self.out.push(b':');
         Ok(())
@@ -292,12 +297,9 @@ impl<'o> Object<'o> {
     /// An entry of `key`, a plain word (nothing in it to escape), and the string `text`,
     /// written as `serde_json` writes it: the plain fields' entries, in one step each.
     fn str_entry(&mut self, key: &str, text: &str) -> serde_json::Result<()> {
+        self.out.reserve(key.len() + text.len() + 6);
+        self.separate();
         let out = &mut *self.out;
-        out.reserve(key.len() + text.len() + 6);
-        if !self.first {
-            out.push(b',');
-        }
-        self.first = false;
         out.push(b'"');
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");

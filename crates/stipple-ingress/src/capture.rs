@@ -379,13 +379,10 @@ async fn single(
     let mut kind = kind;
     let outcome = {
         let mut room = Split::default();
-        match Read::single(body, &mut room)? {
-            Ok(mut read) => {
-                kind = with_type(read.message(), kind);
-                accept(&mut read, None, received_at)
-            }
-            Err(rejection) => Err(rejection),
-        }
+        Read::single(body, &mut room)?.and_then(|mut read| {
+            kind = with_type(read.message(), kind);
+            accept(&mut read, None, received_at)
+        })
     };
     let refused = outcome.as_ref().err().map(|r| (r.code, r.message.clone()));
     let mut collected = Collected::new(source);

@@ -1,7 +1,7 @@
 //! One scan of a message's text, the way [`super::split`] reads it: the plain fields
-//! handed to `serde_json` one value at a time, as [`Message`](crate::Message) reads them; the blocks,
-//! the unknown fields and the `context` keys the mapping does not read kept as their
-//! text.
+//! read as [`Message`](crate::Message) reads them (a string with nothing escaped taken
+//! from between its quotes, any other value handed to `serde_json`); the blocks, the
+//! unknown fields and the `context` keys the mapping does not read kept as their text.
 //!
 //! Why a scan of its own rather than `serde_json`'s deserializer with visitors, as this
 //! path was first built: it reads the 1,000 messages of the `store_1000_messages`
