@@ -9,19 +9,23 @@
 //! through a lock file: that is what lets it keep its leases and the dedup index in
 //! memory (a crashed service's leases die with it). Admin commands open it beside the service
 //! ([`Role::Admin`]); the row counts live in the database so both see the same.
+//!
+//! The connection writes the log through a VFS of the store's own (`vfs`), which merges a
+//! commit's frame writes into one system call.
 
 mod checkpoint;
 mod dedup;
 mod leases;
 mod ops;
 mod schema;
+mod vfs;
 mod writer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -149,6 +153,21 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
+/// The name of the VFS that gathers the log's writes (`vfs.rs`), registered on first
+/// use; `None` where it cannot stand (SQLite's default VFS is not `unix`).
+fn gathering_vfs() -> Option<&'static str> {
+    const NAME: &str = "stipple-gather";
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let registered = *REGISTERED.get_or_init(|| match vfs::register(NAME) {
+        Ok(_) => true,
+        Err(reason) => {
+            tracing::info!(%reason, "the store writes its log through SQLite's default VFS");
+            false
+        }
+    });
+    registered.then_some(NAME)
+}
+
 impl SqliteStore {
     /// Opens the store at `path`, creating its directory and schema on first start.
     ///
@@ -171,12 +190,13 @@ impl SqliteStore {
             Role::Service => Some(take_service_lock(path, options.busy_timeout)?),
             Role::Admin => None,
         };
-        let mut conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = match gathering_vfs() {
+            Some(vfs) => Connection::open_with_flags_and_vfs(path, flags, vfs),
+            None => Connection::open_with_flags(path, flags),
+        }
         .map_err(|e| open_error(path, e))?;
         configure(path, &conn, &options)?;
         schema::migrate(&mut conn, options.role == Role::Service)?;
