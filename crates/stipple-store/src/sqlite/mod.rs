@@ -156,16 +156,21 @@ impl fmt::Debug for SqliteStore {
 /// The name of the VFS that gathers the log's writes (`vfs.rs`), registered on first
 /// use; `None` where it cannot stand (SQLite's default VFS is not `unix`).
 fn gathering_vfs() -> Option<&'static str> {
-    const NAME: &str = "stipple-gather";
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let registered = *REGISTERED.get_or_init(|| match vfs::register(NAME) {
-        Ok(_) => true,
+    gathering_counts().map(|_| GATHERING_VFS)
+}
+
+const GATHERING_VFS: &str = "stipple-gather";
+
+/// What the store's VFS did, once registered.
+fn gathering_counts() -> Option<&'static vfs::Counts> {
+    static REGISTERED: OnceLock<Option<&'static vfs::Counts>> = OnceLock::new();
+    *REGISTERED.get_or_init(|| match vfs::register(GATHERING_VFS) {
+        Ok(counts) => Some(counts),
         Err(reason) => {
             tracing::info!(%reason, "the store writes its log through SQLite's default VFS");
-            false
+            None
         }
-    });
-    registered.then_some(NAME)
+    })
 }
 
 impl SqliteStore {
@@ -754,6 +759,15 @@ mod tests {
         for task in tasks {
             task.await.expect("task").expect("append");
         }
+    }
+
+    #[tokio::test]
+    async fn the_store_writes_its_log_through_its_own_vfs() {
+        let (_dir, store) = temp_store();
+        let counts = gathering_counts().expect("SQLite's default VFS here is unix");
+        let before = counts.log_writes.load(Ordering::Relaxed);
+        store.append(one("through"), DAY).await.expect("append");
+        assert!(counts.log_writes.load(Ordering::Relaxed) > before);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
