@@ -24,7 +24,7 @@
 //!   checkpointer's) read those frames, and before `COMMIT` returns, so the writer's
 //!   fsync of the log (`writer::Log`) covers the commit. A write error surfaces in that
 //!   call, so the commit fails as it would have.
-//! - At most [`GATHER_LIMIT`] bytes wait: bigger transactions write in steps (of under
+//! - At most [`MAX_WRITE`] bytes wait: bigger transactions write in steps (of under
 //!   128 KiB: the `unix` VFS writes no more at once).
 //! - A transaction that ends without a commit (rolled back after a full cache sent some
 //!   of its pages to the log early) may leave writes gathered that belong to nothing.
@@ -47,11 +47,9 @@ use std::{mem, ptr, slice};
 use rusqlite::ffi;
 
 /// Most bytes one write to the base VFS may carry: `unix`'s `seekAndWriteFd` keeps only
-/// the low 17 bits of a write's length (it never writes 128 KiB or more at once).
+/// the low 17 bits of a write's length (it never writes 128 KiB or more at once). Gathered
+/// bytes are also written once they reach this, whatever the transaction.
 const MAX_WRITE: usize = 31 * 4096;
-
-/// Gathered bytes are written once they reach this, whatever the transaction.
-pub(super) const GATHER_LIMIT: usize = MAX_WRITE;
 
 /// A log frame's header, as `wal.c` writes it.
 const FRAME_HEADER: usize = 24;
@@ -183,31 +181,22 @@ impl File {
         if gather.bytes.is_empty() {
             return ffi::SQLITE_OK;
         }
+        let (mut bytes, mut offset) = (mem::take(&mut gather.bytes), gather.start);
         let mut rc = ffi::SQLITE_OK;
-        let mut offset = gather.start;
-        for chunk in gather.bytes.chunks(MAX_WRITE) {
-            // SAFETY: `counts` points into a leaked `AppData`.
-            unsafe { &*self.counts }
-                .file_writes
-                .fetch_add(1, Ordering::Relaxed);
-            // SAFETY: the base file is open (caller); `chunk` is under MAX_WRITE bytes.
-            rc = unsafe {
-                match (*(*self.base).pMethods).xWrite {
-                    Some(write) => write(
-                        self.base,
-                        chunk.as_ptr().cast(),
-                        c_int::try_from(chunk.len()).unwrap_or(c_int::MAX),
-                        offset,
-                    ),
-                    None => ffi::SQLITE_IOERR_WRITE,
-                }
-            };
+        for chunk in bytes.chunks(MAX_WRITE) {
+            let amount = c_int::try_from(chunk.len()).unwrap_or(c_int::MAX);
+            // SAFETY: the base file is open (caller); `chunk` holds `amount` bytes.
+            rc = unsafe { forward_write(self, chunk.as_ptr().cast(), amount, offset) };
             if rc != ffi::SQLITE_OK {
                 break;
             }
-            offset = offset.saturating_add(i64::try_from(chunk.len()).unwrap_or(i64::MAX));
+            offset = offset.saturating_add(i64::from(amount));
         }
-        gather.bytes.clear();
+        // The allocation serves the next transaction.
+        bytes.clear();
+        if let Some(gather) = self.gather.as_deref_mut() {
+            gather.bytes = bytes;
+        }
         rc
     }
 }
@@ -340,7 +329,7 @@ unsafe extern "C" fn x_write(
         }
         gather.bytes.extend_from_slice(bytes);
         gather.end = Some(end);
-        if completes_commit || gather.bytes.len() >= GATHER_LIMIT {
+        if completes_commit || gather.bytes.len() >= MAX_WRITE {
             return ours.flush();
         }
         ffi::SQLITE_OK
@@ -636,7 +625,7 @@ mod tests {
         let other = reader(&path);
         let mut expected = (0, 0, 0);
         for round in 0..120_usize {
-            // From one row to a few hundred KiB (several steps of GATHER_LIMIT).
+            // From one row to a few hundred KiB (several steps of MAX_WRITE).
             let (rows, size) = match round % 4 {
                 0 => (1, 100),
                 1 => (30, 700),
