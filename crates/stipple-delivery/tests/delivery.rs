@@ -285,7 +285,7 @@ async fn a_pause_s_probe_waits_out_the_retry_after_pointillist_gave() {
     let mock = throttling(2);
     let store = queued(20).await;
     let config = DeliveryConfig {
-        concurrency: 4,
+        concurrency: 2,
         outage_after: 4,
         ..fast_config()
     };
@@ -295,11 +295,14 @@ async fn a_pause_s_probe_waits_out_the_retry_after_pointillist_gave() {
         !health.status().healthy
     })
     .await;
-    // The probe backoff alone (20-50 ms) would send a dozen requests meanwhile.
+    // The probe backoff alone (20-50 ms) would send 20 or more requests meanwhile. What
+    // may arrive: the one request still in flight when the other worker's answer paused
+    // delivery (it reaches the mock late when the machine is loaded), and the probe, if
+    // this test saw the pause late.
     let before = mock.stats().requests;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let during = mock.stats().requests - before;
-    assert!(during <= 1, "{during} requests within the Retry-After");
+    assert!(during <= 2, "{during} requests within the Retry-After");
     mock.set_faults(Faults::default());
     eventually("all 20 delivered", async || {
         store.stats().await.unwrap().queued == 0
