@@ -35,8 +35,9 @@
 //!
 //! A crash loses only what is gathered, which is never part of a commit that returned.
 //! The `unix` VFS's methods other than `xOpen` ignore the VFS they are called through
-//! (checked in SQLite 3.46's `os_unix.c`), so this VFS lends them unchanged; it stands
-//! only over a default VFS named `unix` ([`register`] declines any other).
+//! (checked in SQLite 3.46's and 3.53's `os_unix.c`; `xOpen` gets `unix` itself, so the
+//! files it opens name `unix`), so this VFS lends them unchanged; it stands only over a
+//! default VFS named `unix` ([`register`] declines any other).
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString, c_int, c_void};
