@@ -454,19 +454,30 @@ impl Message {
 
     /// Whether this message is to be delivered to `destination` according to its
     /// `integrations` object: `"<destination>": false` turns it off, and so does
-    /// `"All": false` unless the destination is named with anything but `false`.
+    /// `"All": false` unless the destination is named with `true` or an object of
+    /// settings (Segment's way of enabling one destination with options). Any other value
+    /// (`null`, a number, a string) names nothing: `"All"` decides.
     pub fn is_enabled_for(&self, destination: &str) -> bool {
         let Some(integrations) = &self.integrations else {
             return true;
         };
-        match integrations.get(destination) {
-            Some(serde_json::Value::Bool(false)) => false,
-            Some(_) => true,
+        match integrations.get(destination).and_then(destination_switch) {
+            Some(on) => on,
             None => !matches!(
                 integrations.get("All"),
                 Some(serde_json::Value::Bool(false))
             ),
         }
+    }
+}
+
+/// What a destination's entry in `integrations` says: `false` off; `true` or an object of
+/// settings on; anything else nothing (the `"All"` entry decides).
+pub(crate) fn destination_switch(value: &serde_json::Value) -> Option<bool> {
+    match value {
+        serde_json::Value::Bool(on) => Some(*on),
+        serde_json::Value::Object(_) => Some(true),
+        _ => None,
     }
 }
 
@@ -554,5 +565,11 @@ mod tests {
         check(json!({"All": true, "Pointillist": false}), false);
         check(json!({"All": false, "Amplitude": true}), false);
         check(json!({"Amplitude": false}), true);
+        // Only `true` or settings name a destination on; other values leave it to "All".
+        for neither in [json!(null), json!(0), json!(1), json!("no"), json!([true])] {
+            check(json!({"All": false, "Pointillist": neither}), false);
+            check(json!({"Pointillist": neither}), true);
+            check(json!({"All": true, "Pointillist": neither}), true);
+        }
     }
 }

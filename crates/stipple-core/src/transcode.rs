@@ -419,7 +419,8 @@ impl<'de> Deserialize<'de> for ContextView<'de> {
 /// The `integrations` object, as far as routing reads it.
 #[derive(Default)]
 struct Routing {
-    /// `"Pointillist"`: absent, or whether it is `false`.
+    /// `"Pointillist"`: on or off (`crate::message::destination_switch`), or `None` when
+    /// absent or naming neither.
     pointillist: Option<bool>,
     /// `"All": false`.
     all_off: bool,
@@ -428,10 +429,7 @@ struct Routing {
 impl Routing {
     /// `Message::is_enabled_for(POINTILLIST)`.
     fn enabled(&self) -> bool {
-        match self.pointillist {
-            Some(off) => !off,
-            None => !self.all_off,
-        }
+        self.pointillist.unwrap_or(!self.all_off)
     }
 }
 
@@ -447,7 +445,10 @@ impl<'de> Deserialize<'de> for Routing {
                 let mut r = Routing::default();
                 while let Some(key) = map.next_key::<Text<'de>>()? {
                     match &*key {
-                        POINTILLIST => r.pointillist = Some(is_false(map.next_value()?)),
+                        POINTILLIST => {
+                            let value: serde_json::Value = map.next_value()?;
+                            r.pointillist = crate::message::destination_switch(&value);
+                        }
                         "All" => r.all_off = is_false(map.next_value()?),
                         _ => {
                             map.next_value::<serde_json::Value>()?;

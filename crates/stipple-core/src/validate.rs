@@ -181,7 +181,7 @@ impl<M> ValidMessage<M> {
         self.event_time.ok_or_else(|| {
             ValidationError::new(
                 ErrorCode::MissingTimestamp,
-                "the message has no timestamp and no receivedAt",
+                "the message has no timestamp, receivedAt or originalTimestamp",
             )
         })
     }

@@ -27,8 +27,11 @@ pub enum IngressError {
     /// 415: a `Content-Encoding` other than gzip.
     #[error("content encoding {0:?} is not supported: send gzip or no content encoding")]
     UnsupportedContentEncoding(String),
-    /// 400: the body could not be read or is not valid gzip.
-    #[error("the request body could not be read ({0}): resend it")]
+    /// 400: the body could not be read (a broken framing) or is not valid gzip. Sending
+    /// the same bytes again would fail the same way, so the message does not ask for it.
+    #[error(
+        "the request body could not be read ({0}): send a complete body, gzip-compressed only with Content-Encoding: gzip"
+    )]
     UnreadableBody(String),
     /// 503 with `Retry-After`: the client took longer than the body timeout to send its
     /// body.
