@@ -461,13 +461,10 @@ impl Message {
         let Some(integrations) = &self.integrations else {
             return true;
         };
-        match integrations.get(destination).and_then(destination_switch) {
-            Some(on) => on,
-            None => !matches!(
-                integrations.get("All"),
-                Some(serde_json::Value::Bool(false))
-            ),
-        }
+        routed(
+            integrations.get(destination).and_then(destination_switch),
+            integrations.get("All").is_some_and(is_false),
+        )
     }
 }
 
@@ -479,6 +476,17 @@ pub(crate) fn destination_switch(value: &serde_json::Value) -> Option<bool> {
         serde_json::Value::Object(_) => Some(true),
         _ => None,
     }
+}
+
+/// The routing rule, shared by [`Message::is_enabled_for`] and the fast path: the
+/// destination's own switch if it has one, else on unless `"All": false`.
+pub(crate) fn routed(switch: Option<bool>, all_off: bool) -> bool {
+    switch.unwrap_or(!all_off)
+}
+
+/// Whether an `integrations` entry is `false`.
+pub(crate) fn is_false(value: &serde_json::Value) -> bool {
+    matches!(value, serde_json::Value::Bool(false))
 }
 
 // Hand-written rather than derived: `#[serde(flatten)]` on deserialisation buffers the

@@ -429,7 +429,7 @@ struct Routing {
 impl Routing {
     /// `Message::is_enabled_for(POINTILLIST)`.
     fn enabled(&self) -> bool {
-        self.pointillist.unwrap_or(!self.all_off)
+        crate::message::routed(self.pointillist, self.all_off)
     }
 }
 
@@ -449,7 +449,10 @@ impl<'de> Deserialize<'de> for Routing {
                             let value: serde_json::Value = map.next_value()?;
                             r.pointillist = crate::message::destination_switch(&value);
                         }
-                        "All" => r.all_off = is_false(map.next_value()?),
+                        "All" => {
+                            let value: serde_json::Value = map.next_value()?;
+                            r.all_off = crate::message::is_false(&value);
+                        }
                         _ => {
                             map.next_value::<serde_json::Value>()?;
                         }
@@ -460,10 +463,6 @@ impl<'de> Deserialize<'de> for Routing {
         }
         d.deserialize_map(RoutingVisitor)
     }
-}
-
-fn is_false(value: serde_json::Value) -> bool {
-    matches!(value, serde_json::Value::Bool(false))
 }
 
 /// The fields of a message the mapping reads, borrowed from its text.
