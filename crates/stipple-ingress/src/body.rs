@@ -9,16 +9,16 @@
 
 use std::future::poll_fn;
 use std::io::Read;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::body::{Body, HttpBody};
+use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use bytes::{Bytes, BytesMut};
 use flate2::read::MultiGzDecoder;
 use tokio::sync::Semaphore;
 
 use crate::error::IngressError;
+use crate::wake_hold;
 
 /// How the body is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +194,7 @@ async fn collect(
     let mut first: Option<Bytes> = None;
     let mut joined = BytesMut::new();
     let mut len = 0usize;
-    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+    while let Some(frame) = poll_fn(|cx| wake_hold::poll_frame(&mut body, cx)).await {
         let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
             len = len.saturating_add(data.len());

@@ -58,6 +58,7 @@ mod server;
 mod state;
 pub mod telemetry;
 mod threads;
+mod wake_hold;
 
 use std::time::Duration;
 

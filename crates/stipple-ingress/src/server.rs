@@ -30,6 +30,7 @@ use crate::Ingress;
 use crate::header_timeout::{Idle, Watched};
 use crate::telemetry;
 use crate::threads::ConnectionThreads;
+use crate::wake_hold::Held;
 
 /// How the server treats connections.
 #[derive(Debug, Clone)]
@@ -130,7 +131,9 @@ pub async fn serve(
             let _open = telemetry::OpenConnection::new();
             let idle = Idle::new();
             let service = Watched::new(front, Arc::clone(&idle));
-            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+            // Spares each request the poll hyper's body channel asks for nothing (`wake_hold.rs`).
+            let connection =
+                Held::new(watcher.watch(http.serve_connection(TokioIo::new(stream), service)));
             tokio::select! {
                 ended = connection => {
                     if let Err(e) = ended {
