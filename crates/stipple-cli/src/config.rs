@@ -402,10 +402,14 @@ fn http_url(key: &str, value: &str, hint: &str) -> anyhow::Result<()> {
 /// The `config` crate's message for a value it could not read, said in the file's terms:
 /// the key in full, what it takes, an example. Messages it does not know pass as they are.
 fn explain(message: &str) -> String {
-    // "... for key `pointillist.timeout`" ends most of them.
-    let (what, key) = match message.rsplit_once(" for key `") {
-        Some((what, key)) => (what, key.strip_suffix('`').unwrap_or(key)),
-        None => (message, ""),
+    // "... for key `pointillist.timeout`" ends most of them, some with the file after it
+    // (" in stipple.toml").
+    let (what, key, origin) = match message.rsplit_once(" for key `") {
+        Some((what, rest)) => match rest.split_once('`') {
+            Some((key, origin)) => (what, key, origin),
+            None => (what, rest, ""),
+        },
+        None => (message, "", ""),
     };
     let value = what
         .strip_prefix("invalid value: string ")
@@ -462,7 +466,7 @@ fn explain(message: &str) -> String {
     if key.is_empty() {
         message.to_owned()
     } else {
-        format!("{key}: {what}")
+        format!("{key}{origin}: {what}")
     }
 }
 
@@ -998,6 +1002,10 @@ mod tests {
         ] {
             check(&format!("{MINIMAL}{extra}"), expected);
         }
+        check(
+            &MINIMAL.replace("api_token = \"tok\"", "api_token = []"),
+            "pointillist.api_token in ",
+        );
         check(
             &MINIMAL.replace("[pointillist]\n", "[pointillist]\ntimeout = 10\n"),
             "pointillist.timeout \"10\" is not a duration: write one such as \"10s\"",

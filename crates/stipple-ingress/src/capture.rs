@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 use crate::body::{self, BodyError, Reservation};
 use crate::config::Source;
 use crate::error::IngressError;
+use crate::redact;
 use crate::state::IngressState;
 use crate::telemetry::{Tally, type_label};
 
@@ -263,22 +264,6 @@ fn accept(
     })
 }
 
-/// The input as received, less a top-level `writeKey` (rejected input is listed to
-/// people, and the key is a secret).
-fn redacted(raw: &[u8]) -> Vec<u8> {
-    // Only `\u` escapes can spell the key's name other than plainly (`write\u004bey`).
-    if !raw.windows(8).any(|w| w == b"writeKey") && !raw.windows(2).any(|w| w == b"\\u") {
-        return raw.to_vec();
-    }
-    match serde_json::from_slice::<serde_json::Value>(raw) {
-        Ok(serde_json::Value::Object(mut map)) if map.contains_key("writeKey") => {
-            map.remove("writeKey");
-            serde_json::to_vec(&map).unwrap_or_else(|_| raw.to_vec())
-        }
-        _ => raw.to_vec(),
-    }
-}
-
 /// One request's writes and counts, built message by message.
 #[derive(Debug)]
 struct Collected<'a> {
@@ -323,7 +308,7 @@ impl<'a> Collected<'a> {
                     index,
                     code: rejection.code.to_owned(),
                     message: rejection.message,
-                    payload: redacted(raw),
+                    payload: redact::redacted(raw),
                 });
             }
         }
@@ -558,20 +543,6 @@ fn success(rejected: &[RejectedItem]) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redaction_removes_only_the_write_key() {
-        assert_eq!(redacted(b"{\"a\": 1}"), b"{\"a\": 1}".to_vec());
-        assert_eq!(
-            redacted(br#"{"writeKey":"k","a":1}"#),
-            br#"{"a":1}"#.to_vec()
-        );
-        assert_eq!(redacted(b"{writeKey"), b"{writeKey".to_vec());
-        assert_eq!(
-            redacted(br#"{"x": {"writeKey": "nested"}}"#),
-            br#"{"x": {"writeKey": "nested"}}"#.to_vec()
-        );
-    }
 
     #[test]
     fn the_path_fills_a_missing_type_and_a_message_s_own_type_wins() {

@@ -54,6 +54,7 @@ mod error;
 mod front;
 mod header_timeout;
 mod ops;
+mod redact;
 mod server;
 mod state;
 pub mod telemetry;
