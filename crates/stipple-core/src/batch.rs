@@ -183,6 +183,40 @@ mod tests {
     }
 
     #[test]
+    fn an_item_s_own_null_block_wins_over_the_batch_s() {
+        let body = json!({
+            "batch": [
+                {"type": "track", "event": "A", "userId": "u", "messageId": "a", "timestamp": "2026-01-01T00:00:00Z", "context": {"traits": null, "device": null}},
+                {"type": "track", "event": "B", "userId": "u", "messageId": "b", "timestamp": "2026-01-01T00:00:00Z"}
+            ],
+            "context": {"traits": {"plan": "pro"}, "device": {"type": "ios"}},
+        });
+        let Input::Batch(batch) = Input::parse(body.to_string().as_bytes()).unwrap() else {
+            panic!()
+        };
+        let mapper = crate::Mapper::new(crate::MapConfig::default());
+        let labels = |index: usize| {
+            let item = serde_json::to_vec(&batch.item(index).unwrap()).unwrap();
+            let event = mapper.map_json(&item).unwrap().unwrap();
+            let event: serde_json::Value = serde_json::from_slice(&event).unwrap();
+            let mut keys: Vec<String> = event["labels"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| k.starts_with("trait.") || k.starts_with("device."))
+                .cloned()
+                .collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(labels(0), Vec::<String>::new());
+        assert_eq!(labels(1), ["device.type", "trait.plan"]);
+        // The null is not written where the item is stored, as it was not before.
+        let stored = serde_json::to_value(batch.item(0).unwrap()).unwrap();
+        assert_eq!(stored["context"], json!({}));
+    }
+
+    #[test]
     fn a_bad_item_is_reported_alone() {
         let body = br#"{"batch": [{"type": "track"}, 5, {"userId": {"x": 1}}]}"#;
         let Input::Batch(batch) = Input::parse(body).unwrap() else {

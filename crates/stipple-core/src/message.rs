@@ -77,23 +77,29 @@ pub type RawMap = std::collections::BTreeMap<String, Box<serde_json::value::RawV
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Context {
     /// `context.traits`: the user's traits.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "absent")]
     pub traits: Option<serde_json::Value>,
     /// `context.device`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "absent")]
     pub device: Option<serde_json::Value>,
     /// `context.campaign` (UTM parameters).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "absent")]
     pub campaign: Option<serde_json::Value>,
     /// `context.location`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "absent")]
     pub location: Option<serde_json::Value>,
     /// `context.personas`: present on Engage audience and computed-trait calls.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "absent")]
     pub personas: Option<serde_json::Value>,
     /// Every other context key, verbatim.
     #[serde(flatten)]
     pub other: RawMap,
+}
+
+/// A context block that is not there or is `null` (and is not written): a `null` is kept
+/// when read only so that a batch item's own `null` wins over the batch's `context`.
+fn absent(block: &Option<serde_json::Value>) -> bool {
+    block.as_ref().is_none_or(serde_json::Value::is_null)
 }
 
 impl Context {
@@ -131,11 +137,13 @@ impl<'de> Deserialize<'de> for Context {
                 let mut c = Context::default();
                 while let Some(Text(key)) = map.next_key()? {
                     match &*key {
-                        "traits" => c.traits = map.next_value()?,
-                        "device" => c.device = map.next_value()?,
-                        "campaign" => c.campaign = map.next_value()?,
-                        "location" => c.location = map.next_value()?,
-                        "personas" => c.personas = map.next_value()?,
+                        // An explicit `null` is kept (`Some(Null)`), not read as absent:
+                        // a batch item's own key wins over the batch's `context`.
+                        "traits" => c.traits = Some(map.next_value()?),
+                        "device" => c.device = Some(map.next_value()?),
+                        "campaign" => c.campaign = Some(map.next_value()?),
+                        "location" => c.location = Some(map.next_value()?),
+                        "personas" => c.personas = Some(map.next_value()?),
                         _ => {
                             let value = map.next_value()?;
                             c.other.insert(key.into_owned(), value);

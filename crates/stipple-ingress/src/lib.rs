@@ -30,6 +30,8 @@
 //! - Single-call endpoints take one message and batch endpoints one envelope; the other
 //!   shape is 400 `wrong_shape`.
 //! - A batch whose items are all refused still answers 200, listing them.
+//! - A batch's top-level `context` fills only the context keys an item lacks: an item's
+//!   own `null` (`"traits": null`) is its own key, and wins.
 //! - `writeKey` is removed from stored messages and rejected inputs.
 //! - Limits answer 400 as Segment does (not 413), counted after decompression.
 //! - CORS applies to requests with an `Origin` header (browsers send it on every
