@@ -411,6 +411,7 @@ fn explain(message: &str) -> String {
         },
         None => (message, "", ""),
     };
+    let key = &dotted(key);
     let value = what
         .strip_prefix("invalid value: string ")
         .and_then(|rest| rest.split_once(", expected "));
@@ -446,7 +447,7 @@ fn explain(message: &str) -> String {
         .and_then(|rest| rest.split_once(" does not have variant constructor "))
         .map(|(_, variant)| variant)
     {
-        let takes = match key {
+        let takes = match key.as_str() {
             "log.format" => "\"text\" or \"json\"",
             _ => "one of the values docs/configuration.md lists",
         };
@@ -454,19 +455,23 @@ fn explain(message: &str) -> String {
     }
     if let Some(field) = what.strip_prefix("missing configuration field ") {
         // `sources[0]name`: the index and the key it holds, with the dot between.
-        let field = field.trim_matches('"');
-        let field = match field.split_once(']') {
-            Some((index, rest)) if !rest.is_empty() && !rest.starts_with('.') => {
-                format!("{index}].{rest}")
-            }
-            _ => field.to_owned(),
-        };
-        return format!("missing key {field}");
+        return format!("missing key {}", dotted(field.trim_matches('"')));
     }
     if key.is_empty() {
         message.to_owned()
     } else {
         format!("{key}{origin}: {what}")
+    }
+}
+
+/// A key as the `config` crate names it (`sources[0]name`), with the dot between an index
+/// and the key it holds (`sources[0].name`).
+fn dotted(key: &str) -> String {
+    match key.split_once(']') {
+        Some((index, rest)) if !rest.is_empty() && !rest.starts_with(['.', '[']) => {
+            format!("{index}].{rest}")
+        }
+        _ => key.to_owned(),
     }
 }
 
@@ -706,6 +711,12 @@ impl Config {
         }
         self.synchronous()?;
         let d = &self.delivery;
+        if d.retry_horizon.is_zero() {
+            bail!(
+                "delivery.retry_horizon must be longer than zero (every transient failure would \
+                 dead-letter its event at once), e.g. \"72h\""
+            );
+        }
         if d.backoff_min.is_zero() {
             bail!("delivery.backoff_min must be longer than zero, e.g. \"1s\"");
         }
@@ -1002,6 +1013,14 @@ mod tests {
         ] {
             check(&format!("{MINIMAL}{extra}"), expected);
         }
+        check(
+            &MINIMAL.replace("write_key = \"wk\"", "write_key = [\"x\"]"),
+            "sources[0].write_key in ",
+        );
+        check(
+            &format!("{MINIMAL}[delivery]\nretry_horizon = \"0s\"\n"),
+            "delivery.retry_horizon must be longer than zero",
+        );
         check(
             &MINIMAL.replace("api_token = \"tok\"", "api_token = []"),
             "pointillist.api_token in ",

@@ -138,13 +138,17 @@ impl DeliveryHealth {
         )
     }
 
-    /// Pauses with `why`, replacing the reason of a pause already on only when
-    /// `over_a_pause`; returns true when delivery was running until now. Under the
-    /// reason's lock, so that of two pauses racing the second sees the first, and a
-    /// refused token is never reported as an outage.
+    /// Pauses with `why`, replacing the reason of a pause already on when `over_a_pause`,
+    /// or when both are outages (so that `/readyz` tells the latest failure, not the one
+    /// that paused); returns true when delivery was running until now. Under the reason's
+    /// lock, so that of two pauses racing the second sees the first, and a refused token
+    /// is never reported as an outage.
     fn pause_because(&self, why: String, over_a_pause: bool, for_credentials: bool) -> bool {
         let mut detail = self.detail.lock();
         if self.is_paused() && !over_a_pause {
+            if !for_credentials && !self.for_credentials.load(Ordering::Acquire) {
+                *detail = why;
+            }
             return false;
         }
         *detail = why;
@@ -184,14 +188,16 @@ mod tests {
         health.answered();
         assert_eq!(health.status().detail, "delivering");
         assert_eq!(health.failed("503"), 1, "an answer starts the count again");
-        assert!(health.pause_for_outage(1, "503"));
+        assert!(health.pause_for_outage(1, "429"));
+        assert!(health.status().detail.contains("(the last: 429)"));
+        // Probes that fail otherwise while paused: the detail follows them.
         assert!(!health.pause_for_outage(2, "503"), "already paused");
         let status = health.status();
         assert!(!status.healthy);
         assert!(
             status
                 .detail
-                .contains("failed 1 requests in a row (the last: 503)"),
+                .contains("failed 2 requests in a row (the last: 503)"),
             "{}",
             status.detail
         );
