@@ -42,7 +42,6 @@ fn without_write_key(text: &str) -> Option<String> {
     let mut out = String::with_capacity(text.len());
     out.push_str(&text[..open]);
     let mut start = open;
-    let mut kept_any = false;
     for (key, value) in &members {
         let end = offset_in(text, value.get())? + value.get().len();
         let member = &text[start..end];
@@ -50,9 +49,9 @@ fn without_write_key(text: &str) -> Option<String> {
         if key == WRITE_KEY {
             continue;
         }
-        if !kept_any && start != open + member.len() {
-            // The first member kept, after one removed: without its separating `,` (the
-            // only `,` before its key's opening quote).
+        if out.len() == open {
+            // The first member kept: without a separating `,` (the only `,` before its
+            // key's opening quote), which it has when a member before it was removed.
             let quote = member.find('"')?;
             let (before, after) = member.split_at(quote);
             out.push_str(&before.replacen(',', "", 1));
@@ -60,7 +59,6 @@ fn without_write_key(text: &str) -> Option<String> {
         } else {
             out.push_str(member);
         }
-        kept_any = true;
     }
     out.push_str(&text[start..]);
     Some(out)

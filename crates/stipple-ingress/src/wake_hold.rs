@@ -42,9 +42,9 @@ thread_local! {
 /// wake a complete body's channel sends it.
 pub(crate) struct Held<F> {
     inner: Pin<Box<F>>,
-    /// The task's waker, the relay made for it and the relay as a waker, made at the
-    /// first poll (and again should the task's waker change).
-    relay: Option<(Waker, Arc<Relay>, Waker)>,
+    /// The relay made for the task's waker and the relay as a waker, made at the first
+    /// poll (and again should the task's waker change).
+    relay: Option<(Arc<Relay>, Waker)>,
 }
 
 impl<F: Future> Held<F> {
@@ -62,12 +62,11 @@ impl<F: Future> Future for Held<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
         let (relay, waker) = match &this.relay {
-            Some((task, relay, waker)) if task.will_wake(cx.waker()) => (relay, waker),
+            Some((relay, waker)) if relay.0.will_wake(cx.waker()) => (relay, waker),
             _ => {
-                let task = cx.waker().clone();
-                let relay = Arc::new(Relay(task.clone()));
+                let relay = Arc::new(Relay(cx.waker().clone()));
                 let waker = Waker::from(Arc::clone(&relay));
-                let (_, relay, waker) = this.relay.insert((task, relay, waker));
+                let (relay, waker) = this.relay.insert((relay, waker));
                 (&*relay, &*waker)
             }
         };
