@@ -747,3 +747,26 @@ fn a_request_stalled_past_the_grace_period_is_cut_off_and_serve_still_exits_clea
         String::from_utf8_lossy(&rest)
     );
 }
+
+#[test]
+fn a_second_service_on_a_store_in_use_says_it_waits_then_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = start_with(dir.path(), "");
+    let second = Command::new(env!("CARGO_BIN_EXE_stipple"))
+        .args(["serve", "--mock", "--config"])
+        .arg(dir.path().join("stipple.toml"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let waiting = stderr
+        .find("held by another stipple service; waiting for it to stop")
+        .unwrap_or_else(|| panic!("says it waits: {stderr}"));
+    let refused = stderr
+        .find("is in use by another stipple service")
+        .unwrap_or_else(|| panic!("then refuses: {stderr}"));
+    assert!(waiting < refused, "{stderr}");
+}

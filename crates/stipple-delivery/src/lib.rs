@@ -21,6 +21,7 @@ mod config;
 mod health;
 mod pipeline;
 mod telemetry;
+mod window;
 
 pub use config::DeliveryConfig;
 pub use health::{DeliveryHealth, HealthStatus};

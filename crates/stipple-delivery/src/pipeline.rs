@@ -1,6 +1,6 @@
-//! The delivery pipeline: a leaser keeps a buffer of leased events full, mapping each
-//! leased batch on the blocking pool, `concurrency` workers take them one at a time to
-//! send, and an acknowledger batches the acks.
+//! The delivery pipeline: a leaser keeps a buffer of leased events filled to its lease
+//! window (window.rs), mapping each leased batch on the blocking pool, `concurrency`
+//! workers take them one at a time to send, and an acknowledger batches the acks.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use crate::telemetry::{
     DeadLettered, Delivered, DeliveredHandles, OutagePaused, Paused, REJECTED, RETRY_HORIZON,
     Resumed, Retried, Skipped, StoreTrouble, UNMAPPABLE,
 };
+use crate::window::Window;
 
 /// The delivery service. Build it with [`Delivery::new`], keep [`Delivery::health`] for
 /// readiness, then [`Delivery::run`] it until shutdown.
@@ -149,16 +150,12 @@ impl Delivery {
         let (ack_tx, ack_rx) = mpsc::channel::<EventId>(4096);
         // Leased events wait here for a worker slot: leasing ahead keeps the slots busy
         // while the store answers the next lease.
-        let ahead = self
-            .inner
-            .config
-            .lease_batch
-            .max(2 * self.inner.config.concurrency)
-            .max(1);
-        let (event_tx, event_rx) = mpsc::channel::<Ready>(ahead);
+        let window = Window::new(self.inner.config.concurrency, self.inner.config.lease_batch);
+        let (event_tx, event_rx) = mpsc::channel::<Ready>(window.most());
         let acker = tokio::spawn(acknowledge(self.inner.store.clone(), ack_rx));
         let leaser = tokio::spawn(self.clone().lease_ahead(
             stop_rx.clone(),
+            window,
             event_tx,
             ack_tx.clone(),
         ));
@@ -177,11 +174,13 @@ impl Delivery {
         debug!("delivery pipeline stopped");
     }
 
-    /// Keeps the buffer of leased events full; while delivery is paused for credentials,
-    /// probes with one event at a time instead.
+    /// Keeps the buffer of leased events filled to its `window` (the `events` channel
+    /// holds up to the window's most); while delivery is paused, probes with one event at
+    /// a time instead.
     async fn lease_ahead(
         self,
         mut stop: watch::Receiver<bool>,
+        mut window: Window,
         events: mpsc::Sender<Ready>,
         acks: mpsc::Sender<EventId>,
     ) {
@@ -229,21 +228,23 @@ impl Delivery {
                 continue;
             }
             probe_attempt = 0;
-            // Lease when the buffer is half empty: one store round trip then brings many
+            // Lease when the window is half empty: one store round trip then brings many
             // events (a lease per freed slot would cost a commit per event or two).
-            let low_water = (events.max_capacity() / 2).max(1);
-            let room = tokio::select! {
-                permits = events.reserve_many(low_water) => match permits {
-                    Ok(permits) => { drop(permits); events.capacity() }
+            let most = events.max_capacity();
+            let buffered = |events: &mpsc::Sender<Ready>| most - events.capacity();
+            let before = tokio::select! {
+                permits = events.reserve_many(most - window.low_water()) => match permits {
+                    Ok(permits) => { drop(permits); buffered(&events) }
                     Err(_) => break,
                 },
                 _ = stop.changed() => continue,
             };
-            let leased = match inner
-                .store
-                .lease(room.min(inner.config.lease_batch), inner.config.lease_for)
-                .await
-            {
+            let asked = window.room(before).min(inner.config.lease_batch);
+            let leased = inner.store.lease(asked, inner.config.lease_for).await;
+            if let Ok(leased) = &leased {
+                window.leased(asked, leased.len(), before, buffered(&events));
+            }
+            let leased = match leased {
                 Ok(leased) => leased,
                 Err(error) => {
                     StoreTrouble {
@@ -263,7 +264,11 @@ impl Delivery {
                 }
                 continue;
             }
-            debug!(count = leased.len(), "leased events");
+            debug!(
+                count = leased.len(),
+                window = window.room(0),
+                "leased events"
+            );
             let Some(ready) = self.map_batch(leased).await else {
                 return;
             };

@@ -615,19 +615,53 @@ async fn events_leased_while_stopping_are_handed_back() {
     assert_eq!(due.len(), 10, "events left leased after shutdown");
 }
 
+/// A client of `mock` with `concurrency` requests in flight at most.
+fn client_of(mock: &MockServer, concurrency: usize) -> Client {
+    Client::new(ClientConfig {
+        concurrency,
+        ..ClientConfig::new(
+            url::Url::parse(&mock.url()).unwrap(),
+            SecretString::from(TOKEN),
+        )
+    })
+    .unwrap()
+}
+
+/// Pipelines running each on a thread of its own, until stopped.
+struct Shards {
+    stop: tokio::sync::watch::Sender<bool>,
+    stopped: Vec<oneshot::Receiver<()>>,
+}
+
+impl Shards {
+    fn spawn(shards: impl IntoIterator<Item = Delivery>) -> Self {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let stopped = shards
+            .into_iter()
+            .map(|shard| {
+                let mut stopping = stopping.clone();
+                shard
+                    .spawn("shard", async move {
+                        let _ = stopping.wait_for(|stop| *stop).await;
+                    })
+                    .unwrap()
+            })
+            .collect();
+        Self { stop, stopped }
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        for stopped in self.stopped {
+            stopped.await.unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn shards_on_their_own_threads_share_the_queue_and_the_pause() {
     let (mock, store) = queued_behind_a_refused_token(300).await;
-    let client = |concurrency| {
-        Client::new(ClientConfig {
-            concurrency,
-            ..ClientConfig::new(
-                url::Url::parse(&mock.url()).unwrap(),
-                SecretString::from(TOKEN),
-            )
-        })
-        .unwrap()
-    };
+    let client = |concurrency| client_of(&mock, concurrency);
     let first = Delivery::new(
         store.clone(),
         client(4),
@@ -643,18 +677,7 @@ async fn shards_on_their_own_threads_share_the_queue_and_the_pause() {
         first.shard(client(1)),
     ];
     let health = first.health();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let threads: Vec<_> = shards
-        .into_iter()
-        .map(|shard| {
-            let mut stopped = stopped.clone();
-            shard
-                .spawn("shard", async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                })
-                .unwrap()
-        })
-        .collect();
+    let shards = Shards::spawn(shards);
 
     eventually("delivery pauses", async || !health.status().healthy).await;
     assert_eq!(
@@ -667,10 +690,7 @@ async fn shards_on_their_own_threads_share_the_queue_and_the_pause() {
     })
     .await;
     assert!(health.status().healthy, "delivery resumed");
-    stop.send(true).unwrap();
-    for thread in threads {
-        thread.await.unwrap();
-    }
+    shards.stop().await;
     let events = mock.events();
     assert_eq!(distinct_message_ids(&events), 300, "every event arrives");
     assert_eq!(
@@ -679,4 +699,42 @@ async fn shards_on_their_own_threads_share_the_queue_and_the_pause() {
         "and only once: shards never share an event"
     );
     assert_eq!(store.stats().await.unwrap().dead_letters, 0);
+}
+
+#[tokio::test]
+async fn a_burst_smaller_than_a_lease_is_shared_out_between_shards() {
+    // A slow Pointillist: each request takes long enough that only both shards' slots
+    // together get the burst out at full speed.
+    let mock = mock_with(Faults {
+        latency: Duration::from_millis(400),
+        ..Faults::default()
+    });
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let client = || client_of(&mock, 4);
+    let first = Delivery::new(
+        store.clone(),
+        client(),
+        Mapper::new(MapConfig::default()),
+        DeliveryConfig {
+            concurrency: 4,
+            ..fast_config()
+        },
+    );
+    let shards = [first.clone(), first.shard(client())];
+    let shards = Shards::spawn(shards);
+    // Both shards idle, then 40 events arrive at once: far fewer than the 256 a lease
+    // may take.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    queue(&store, (0..40).map(|i| message(i, "")).collect()).await;
+    eventually("all 40 delivered", async || {
+        store.stats().await.unwrap().queued == 0
+    })
+    .await;
+    shards.stop().await;
+    assert_eq!(mock.events().len(), 40);
+    assert_eq!(
+        mock.stats().peak_in_flight,
+        8,
+        "both shards sent at once, each with its 4 slots"
+    );
 }

@@ -257,7 +257,7 @@ async fn post_event(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> EventAnswer {
-    shared.count_request();
+    let _in_flight = shared.count_request();
     let latency = shared.faults_now().0.latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

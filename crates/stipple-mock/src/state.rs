@@ -71,6 +71,10 @@ pub struct MockStats {
     pub errors: u64,
     /// Requests whose connection was reset by the `drop_rate` fault.
     pub dropped: u64,
+    /// The most `POST /event` requests held at once (waiting out the `latency` fault or
+    /// being answered): how many a client had in flight at its busiest.
+    #[serde(default)]
+    pub peak_in_flight: u64,
 }
 
 /// A request an injected fault refused (429, 5xx, 401 of the `unauthorized_for` window,
@@ -125,6 +129,9 @@ struct Counters {
     throttled: AtomicU64,
     errors: AtomicU64,
     dropped: AtomicU64,
+    /// Requests being answered now (not in `all`: a reset leaves them running).
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
 }
 
 impl Counters {
@@ -219,8 +226,13 @@ impl Shared {
         (state.faults.clone(), unauthorized)
     }
 
-    pub(crate) fn count_request(&self) {
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+    /// Counts a request and holds it in flight until the answer is dropped.
+    pub(crate) fn count_request(&self) -> InFlight<'_> {
+        let c = &self.counters;
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        let now = c.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        c.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(&c.in_flight)
     }
 
     pub(crate) fn count(&self, counted: Counted) {
@@ -269,6 +281,9 @@ impl Shared {
         for counter in self.counters.all() {
             counter.store(0, Ordering::Relaxed);
         }
+        let c = &self.counters;
+        c.peak_in_flight
+            .store(c.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     pub(crate) fn stats(&self) -> MockStats {
@@ -283,6 +298,17 @@ impl Shared {
             throttled: get(&c.throttled),
             errors: get(&c.errors),
             dropped: get(&c.dropped),
+            peak_in_flight: get(&c.peak_in_flight),
         }
+    }
+}
+
+/// A request being answered: counted in flight until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -438,6 +438,39 @@ async fn latency_delays_the_answer() {
 }
 
 #[tokio::test]
+async fn counts_the_most_requests_held_at_once() {
+    let mock = start(MockConfig::new(TOKEN));
+    mock.set_faults(Faults {
+        latency: Duration::from_millis(300),
+        ..Faults::default()
+    });
+    let body = valid_event().to_string();
+    let one = || post(&mock, &body);
+    let answers = tokio::join!(one(), one(), one(), one(), one());
+    assert_eq!(
+        [
+            answers.0.0,
+            answers.1.0,
+            answers.2.0,
+            answers.3.0,
+            answers.4.0
+        ],
+        [StatusCode::OK; 5]
+    );
+    assert_eq!(
+        mock.stats().peak_in_flight,
+        5,
+        "all five waited out the latency together"
+    );
+    post(&mock, &body).await;
+    assert_eq!(mock.stats().peak_in_flight, 5, "a peak is kept");
+    mock.reset();
+    mock.set_faults(Faults::default());
+    post(&mock, &body).await;
+    assert_eq!(mock.stats().peak_in_flight, 1, "a reset starts again");
+}
+
+#[tokio::test]
 async fn the_unauthorized_period_ends_by_itself() {
     let mock = start(MockConfig::new(TOKEN));
     mock.set_faults(Faults {
@@ -558,6 +591,7 @@ async fn the_control_routes_drive_a_mock_over_http() {
             recorded: 1,
             rejected: 1,
             errors: 1,
+            peak_in_flight: 1,
             ..MockStats::default()
         }
     );

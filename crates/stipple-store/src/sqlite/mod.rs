@@ -367,7 +367,7 @@ fn take_service_lock(path: &Path, busy_timeout: Duration) -> Result<Connection, 
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
-    let take = || -> rusqlite::Result<Connection> {
+    let take = |busy_timeout: Duration| -> rusqlite::Result<Connection> {
         let lock = Connection::open(&lock_path)?;
         lock.busy_timeout(busy_timeout)?;
         lock.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
@@ -381,7 +381,20 @@ fn take_service_lock(path: &Path, busy_timeout: Duration) -> Result<Connection, 
         ))?;
         Ok(lock)
     };
-    take().map_err(|e| {
+    // Held: say so before waiting, rather than wait in silence. A service that is
+    // stopping (a restart) lets go within the wait.
+    let taken = match take(Duration::ZERO) {
+        Err(e) if is_busy(&e) && !busy_timeout.is_zero() => {
+            tracing::warn!(
+                path = %path.display(),
+                wait = ?busy_timeout,
+                "the store is held by another stipple service; waiting for it to stop"
+            );
+            take(busy_timeout)
+        }
+        taken => taken,
+    };
+    taken.map_err(|e| {
         if is_busy(&e) {
             StoreError::Open(format!(
                 "{} is in use by another stipple service: one service at a time serves a store, \
