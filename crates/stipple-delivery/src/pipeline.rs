@@ -20,7 +20,7 @@ use crate::telemetry::{
     DeadLettered, Delivered, DeliveredHandles, OutagePaused, Paused, REJECTED, RETRY_HORIZON,
     Resumed, Retried, Skipped, StoreTrouble, UNMAPPABLE,
 };
-use crate::window::Window;
+use crate::window::{Demand, Window};
 
 /// The delivery service. Build it with [`Delivery::new`], keep [`Delivery::health`] for
 /// readiness, then [`Delivery::run`] it until shutdown.
@@ -40,6 +40,8 @@ struct Inner {
     /// Whether this pipeline probes while delivery is paused (for credentials or an
     /// outage): one of a service's shards does, the others wait for it.
     prober: bool,
+    /// This pipeline's workers waiting for an event.
+    demand: Demand,
 }
 
 /// A leased event and its request body, mapped before a worker takes it.
@@ -83,6 +85,7 @@ impl Delivery {
             health: Arc::default(),
             delivered: DeliveredHandles::default(),
             prober: true,
+            demand: Demand::default(),
         };
         Self {
             inner: Arc::new(inner),
@@ -109,6 +112,7 @@ impl Delivery {
                 health: inner.health.clone(),
                 delivered: DeliveredHandles::default(),
                 prober: false,
+                demand: Demand::default(),
             }),
         }
     }
@@ -148,8 +152,8 @@ impl Delivery {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ack_tx, ack_rx) = mpsc::channel::<EventId>(4096);
-        // Leased events wait here for a worker slot: leasing ahead keeps the slots busy
-        // while the store answers the next lease.
+        // Leased events wait here for a worker: leasing ahead (the window's extra) keeps
+        // the workers busy while the store answers the next lease.
         let window = Window::new(self.inner.config.concurrency, self.inner.config.lease_batch);
         let (event_tx, event_rx) = mpsc::channel::<Ready>(window.most());
         let acker = tokio::spawn(acknowledge(self.inner.store.clone(), ack_rx));
@@ -174,9 +178,9 @@ impl Delivery {
         debug!("delivery pipeline stopped");
     }
 
-    /// Keeps the buffer of leased events filled to its `window` (the `events` channel
-    /// holds up to the window's most); while delivery is paused, probes with one event at
-    /// a time instead.
+    /// Leases for the workers waiting and keeps the buffer of leased events filled to its
+    /// `window` (the `events` channel holds up to the window's most); while delivery is
+    /// paused, probes with one event at a time instead.
     async fn lease_ahead(
         self,
         mut stop: watch::Receiver<bool>,
@@ -186,7 +190,7 @@ impl Delivery {
     ) {
         let inner = &self.inner;
         let mut probe_attempt = 0u32;
-        while !*stop.borrow() {
+        'lease: while !*stop.borrow() {
             if inner.health.is_paused() && !inner.prober {
                 // The first pipeline probes; this one waits for it to resume.
                 if sleep_or_stop(PAUSED_POLL, &mut stop).await {
@@ -228,21 +232,29 @@ impl Delivery {
                 continue;
             }
             probe_attempt = 0;
-            // Lease when the window is half empty: one store round trip then brings many
-            // events (a lease per freed slot would cost a commit per event or two).
+            // Lease when workers wait for events the buffer does not hold, or half the
+            // window's extra is free: one store round trip then brings many events (a
+            // lease per freed slot would cost a commit per event or two).
             let most = events.max_capacity();
             let buffered = |events: &mpsc::Sender<Ready>| most - events.capacity();
-            let before = tokio::select! {
-                permits = events.reserve_many(most - window.low_water()) => match permits {
-                    Ok(permits) => { drop(permits); buffered(&events) }
-                    Err(_) => break,
-                },
-                _ = stop.changed() => continue,
+            let asked = loop {
+                if let Some(asked) = window.to_lease(inner.demand.idle(), buffered(&events)) {
+                    break asked;
+                }
+                let low_water = window.low_water();
+                tokio::select! {
+                    () = inner.demand.changed() => {}
+                    permits = events.reserve_many(most - low_water.unwrap_or(0)), if low_water.is_some() => {
+                        if permits.is_err() {
+                            break 'lease;
+                        }
+                    }
+                    _ = stop.changed() => continue 'lease,
+                }
             };
-            let asked = window.room(before).min(inner.config.lease_batch);
             let leased = inner.store.lease(asked, inner.config.lease_for).await;
             if let Ok(leased) = &leased {
-                window.leased(asked, leased.len(), before, buffered(&events));
+                window.leased(asked, leased.len(), inner.demand.idle(), buffered(&events));
             }
             let leased = match leased {
                 Ok(leased) => leased,
@@ -266,7 +278,7 @@ impl Delivery {
             }
             debug!(
                 count = leased.len(),
-                window = window.room(0),
+                extra = window.extra(),
                 "leased events"
             );
             let Some(ready) = self.map_batch(leased).await else {
@@ -371,7 +383,15 @@ impl Delivery {
         let inner = &self.inner;
         loop {
             let next = tokio::select! {
-                next = async { events.lock().await.recv().await } => next,
+                next = async {
+                    // Counted from before the lock: workers queued behind it wait too.
+                    let _waiting = inner.demand.waiting();
+                    let mut events = events.lock().await;
+                    if events.is_empty() {
+                        inner.demand.unmet();
+                    }
+                    events.recv().await
+                } => next,
                 _ = stop.wait_for(|stop| *stop) => None,
             };
             let Some(ready) = next else { break };

@@ -1,66 +1,129 @@
-//! How many leased events a pipeline keeps waiting for its workers: its lease window.
+//! How many leased events a pipeline holds that its workers have not started: its lease
+//! window, and the demand of its idle workers that drives it.
 //!
-//! A buffer of leased events keeps the workers busy while the store answers the next
-//! lease, and the bigger it is the fewer (and fuller) the leases: each costs a store
-//! write. But every event one pipeline holds is one the service's other pipelines cannot
-//! send. A burst smaller than the buffer would all go to the first pipeline to lease,
-//! and be sent with its share of `pointillist.concurrency` while the others idle: with a
-//! slow Pointillist, at half the speed or less.
+//! Every event one pipeline holds is one the service's other pipelines cannot send. With
+//! a fixed buffer ahead of the workers, a burst smaller than the buffer all went to the
+//! first pipeline to lease it, and was sent with its share of `pointillist.concurrency`
+//! while the others idled: with a slow Pointillist, at half the speed or less.
 //!
-//! So the window starts small, at twice the pipeline's concurrency, and grows only on
-//! evidence that it is too small: a full lease (the queue holds more) during which the
-//! workers took every event buffered, so they may have waited for the store. It doubles
-//! then, up to `lease_batch`. A lease that comes back short means the queue is drained:
-//! what this pipeline holds is all there was, and the window falls back to its start, so
-//! the next burst is shared out. Against a slow Pointillist the workers take events far
-//! slower than a lease round trip, the buffer never runs dry, and the window stays at
-//! its start; against a fast one with a backlog it reaches `lease_batch` within a few
-//! leases.
+//! So a pipeline leases for its idle workers, and holds beyond them only an `extra` that
+//! it has shown it needs. The extra starts at nothing. It grows when two full leases in a
+//! row (the queue holds more) left workers waiting on an empty buffer: the store round
+//! trip, not Pointillist, is what holds the workers back. It then doubles, from the
+//! pipeline's concurrency up to `lease_batch`, and the pipeline leases when half of it is
+//! free, so that one store round trip brings many events. A lease that comes back short
+//! means the queue is drained: what this pipeline holds is all there was, and the extra
+//! falls back to nothing, so the next burst is shared out.
+//!
+//! Against a slow Pointillist the workers take events far slower than a lease round trip,
+//! a worker waits only for the events the queue does not have, and the extra stays at
+//! nothing; against a fast one with a backlog it reaches `lease_batch` within a few leases.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
 
 /// A pipeline's lease window: see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Window {
-    start: usize,
-    most: usize,
-    size: usize,
+    concurrency: usize,
+    lease_batch: usize,
+    extra: usize,
+    /// Whether the last lease brought all it asked for.
+    last_full: bool,
 }
 
 impl Window {
     /// The window of a pipeline with `concurrency` workers that leases at most
     /// `lease_batch` events at once.
     pub(crate) fn new(concurrency: usize, lease_batch: usize) -> Self {
-        let start = concurrency.saturating_mul(2).max(1);
-        let most = lease_batch.max(start);
         Self {
-            start,
-            most,
-            size: start,
+            concurrency: concurrency.max(1),
+            lease_batch: lease_batch.max(1),
+            extra: 0,
+            last_full: false,
         }
     }
 
-    /// The most events the buffer ever holds: its channel's capacity.
+    /// The most events the pipeline ever holds unstarted: its buffer's capacity.
     pub(crate) fn most(self) -> usize {
-        self.most
+        self.concurrency + self.lease_batch
     }
 
-    /// Events buffered now: lease again when the buffer is down to this.
-    pub(crate) fn low_water(self) -> usize {
-        self.size / 2
+    /// How many events to lease when `idle` workers wait and `buffered` events wait for
+    /// them; `None` while that is fewer than half the extra (or none at all).
+    pub(crate) fn to_lease(self, idle: usize, buffered: usize) -> Option<usize> {
+        let room = (idle.min(self.concurrency) + self.extra).saturating_sub(buffered);
+        (room >= self.free_enough()).then_some(room.min(self.lease_batch))
     }
 
-    /// How many events to lease when `buffered` wait for a worker.
-    pub(crate) fn room(self, buffered: usize) -> usize {
-        self.size.saturating_sub(buffered)
+    /// Events buffered at which [`Window::to_lease`] leases with no worker idle; `None`
+    /// while there is no extra, when only an idle worker makes room.
+    pub(crate) fn low_water(self) -> Option<usize> {
+        self.extra.checked_sub(self.free_enough())
     }
 
-    /// Learns from a lease that asked for `asked` events and got `got`, with `before`
-    /// events buffered as it was sent and `after` as it came back.
-    pub(crate) fn leased(&mut self, asked: usize, got: usize, before: usize, after: usize) {
+    fn free_enough(self) -> usize {
+        (self.extra / 2).max(1)
+    }
+
+    /// Learns from a lease that asked for `asked` events and got `got`, with `idle`
+    /// workers waiting and `buffered` events unstarted as it came back.
+    pub(crate) fn leased(&mut self, asked: usize, got: usize, idle: usize, buffered: usize) {
         if got < asked {
-            self.size = self.start;
-        } else if before > 0 && after == 0 {
-            self.size = self.size.saturating_mul(2).min(self.most);
+            self.extra = 0;
+            self.last_full = false;
+            return;
         }
+        if self.last_full && idle > 0 && buffered == 0 {
+            self.extra = (self.extra * 2).max(self.concurrency).min(self.lease_batch);
+        }
+        self.last_full = true;
+    }
+
+    /// The events held beyond the idle workers' demand, for the log.
+    pub(crate) fn extra(self) -> usize {
+        self.extra
+    }
+}
+
+/// The workers waiting for an event, told to the leaser.
+#[derive(Debug, Default)]
+pub(crate) struct Demand {
+    idle: AtomicUsize,
+    wake: Notify,
+}
+
+impl Demand {
+    /// Workers waiting now.
+    pub(crate) fn idle(&self) -> usize {
+        self.idle.load(Ordering::Acquire)
+    }
+
+    /// Counts a worker as waiting until the guard is dropped.
+    pub(crate) fn waiting(&self) -> Waiting<'_> {
+        self.idle.fetch_add(1, Ordering::AcqRel);
+        Waiting(self)
+    }
+
+    /// Wakes the leaser: a waiting worker found nothing buffered.
+    pub(crate) fn unmet(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves after the next [`Demand::unmet`] (at once if one came since the last).
+    pub(crate) async fn changed(&self) {
+        self.wake.notified().await;
+    }
+}
+
+/// A worker counted as waiting for an event.
+#[derive(Debug)]
+pub(crate) struct Waiting<'a>(&'a Demand);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.idle.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -69,55 +132,79 @@ mod tests {
     use super::*;
 
     #[test]
-    fn starts_at_twice_the_concurrency_and_never_beyond_the_lease_batch() {
-        let window = Window::new(16, 256);
-        assert_eq!(window.room(0), 32);
-        assert_eq!(window.low_water(), 16);
-        assert_eq!(window.most(), 256);
-        // A concurrency above half the lease batch: the start is also the most.
-        let wide = Window::new(200, 256);
-        assert_eq!((wide.room(0), wide.most()), (400, 400));
-        assert_eq!(Window::new(0, 0).room(0), 1, "never an empty window");
+    fn leases_for_idle_workers_only_at_first() {
+        let window = Window::new(4, 256);
+        assert_eq!(window.to_lease(4, 0), Some(4));
+        assert_eq!(window.to_lease(4, 3), Some(1));
+        assert_eq!(window.to_lease(0, 0), None, "no demand, no lease");
+        assert_eq!(window.to_lease(4, 4), None);
+        assert_eq!(window.low_water(), None);
+        assert_eq!(window.most(), 260);
+        assert_eq!(
+            Window::new(0, 0).to_lease(1, 0),
+            Some(1),
+            "at least one of each"
+        );
     }
 
     #[test]
-    fn grows_when_the_workers_drained_the_buffer_during_a_full_lease() {
-        let mut window = Window::new(4, 256);
-        let mut sizes = vec![];
-        for _ in 0..8 {
-            let asked = window.room(4);
-            window.leased(asked, asked, 4, 0);
-            sizes.push(window.room(0));
+    fn grows_while_full_leases_leave_workers_waiting_on_an_empty_buffer() {
+        let mut window = Window::new(16, 256);
+        // A first full lease says nothing yet: it may be the start of a burst.
+        window.leased(16, 16, 16, 0);
+        assert_eq!(window.extra(), 0);
+        let mut extras = vec![];
+        for _ in 0..6 {
+            let asked = window.to_lease(3, 0).unwrap();
+            window.leased(asked, asked, 3, 0);
+            extras.push(window.extra());
         }
-        assert_eq!(sizes, [16, 32, 64, 128, 256, 256, 256, 256]);
+        assert_eq!(extras, [16, 32, 64, 128, 256, 256]);
+        // Half the extra free leases with no worker idle, the lease never past the batch.
+        assert_eq!(window.low_water(), Some(128));
+        assert_eq!(window.to_lease(0, 129), None);
+        assert_eq!(window.to_lease(0, 128), Some(128));
+        assert_eq!(window.to_lease(16, 0), Some(256));
     }
 
     #[test]
-    fn stays_while_the_workers_are_slower_than_the_store() {
+    fn stays_while_workers_are_busy_when_a_lease_comes_back() {
         let mut window = Window::new(4, 256);
-        // A full lease with events still buffered when it came back.
-        window.leased(4, 4, 4, 2);
-        assert_eq!(window.room(0), 8);
-        // The first lease after an idle spell finds the buffer empty before and after:
-        // no sign that the workers waited for the store.
-        window.leased(8, 8, 0, 0);
-        assert_eq!(window.room(0), 8);
+        for _ in 0..5 {
+            window.leased(4, 4, 0, 0);
+            window.leased(1, 1, 2, 3);
+        }
+        assert_eq!(window.extra(), 0);
     }
 
     #[test]
-    fn a_short_lease_falls_back_to_the_start() {
+    fn a_short_lease_falls_back_to_nothing_extra() {
         let mut window = Window::new(4, 256);
         for _ in 0..4 {
-            window.leased(window.room(4), window.room(4), 4, 0);
+            window.leased(4, 4, 1, 0);
         }
-        assert_eq!(window.room(0), 128);
-        window.leased(64, 63, 64, 0);
-        assert_eq!(window.room(0), 8);
-        window.leased(8, 0, 0, 0);
-        assert_eq!(
-            window.room(0),
-            8,
-            "and stays there while the queue is empty"
-        );
+        assert_eq!(window.extra(), 16);
+        window.leased(20, 19, 1, 0);
+        assert_eq!(window.extra(), 0);
+        // And a full lease after it is a first one again.
+        window.leased(4, 4, 1, 0);
+        assert_eq!(window.extra(), 0);
+    }
+
+    #[tokio::test]
+    async fn demand_counts_waiting_workers_and_wakes_the_leaser() {
+        let demand = Demand::default();
+        let first = demand.waiting();
+        let second = demand.waiting();
+        assert_eq!(demand.idle(), 2);
+        drop(first);
+        assert_eq!(demand.idle(), 1);
+        drop(second);
+        assert_eq!(demand.idle(), 0);
+        demand.unmet();
+        // Kept until the leaser looks.
+        tokio::time::timeout(std::time::Duration::from_secs(5), demand.changed())
+            .await
+            .unwrap();
     }
 }
