@@ -853,6 +853,48 @@ async fn an_invalid_single_message_is_400_and_kept() {
     }
 }
 
+/// Valid JSON that no message can hold (a number beyond a 64-bit float, as
+/// analytics-python writes `10**400`; nesting deeper than serde_json reads) is a refused
+/// message, kept as sent, as it is inside a batch: a client does not retry a 400.
+#[tokio::test]
+async fn well_formed_json_a_message_cannot_hold_is_400_and_kept() {
+    let h = Harness::new();
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let bodies = [
+        format!(
+            r#"{{"userId":"u1","event":"E","properties":{{"n":1{}}}}}"#,
+            "0".repeat(400)
+        ),
+        r#"{"userId":"u1","event":"E","properties":{"n":1e400}}"#.to_owned(),
+        format!(r#"{{"userId":"u1","event":"E","properties":{{"deep":{deep}}}}}"#),
+    ];
+    for body in &bodies {
+        let request = post("/v1/track").basic("wk_web:").raw(body.clone()).build();
+        h.check(
+            request,
+            400,
+            json!({"success": false, "code": "invalid_json"}),
+        )
+        .await;
+    }
+    // With the write key in the body, the key is cut out and the rest kept as sent.
+    let request = post("/v1/t")
+        .header("content-type", "text/plain")
+        .raw(r#"{"writeKey":"wk_web","userId":"u1","event":"E","properties":{"n":1e400}}"#)
+        .build();
+    h.check(request, 400, json!({"code": "invalid_json"})).await;
+    assert!(h.events().await.is_empty());
+    let kept: Vec<String> = h
+        .rejected()
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8(r.input.payload).unwrap())
+        .collect();
+    let mut expected = bodies.to_vec();
+    expected.push(r#"{"userId":"u1","event":"E","properties":{"n":1e400}}"#.to_owned());
+    assert_eq!(kept, expected);
+}
+
 #[tokio::test]
 async fn the_wrong_shape_for_the_endpoint_is_400() {
     let h = Harness::new();
