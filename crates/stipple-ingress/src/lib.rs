@@ -68,9 +68,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Request;
 use axum::extract::State;
-use axum::http::{HeaderName, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::routing::{get, post};
-use tower_http::cors::CorsLayer;
+use tower_http::cors::{AllowHeaders, CorsLayer};
 
 pub use config::{ConfigError, IngressConfig, Source};
 pub use error::IngressError;
@@ -131,13 +131,10 @@ pub fn router(state: IngressState) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(state.shared.cors_origin.clone())
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            header::CONTENT_ENCODING,
-            HeaderName::from_static("x-retry-count"),
-            HeaderName::from_static("x-requested-with"),
-        ])
+        // Whatever headers the page asks for: analytics-next lets a site add its own
+        // (`deliveryStrategy.config.headers`). Safe to mirror: credentials are never
+        // allowed, and the write key, not the origin, is what admits a request.
+        .allow_headers(AllowHeaders::mirror_request())
         .expose_headers([header::RETRY_AFTER])
         .max_age(Duration::from_secs(24 * 60 * 60));
     api.route("/healthz", get(ops::healthz))
