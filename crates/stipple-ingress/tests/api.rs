@@ -352,17 +352,22 @@ async fn gzip_bodies_and_the_gzip_bomb() {
     assert_eq!(h.events().await.len(), 4);
 }
 
+/// Posts `body` to `path` with a header write key: answered 400 `invalid_json`.
+async fn invalid_json(h: &Harness, path: &str, body: &str) {
+    let request = post(path).basic("wk_web:").raw(body.to_owned()).build();
+    h.check(
+        request,
+        400,
+        json!({"success": false, "code": "invalid_json"}),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn invalid_json_is_400_and_not_kept() {
     let h = Harness::new();
     for path in ["/v1/track", "/v1/batch"] {
-        let request = post(path).basic("wk_web:").raw("{\"userId\": ").build();
-        h.check(
-            request,
-            400,
-            json!({"success": false, "code": "invalid_json"}),
-        )
-        .await;
+        invalid_json(&h, path, "{\"userId\": ").await;
     }
     // Without a header key the body is read for one, and is found not to be JSON.
     let request = post("/v1/t")
@@ -869,13 +874,7 @@ async fn well_formed_json_a_message_cannot_hold_is_400_and_kept() {
         format!(r#"{{"userId":"u1","event":"E","properties":{{"deep":{deep}}}}}"#),
     ];
     for body in &bodies {
-        let request = post("/v1/track").basic("wk_web:").raw(body.clone()).build();
-        h.check(
-            request,
-            400,
-            json!({"success": false, "code": "invalid_json"}),
-        )
-        .await;
+        invalid_json(&h, "/v1/track", body).await;
     }
     // With the write key in the body, the key is cut out and the rest kept as sent.
     let request = post("/v1/t")
