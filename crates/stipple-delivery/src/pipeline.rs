@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use stipple_core::Mapper;
@@ -238,7 +238,7 @@ impl Delivery {
             let most = events.max_capacity();
             let buffered = |events: &mpsc::Sender<Ready>| most - events.capacity();
             let asked = loop {
-                if let Some(asked) = window.to_lease(inner.demand.idle(), buffered(&events)) {
+                if let Some(asked) = window.wanted(inner.demand.idle(), buffered(&events)) {
                     break asked;
                 }
                 let low_water = window.low_water();
@@ -252,11 +252,8 @@ impl Delivery {
                     _ = stop.changed() => continue 'lease,
                 }
             };
-            let leased = inner.store.lease(asked, inner.config.lease_for).await;
-            if let Ok(leased) = &leased {
-                window.leased(asked, leased.len(), inner.demand.idle(), buffered(&events));
-            }
-            let leased = match leased {
+            let sent = Instant::now();
+            let leased = match inner.store.lease(asked, inner.config.lease_for).await {
                 Ok(leased) => leased,
                 Err(error) => {
                     StoreTrouble {
@@ -271,19 +268,19 @@ impl Delivery {
                 }
             };
             if leased.is_empty() {
+                window.drained();
                 if sleep_or_stop(inner.config.idle_poll, &mut stop).await {
                     break;
                 }
                 continue;
             }
-            debug!(
-                count = leased.len(),
-                extra = window.extra(),
-                "leased events"
-            );
+            let got = leased.len();
             let Some(ready) = self.map_batch(leased).await else {
                 return;
             };
+            let now = Instant::now();
+            window.leased(asked, got, now - sent, inner.demand.per_request());
+            debug!(count = got, extra = window.extra(), "leased events");
             let mut ready = ready.into_iter();
             while let Some(next) = ready.next() {
                 if let Err(unsent) = events.send(next).await {
@@ -399,7 +396,9 @@ impl Delivery {
                 inner.hand_back(&[ready.event.id]).await;
                 continue;
             }
+            let began = Instant::now();
             inner.process(ready, &acks).await;
+            inner.demand.took(began.elapsed());
         }
     }
 }

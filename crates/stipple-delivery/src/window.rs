@@ -6,31 +6,27 @@
 //! first pipeline to lease it, and was sent with its share of `pointillist.concurrency`
 //! while the others idled: with a slow Pointillist, at half the speed or less.
 //!
-//! So a pipeline leases for its idle workers, and holds beyond them only an `extra` that
-//! it has shown it needs. The extra starts at nothing. It grows when two full leases in a
-//! row (the queue holds more) left workers waiting on an empty buffer: the store round
-//! trip, not Pointillist, is what holds the workers back. It then doubles, from the
-//! pipeline's concurrency up to `lease_batch`, and the pipeline leases when half of it is
-//! free, so that one store round trip brings many events. A lease that comes back short
-//! means the queue is drained: what this pipeline holds is all there was, and the extra
-//! falls back to nothing, so the next burst is shared out.
-//!
-//! Against a slow Pointillist the workers take events far slower than a lease round trip,
-//! a worker waits only for the events the queue does not have, and the extra stays at
-//! nothing; against a fast one with a backlog it reaches `lease_batch` within a few leases.
+//! So a pipeline leases for its idle workers, and holds beyond them only the `extra` that
+//! keeps them busy while the store answers the next lease: what they can start in twice a
+//! refill's time (the lease and its mapping), each taking a request's mean time (Little's
+//! law, with a margin). Against a slow Pointillist that is nothing (8 workers answered in
+//! 500 ms start 16 events a second; a refill takes a millisecond or two), so a burst is
+//! shared out; against a fast one with a backlog it is hundreds, up to `lease_batch`, and
+//! the pipeline leases when half of it is free, so that one store round trip brings many
+//! events. The extra rises at once and falls by halves, so one quick refill does not undo
+//! it; a lease that comes back short means the queue is drained, and it falls to nothing.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
 /// A pipeline's lease window: see the module docs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Window {
     concurrency: usize,
     lease_batch: usize,
     extra: usize,
-    /// Whether the last lease brought all it asked for.
-    last_full: bool,
 }
 
 impl Window {
@@ -41,48 +37,67 @@ impl Window {
             concurrency: concurrency.max(1),
             lease_batch: lease_batch.max(1),
             extra: 0,
-            last_full: false,
         }
     }
 
     /// The most events the pipeline ever holds unstarted: its buffer's capacity.
-    pub(crate) fn most(self) -> usize {
+    pub(crate) fn most(&self) -> usize {
         self.concurrency + self.lease_batch
     }
 
     /// How many events to lease when `idle` workers wait and `buffered` events wait for
     /// them; `None` while that is fewer than half the extra (or none at all).
-    pub(crate) fn to_lease(self, idle: usize, buffered: usize) -> Option<usize> {
+    pub(crate) fn wanted(&self, idle: usize, buffered: usize) -> Option<usize> {
         let room = (idle.min(self.concurrency) + self.extra).saturating_sub(buffered);
         (room >= self.free_enough()).then_some(room.min(self.lease_batch))
     }
 
-    /// Events buffered at which [`Window::to_lease`] leases with no worker idle; `None`
+    /// Events buffered at which [`Window::wanted`] leases with no worker idle; `None`
     /// while there is no extra, when only an idle worker makes room.
-    pub(crate) fn low_water(self) -> Option<usize> {
+    pub(crate) fn low_water(&self) -> Option<usize> {
         self.extra.checked_sub(self.free_enough())
     }
 
-    fn free_enough(self) -> usize {
+    fn free_enough(&self) -> usize {
         (self.extra / 2).max(1)
     }
 
-    /// Learns from a lease that asked for `asked` events and got `got`, with `idle`
-    /// workers waiting and `buffered` events unstarted as it came back.
-    pub(crate) fn leased(&mut self, asked: usize, got: usize, idle: usize, buffered: usize) {
+    /// The queue had none of what was asked: the extra falls to nothing.
+    pub(crate) fn drained(&mut self) {
+        self.extra = 0;
+    }
+
+    /// Learns from a lease that asked for `asked` events and got `got` (at least one),
+    /// ready to send `refill` after it was sent, when a request to Pointillist takes
+    /// `per_request` (none measured yet: `None`).
+    pub(crate) fn leased(
+        &mut self,
+        asked: usize,
+        got: usize,
+        refill: Duration,
+        per_request: Option<Duration>,
+    ) {
         if got < asked {
-            self.extra = 0;
-            self.last_full = false;
+            self.drained();
             return;
         }
-        if self.last_full && idle > 0 && buffered == 0 {
-            self.extra = (self.extra * 2).max(self.concurrency).min(self.lease_batch);
-        }
-        self.last_full = true;
+        let Some(per_request) = per_request.filter(|d| !d.is_zero()) else {
+            return;
+        };
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a count of events, far inside f64's exact integers"
+        )]
+        let needed = (2.0 * self.concurrency as f64 * refill.as_secs_f64()
+            / per_request.as_secs_f64())
+        .floor() as usize;
+        self.extra = needed.max(self.extra / 2).min(self.lease_batch);
     }
 
     /// The events held beyond the idle workers' demand, for the log.
-    pub(crate) fn extra(self) -> usize {
+    pub(crate) fn extra(&self) -> usize {
         self.extra
     }
 }
@@ -91,6 +106,9 @@ impl Window {
 #[derive(Debug, Default)]
 pub(crate) struct Demand {
     idle: AtomicUsize,
+    /// A request's mean time in microseconds (moving, an eighth each new one); 0 until
+    /// the first.
+    per_request: AtomicU64,
     wake: Notify,
 }
 
@@ -104,6 +122,28 @@ impl Demand {
     pub(crate) fn waiting(&self) -> Waiting<'_> {
         self.idle.fetch_add(1, Ordering::AcqRel);
         Waiting(self)
+    }
+
+    /// Notes how long a worker took over one event (sending it and acting on the answer).
+    pub(crate) fn took(&self, time: Duration) {
+        let sample = u64::try_from(time.as_micros()).unwrap_or(u64::MAX).max(1);
+        // Workers of one pipeline share a thread; should two ever race, one sample is
+        // lost, which a moving mean does not miss.
+        let mean = self.per_request.load(Ordering::Relaxed);
+        let next = if mean == 0 {
+            sample
+        } else {
+            mean - mean / 8 + sample / 8
+        };
+        self.per_request.store(next, Ordering::Relaxed);
+    }
+
+    /// A request's mean time, once one was measured.
+    pub(crate) fn per_request(&self) -> Option<Duration> {
+        match self.per_request.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
     }
 
     /// Wakes the leaser: a waiting worker found nothing buffered.
@@ -131,63 +171,73 @@ impl Drop for Waiting<'_> {
 mod tests {
     use super::*;
 
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
     fn leases_for_idle_workers_only_at_first() {
         let window = Window::new(4, 256);
-        assert_eq!(window.to_lease(4, 0), Some(4));
-        assert_eq!(window.to_lease(4, 3), Some(1));
-        assert_eq!(window.to_lease(0, 0), None, "no demand, no lease");
-        assert_eq!(window.to_lease(4, 4), None);
+        assert_eq!(window.wanted(4, 0), Some(4));
+        assert_eq!(window.wanted(4, 3), Some(1));
+        assert_eq!(window.wanted(0, 0), None, "no demand, no lease");
+        assert_eq!(window.wanted(4, 4), None);
         assert_eq!(window.low_water(), None);
         assert_eq!(window.most(), 260);
         assert_eq!(
-            Window::new(0, 0).to_lease(1, 0),
+            Window::new(0, 0).wanted(1, 0),
             Some(1),
             "at least one of each"
         );
     }
 
     #[test]
-    fn grows_while_full_leases_leave_workers_waiting_on_an_empty_buffer() {
+    fn holds_nothing_extra_while_requests_are_slower_than_the_store() {
+        let mut window = Window::new(8, 256);
+        // 500 ms a request, refills of 2 ms; and of 20 ms on a busy machine.
+        for refill in [2 * MS, 20 * MS] {
+            window.leased(4, 4, refill, Some(500 * MS));
+            assert_eq!(window.extra(), 0);
+        }
+        // Nothing measured yet: nothing extra.
+        window.leased(4, 4, 2 * MS, None);
+        assert_eq!(window.extra(), 0);
+    }
+
+    #[test]
+    fn holds_what_the_workers_start_in_two_refills_up_to_the_lease_batch() {
+        // 16 workers at 1 ms a request start 16,000 events a second: 128 in 2 x 4 ms.
         let mut window = Window::new(16, 256);
-        // A first full lease says nothing yet: it may be the start of a burst.
-        window.leased(16, 16, 16, 0);
-        assert_eq!(window.extra(), 0);
-        let mut extras = vec![];
-        for _ in 0..6 {
-            let asked = window.to_lease(3, 0).unwrap();
-            window.leased(asked, asked, 3, 0);
-            extras.push(window.extra());
-        }
-        assert_eq!(extras, [16, 32, 64, 128, 256, 256]);
-        // Half the extra free leases with no worker idle, the lease never past the batch.
-        assert_eq!(window.low_water(), Some(128));
-        assert_eq!(window.to_lease(0, 129), None);
-        assert_eq!(window.to_lease(0, 128), Some(128));
-        assert_eq!(window.to_lease(16, 0), Some(256));
+        window.leased(4, 4, 4 * MS, Some(MS));
+        assert_eq!(window.extra(), 128);
+        assert_eq!(window.low_water(), Some(64));
+        assert_eq!(window.wanted(0, 65), None);
+        assert_eq!(window.wanted(0, 64), Some(64));
+        // Slower refills: capped at the lease batch.
+        window.leased(4, 4, 20 * MS, Some(MS));
+        assert_eq!(window.extra(), 256);
+        assert_eq!(window.wanted(16, 0), Some(256));
     }
 
     #[test]
-    fn stays_while_workers_are_busy_when_a_lease_comes_back() {
-        let mut window = Window::new(4, 256);
-        for _ in 0..5 {
-            window.leased(4, 4, 0, 0);
-            window.leased(1, 1, 2, 3);
-        }
-        assert_eq!(window.extra(), 0);
+    fn rises_at_once_and_falls_by_halves() {
+        let mut window = Window::new(16, 256);
+        window.leased(4, 4, 4 * MS, Some(MS));
+        assert_eq!(window.extra(), 128);
+        // One quick refill: halved, not undone.
+        window.leased(4, 4, Duration::ZERO, Some(MS));
+        assert_eq!(window.extra(), 64);
+        window.leased(4, 4, 6 * MS, Some(MS));
+        assert_eq!(window.extra(), 192);
     }
 
     #[test]
-    fn a_short_lease_falls_back_to_nothing_extra() {
-        let mut window = Window::new(4, 256);
-        for _ in 0..4 {
-            window.leased(4, 4, 1, 0);
-        }
-        assert_eq!(window.extra(), 16);
-        window.leased(20, 19, 1, 0);
+    fn a_short_lease_falls_to_nothing_extra() {
+        let mut window = Window::new(16, 256);
+        window.leased(4, 4, 4 * MS, Some(MS));
+        assert_eq!(window.extra(), 128);
+        window.leased(100, 99, 4 * MS, Some(MS));
         assert_eq!(window.extra(), 0);
-        // And a full lease after it is a first one again.
-        window.leased(4, 4, 1, 0);
+        window.leased(4, 4, 4 * MS, Some(MS));
+        window.drained();
         assert_eq!(window.extra(), 0);
     }
 
@@ -201,9 +251,14 @@ mod tests {
         assert_eq!(demand.idle(), 1);
         drop(second);
         assert_eq!(demand.idle(), 0);
+        assert_eq!(demand.per_request(), None);
+        demand.took(8 * MS);
+        assert_eq!(demand.per_request(), Some(8 * MS), "the first is the mean");
+        demand.took(16 * MS);
+        assert_eq!(demand.per_request(), Some(9 * MS), "then an eighth each");
         demand.unmet();
         // Kept until the leaser looks.
-        tokio::time::timeout(std::time::Duration::from_secs(5), demand.changed())
+        tokio::time::timeout(Duration::from_secs(5), demand.changed())
             .await
             .unwrap();
     }
