@@ -80,6 +80,13 @@ fn merge(item: &mut Option<JsonMap>, batch: &Option<JsonMap>) {
     }
 }
 
+/// Whether `json` is one well-formed JSON value, read without holding its numbers or
+/// limiting its depth (serde_json skips an ignored value on a loop of its own): true also
+/// of JSON that no message can hold, such as `1e400`.
+pub fn is_json(json: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(json).is_ok()
+}
+
 /// Reads `json` as a `T`. Text checked as UTF-8 once, as a whole, is read as `&str`:
 /// serde_json then skips checking each string it reads (about a tenth of reading a
 /// message). Other bytes are read as bytes, for the same error serde_json gives them.

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// A pipeline's lease window: see the module docs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Window {
     concurrency: usize,
     lease_batch: usize,
@@ -173,6 +173,15 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// 16 workers at 1 ms a request start 16,000 events a second: after a full lease
+    /// ready in 4 ms, an extra of 128 (what they start in 2 x 4 ms).
+    fn busy() -> Window {
+        let mut window = Window::new(16, 256);
+        window.leased(4, 4, 4 * MS, Some(MS));
+        assert_eq!(window.extra(), 128);
+        window
+    }
+
     #[test]
     fn leases_for_idle_workers_only_at_first() {
         let window = Window::new(4, 256);
@@ -204,10 +213,7 @@ mod tests {
 
     #[test]
     fn holds_what_the_workers_start_in_two_refills_up_to_the_lease_batch() {
-        // 16 workers at 1 ms a request start 16,000 events a second: 128 in 2 x 4 ms.
-        let mut window = Window::new(16, 256);
-        window.leased(4, 4, 4 * MS, Some(MS));
-        assert_eq!(window.extra(), 128);
+        let mut window = busy();
         assert_eq!(window.low_water(), Some(64));
         assert_eq!(window.wanted(0, 65), None);
         assert_eq!(window.wanted(0, 64), Some(64));
@@ -219,9 +225,7 @@ mod tests {
 
     #[test]
     fn rises_at_once_and_falls_by_halves() {
-        let mut window = Window::new(16, 256);
-        window.leased(4, 4, 4 * MS, Some(MS));
-        assert_eq!(window.extra(), 128);
+        let mut window = busy();
         // One quick refill: halved, not undone.
         window.leased(4, 4, Duration::ZERO, Some(MS));
         assert_eq!(window.extra(), 64);
@@ -231,9 +235,7 @@ mod tests {
 
     #[test]
     fn a_short_lease_falls_to_nothing_extra() {
-        let mut window = Window::new(16, 256);
-        window.leased(4, 4, 4 * MS, Some(MS));
-        assert_eq!(window.extra(), 128);
+        let mut window = busy();
         window.leased(100, 99, 4 * MS, Some(MS));
         assert_eq!(window.extra(), 0);
         window.leased(4, 4, 4 * MS, Some(MS));

@@ -192,7 +192,7 @@ impl<'r, 'a> Read<'r, 'a> {
             // float, nesting past serde_json's depth limit) is a refused message, kept
             // as a batch item of it would be: a client does not retry a 400, and the
             // body is valid JSON, so it is not the client's garbling to drop.
-            Err(e) if e.code == ErrorCode::InvalidJson && !well_formed(body) => {
+            Err(e) if e.code == ErrorCode::InvalidJson && !stipple_core::is_json(body) => {
                 Err(IngressError::InvalidJson(e.message))
             }
             Err(e) => Ok(Err(Rejection::from(e))),
@@ -515,12 +515,6 @@ impl BatchItems<'_> {
         self.collected
             .push(outcome, kind, Some(index), raw.as_bytes());
     }
-}
-
-/// Whether `body` is one well-formed JSON value, read without holding its numbers or
-/// limiting its depth (serde_json skips an ignored value on a loop of its own).
-fn well_formed(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
 /// A `/v1/batch` body read by `serde_json`, for what the batch scan declines: the

@@ -106,8 +106,7 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
 /// JSON value (a pretty-printed batch, say), else each non-blank line.
 fn split_input(input: &[u8]) -> Vec<(usize, &[u8])> {
     let trimmed = input.trim_ascii();
-    if trimmed.contains(&b'\n') && serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_ok()
-    {
+    if trimmed.contains(&b'\n') && stipple_core::is_json(trimmed) {
         let first = input
             .iter()
             .take_while(|b| b.is_ascii_whitespace())
