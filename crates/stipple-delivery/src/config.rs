@@ -25,7 +25,9 @@ pub struct DeliveryConfig {
     /// trying every queued event on its own backoff. Counted across a service's
     /// pipelines: set it from their total concurrency (twice it by default).
     pub outage_after: usize,
-    /// How long to wait before looking again when nothing is due.
+    /// How long to wait before looking again when nothing is due. Events queued meanwhile
+    /// end the wait at once where the store signals them ([`stipple_store::Store::queued_signal`]):
+    /// this finds retries that fell due and leases that ran out.
     pub idle_poll: Duration,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
@@ -45,7 +47,7 @@ impl Default for DeliveryConfig {
                 multiplier: 2.0,
             },
             outage_after: 64,
-            idle_poll: Duration::from_millis(100),
+            idle_poll: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
         }
     }

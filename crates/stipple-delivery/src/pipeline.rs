@@ -190,6 +190,7 @@ impl Delivery {
     ) {
         let inner = &self.inner;
         let mut probe_attempt = 0u32;
+        let mut queued = inner.store.queued_signal();
         'lease: while !*stop.borrow() {
             if inner.health.is_paused() && !inner.prober {
                 // The first pipeline probes; this one waits for it to resume.
@@ -252,6 +253,10 @@ impl Delivery {
                     _ = stop.changed() => continue 'lease,
                 }
             };
+            if let Some(queued) = &mut queued {
+                // What this lease may miss changes it again.
+                queued.borrow_and_update();
+            }
             let sent = Instant::now();
             let leased = match inner.store.lease(asked, inner.config.lease_for).await {
                 Ok(leased) => leased,
@@ -269,7 +274,7 @@ impl Delivery {
             };
             if leased.is_empty() {
                 window.drained();
-                if sleep_or_stop(inner.config.idle_poll, &mut stop).await {
+                if wait_for_events(&mut queued, inner.config.idle_poll, &mut stop).await {
                     break;
                 }
                 continue;
@@ -410,6 +415,36 @@ const PAUSED_POLL: Duration = Duration::from_millis(100);
 async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         () = tokio::time::sleep(delay) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+/// How long a leaser that found nothing waits after the store signals queued events, so
+/// that the commits right behind the first join its lease: at a trickle of events an
+/// event is leased within this, where a lease per commit would add a store round trip
+/// per commit; past it, as many leases come back as under a steady load.
+const PICKUP_LINGER: Duration = Duration::from_millis(5);
+
+/// After a lease found nothing: waits for the store to signal queued events (then for
+/// [`PICKUP_LINGER`]), or for `poll` to pass, which finds retries that fell due and leases
+/// that ran out (and serves stores without a signal). Returns whether delivery stops.
+async fn wait_for_events(
+    queued: &mut Option<watch::Receiver<u64>>,
+    poll: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let Some(signal) = queued else {
+        return sleep_or_stop(poll, stop).await;
+    };
+    tokio::select! {
+        changed = signal.changed() => {
+            if changed.is_err() {
+                // The store is closing: nothing to wait on any more.
+                *queued = None;
+            }
+            sleep_or_stop(PICKUP_LINGER, stop).await
+        }
+        () = tokio::time::sleep(poll) => *stop.borrow(),
         _ = stop.changed() => true,
     }
 }

@@ -196,6 +196,32 @@ async fn delivers_every_event_mapped_and_empties_the_queue() {
 }
 
 #[tokio::test]
+async fn events_queued_while_delivery_idles_go_out_without_waiting_for_its_poll() {
+    let mock = mock_with(Faults::default());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let config = DeliveryConfig {
+        idle_poll: Duration::from_secs(3600),
+        ..fast_config()
+    };
+    let running = start(store.clone(), &mock.url(), config);
+    for round in 0..3 {
+        // Time for the pipeline to find the queue empty and wait.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        queue(
+            &store,
+            (round * 5..round * 5 + 5).map(|i| message(i, "")).collect(),
+        )
+        .await;
+        eventually(
+            "the events arrive, well before the hour's poll",
+            async || mock.events().len() == (round + 1) * 5,
+        )
+        .await;
+    }
+    running.stop().await;
+}
+
+#[tokio::test]
 async fn transient_failures_are_retried_until_pointillist_recovers() {
     let faults = Faults {
         error_rate: 1.0,

@@ -258,4 +258,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn activity(&self) -> Option<Activity> {
         None
     }
+
+    /// A value that changes once events have been queued (appended, or dead letters
+    /// requeued) and can be leased, for a leaser that found nothing due to wait on
+    /// instead of polling; `None` where the store gives no such signal. Events that
+    /// become due later (a retry's `not_before`, a lease that ran out) change nothing:
+    /// a leaser still looks again now and then for those.
+    fn queued_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::watch;
 
 use crate::clock::{Clock, SystemClock};
 use crate::time::{Micros, duration_micros, from_micros, purge_cutoff, to_micros};
@@ -20,6 +21,8 @@ use crate::{
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
+    /// [`Store::queued_signal`].
+    queued: watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +85,7 @@ impl MemoryStore {
         Self {
             clock,
             inner: Mutex::new(Inner::default()),
+            queued: watch::Sender::default(),
         }
     }
 
@@ -183,6 +187,10 @@ impl Store for MemoryStore {
                 input,
                 received_at: from_micros(now),
             });
+        }
+        drop(inner);
+        if duplicate.contains(&false) {
+            self.queued.send_modify(|appends| *appends += 1);
         }
         Ok(Appended { duplicate })
     }
@@ -294,7 +302,15 @@ impl Store for MemoryStore {
                 moved += 1;
             }
         }
+        drop(inner);
+        if moved > 0 {
+            self.queued.send_modify(|requeues| *requeues += 1);
+        }
         Ok(moved)
+    }
+
+    fn queued_signal(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.queued.subscribe())
     }
 
     async fn rejected(&self, limit: usize) -> Result<Vec<StoredRejection>, StoreError> {

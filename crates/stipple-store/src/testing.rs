@@ -122,4 +122,8 @@ impl Store for TestStore {
     fn activity(&self) -> Option<crate::Activity> {
         self.inner.activity()
     }
+
+    fn queued_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.queued_signal()
+    }
 }

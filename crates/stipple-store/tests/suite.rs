@@ -61,6 +61,7 @@ suite!(
     ack_counts_each_event_once,
     ack_of_runs_and_gaps_deletes_exactly_those,
     check_writable_answers,
+    the_queued_signal_changes_only_when_events_are_queued,
 );
 
 async fn append_ok(store: &dyn Store, append: Append, window: Duration) -> Vec<bool> {
@@ -87,6 +88,50 @@ async fn stats(store: &dyn Store) -> Stats {
 
 mod cases {
     use super::*;
+
+    pub(crate) async fn the_queued_signal_changes_only_when_events_are_queued(h: &Harness) {
+        let store = &*h.store;
+        let mut signal = store.queued_signal().expect("both stores signal");
+        let mut changed = move || {
+            let changed = signal.has_changed().expect("the store is open");
+            signal.borrow_and_update();
+            changed
+        };
+        assert!(!changed(), "nothing queued yet");
+        append_ok(store, events("web", &["a", "b"]), DAY).await;
+        assert!(changed(), "appended");
+        append_ok(store, events("web", &["a"]), DAY).await;
+        assert!(!changed(), "a duplicate queues nothing");
+        let leased = store.lease(10, HOUR).await.expect("lease");
+        store.ack(&[leased[0].id]).await.expect("ack");
+        store
+            .retry(leased[1].id, h.clock_now())
+            .await
+            .expect("retry");
+        store
+            .dead_letter(
+                leased[1].id,
+                DeadLetterReason {
+                    status: Some(400),
+                    detail: "invalid event".into(),
+                },
+            )
+            .await
+            .expect("dead letter");
+        store
+            .append(
+                Append {
+                    events: vec![],
+                    rejected: vec![rejection(Some(0), "invalid_json")],
+                },
+                DAY,
+            )
+            .await
+            .expect("append a rejection");
+        assert!(!changed(), "nothing was queued");
+        assert_eq!(store.requeue_dead_letters(None).await.expect("requeue"), 1);
+        assert!(changed(), "a dead letter requeued");
+    }
 
     pub(crate) async fn append_lease_ack(h: &Harness) {
         let store = &*h.store;

@@ -639,6 +639,10 @@ impl Store for SqliteStore {
             syncs: self.sync_count(),
         })
     }
+
+    fn queued_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.shared.queued_signal.subscribe())
+    }
 }
 
 #[cfg(test)]

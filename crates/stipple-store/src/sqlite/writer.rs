@@ -97,7 +97,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::time::Instant;
 
 use rusqlite::{CachedStatement, Connection};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::dedup::DedupIndex;
 use crate::clock::Clock;
@@ -118,10 +118,14 @@ pub(super) struct Delta {
     pub(super) queued: i64,
     pub(super) dead_letters: i64,
     pub(super) rejected: i64,
+    /// Whether one of the requests added together queued events (`queued` may still
+    /// fall, with acks in the same group).
+    pub(super) grew: bool,
 }
 
 impl Delta {
     fn add(&mut self, other: Self) {
+        self.grew |= other.grew || other.queued > 0;
         self.queued += other.queued;
         self.dead_letters += other.dead_letters;
         self.rejected += other.rejected;
@@ -141,6 +145,8 @@ pub(super) struct Shared {
     pub(super) rejected: AtomicI64,
     pub(super) commits: AtomicU64,
     pub(super) syncs: AtomicU64,
+    /// Counts the commits that queued events ([`crate::Store::queued_signal`]).
+    pub(super) queued_signal: watch::Sender<u64>,
     /// Set when an fsync failed: from then on every request fails.
     pub(super) broken: AtomicBool,
     /// While set, the next fsync waits before it runs (to test who waits for it).
@@ -625,6 +631,10 @@ fn commit_group(
             db.leases.commit();
             shared.commits.fetch_add(1, Ordering::Relaxed);
             shared.publish(counts);
+            if total.grew {
+                // Leasable now, before the fsync (see "Ordering" in the module docs).
+                shared.queued_signal.send_modify(|commits| *commits += 1);
+            }
             None
         }
         Err(e) => {
@@ -879,6 +889,41 @@ mod tests {
             .expect("rows");
         assert_eq!(queued, ["m1", "m2", "m3"], "each event once, in order");
         assert!(db.conn.is_autocommit(), "the transaction ended");
+    }
+
+    /// A request that writes nothing and changes the counts by `delta` (acks do).
+    fn counted(delta: Delta) -> Box<dyn Work> {
+        let (reply, _) = oneshot::channel();
+        Box::new(Call {
+            weight: 1,
+            reply_when: Reply::Committed,
+            f: move |_: &mut Db, _: Micros| Ok(((), delta)),
+            reply,
+            value: None,
+        })
+    }
+
+    #[test]
+    fn a_group_that_queues_events_signals_them_even_when_its_acks_outnumber_them() {
+        let mut db = db();
+        let clock = ManualClock::new(Utc::now());
+        let shared = Shared::default();
+        let mut signal = shared.queued_signal.subscribe();
+        let mut commit = |group: Vec<Box<dyn Work>>| {
+            let mut group = group;
+            commit_group(&mut db, &clock, &mut group, &shared).send(None);
+            let changed = signal.has_changed().expect("open");
+            signal.borrow_and_update();
+            changed
+        };
+        assert!(commit(vec![append(&["m1", "m2", "m3"]).0]));
+        let acks = Delta {
+            queued: -3,
+            ..Delta::default()
+        };
+        assert!(commit(vec![append(&["m4"]).0, counted(acks)]));
+        assert!(!commit(vec![counted(acks), put("k", false).0]));
+        assert!(!commit(vec![append(&["m4"]).0]), "a duplicate");
     }
 
     #[test]
