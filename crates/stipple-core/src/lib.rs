@@ -32,7 +32,7 @@ mod time;
 mod transcode;
 mod validate;
 
-pub use batch::{Batch, Input, from_json, is_json};
+pub use batch::{Batch, EnvelopeField, Input, from_json, is_json};
 pub use error::{ErrorCode, ValidationError};
 pub use event::{EventTime, PointillistEvent};
 pub use map::{ACCOUNT, MAX_ATTRIBUTE_BYTES, MapConfig, MapError, Mapper, POINTILLIST};

@@ -32,7 +32,6 @@ pub struct ValidMessage<M = Message> {
 #[derive(Debug, Clone, Copy)]
 struct Times {
     timestamp: Option<DateTime<Utc>>,
-    original: Option<DateTime<Utc>>,
     sent_at: Option<DateTime<Utc>>,
 }
 
@@ -155,11 +154,7 @@ impl Message {
             message: self,
             kind,
             event_time,
-            times: Some(Times {
-                timestamp,
-                original,
-                sent_at,
-            }),
+            times: Some(Times { timestamp, sent_at }),
         })
     }
 }
@@ -222,9 +217,10 @@ impl<M: BorrowMut<Message>> ValidMessage<M> {
     /// `timestamp`.
     ///
     /// A message that already carries an `originalTimestamp` (one an ingress saw before:
-    /// Segment's Webhooks destination, an export, a replay) keeps it, and the correction
-    /// starts from it: it was read from the same clock as `sentAt`, where its `timestamp`
-    /// has been corrected already. So applying this twice with the same `received_at`
+    /// Segment's Webhooks destination, an export, a replay) keeps it, and keeps its
+    /// `timestamp`, which that ingress corrected already against the clock that received
+    /// it: correcting it again against this one would move the event to when it was
+    /// forwarded, hours later after an outage or for a replay. So applying this twice
     /// changes nothing more.
     pub fn apply_received_at(&mut self, received_at: DateTime<Utc>) {
         let m = self.message.borrow_mut();
@@ -233,13 +229,13 @@ impl<M: BorrowMut<Message>> ValidMessage<M> {
             let parse = |text: &Option<String>| text.as_deref().and_then(parse_timestamp);
             Times {
                 timestamp: parse(&m.timestamp),
-                original: parse(&m.original_timestamp),
                 sent_at: parse(&m.sent_at),
             }
         });
         let corrected = match (times.timestamp, times.sent_at) {
+            (Some(timestamp), _) if m.original_timestamp.is_some() => timestamp,
             (Some(timestamp), Some(sent_at)) => {
-                let original = times.original.unwrap_or(timestamp);
+                let original = timestamp;
                 // A correction past the years an RFC 3339 time can carry (a client
                 // clock centuries off) leaves the client's own time, as without `sentAt`.
                 received_at
@@ -421,7 +417,7 @@ mod tests {
     }
 
     #[test]
-    fn a_client_s_original_timestamp_is_kept_and_corrected_from_only_with_sent_at() {
+    fn a_message_seen_by_an_ingress_before_keeps_its_timestamps() {
         // No sentAt: the client's timestamp stands, whatever originalTimestamp says.
         let m = stamped(
             json!({"type": "track", "event": "E", "userId": "u",
@@ -454,6 +450,15 @@ mod tests {
             m.original_timestamp.as_deref(),
             Some("2026-11-28T13:00:00Z")
         );
+        // The same, forwarded six hours late (an outage, a replay): it happened when it did.
+        let m = stamped(
+            json!({"type": "track", "event": "E", "userId": "u",
+                   "timestamp": "2026-11-28T12:00:00Z", "originalTimestamp": "2026-11-28T13:00:00Z",
+                   "sentAt": "2026-11-28T13:00:10Z", "receivedAt": "2026-11-28T12:00:10Z"}),
+            "2026-11-28T18:00:10Z",
+        );
+        assert_eq!(m.timestamp.as_deref(), Some("2026-11-28T12:00:00.000Z"));
+        assert_eq!(m.received_at.as_deref(), Some("2026-11-28T18:00:10.000Z"));
     }
 
     #[test]

@@ -452,7 +452,7 @@ async fn batch(
                     limit: config.max_batch_items,
                 });
             }
-            let sent_at = batch.sent_at.as_deref();
+            let sent_at = batch.sent_at();
             for (index, raw) in batch.batch.iter().enumerate() {
                 let mut room = Split::default();
                 items.take(index, raw.get(), sent_at, || {
