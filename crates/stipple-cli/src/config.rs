@@ -368,8 +368,20 @@ fn with_source_keys(
 /// Checks that the file is TOML, saying where it is not without quoting it (the line
 /// may hold a token or a write key, and errors are printed and logged).
 fn check_toml(path: &Path, text: &str) -> anyhow::Result<()> {
-    let Err(e) = toml::from_str::<toml::Table>(text) else {
-        return Ok(());
+    let e = match toml::from_str::<toml::Table>(text) {
+        Ok(table) => {
+            // A key before any header (its value unsaid: it may be a secret).
+            if let Some((key, _)) = table.iter().find(|(_, v)| !is_section(v)) {
+                bail!(
+                    "invalid configuration: {}: {key} is outside any section: put it under its \
+                     section's header, such as [pointillist], [ingress] or [store] \
+                     (docs/configuration.md lists each section's keys)",
+                    path.display()
+                );
+            }
+            return Ok(());
+        }
+        Err(e) => e,
     };
     let place = e
         .span()
@@ -387,6 +399,16 @@ fn check_toml(path: &Path, text: &str) -> anyhow::Result<()> {
     )
 }
 
+/// Whether a top-level TOML value is a section: a table, or an array of them
+/// (`[[sources]]`).
+fn is_section(value: &toml::Value) -> bool {
+    match value {
+        toml::Value::Table(_) => true,
+        toml::Value::Array(items) => items.iter().all(toml::Value::is_table),
+        _ => false,
+    }
+}
+
 /// Checks that `value`, the setting `key`, is an http or https URL; `hint` ends the error.
 fn http_url(key: &str, value: &str, hint: &str) -> anyhow::Result<()> {
     url::Url::parse(value)
@@ -400,8 +422,10 @@ fn http_url(key: &str, value: &str, hint: &str) -> anyhow::Result<()> {
 }
 
 /// The `config` crate's message for a value it could not read, said in the file's terms:
-/// the key in full, what it takes, an example. Messages it does not know pass as they are.
-fn explain(message: &str) -> String {
+/// the key in full, what it takes, an example; an unknown key or section set by one of
+/// the `STIPPLE_` variables `vars` names that variable. Messages it does not know pass as
+/// they are.
+fn explain(message: &str, vars: &[String]) -> String {
     // "... for key `pointillist.timeout`" ends most of them, some with the file after it
     // (" in stipple.toml").
     let (what, key, origin) = match message.rsplit_once(" for key `") {
@@ -421,13 +445,43 @@ fn explain(message: &str) -> String {
     {
         let (field, expected) = field;
         let expected = expected.trim_start_matches(", ");
-        return if key.is_empty() {
-            format!("unknown section [{field}] ({expected})")
+        // The variable that set it: `STIPPLE_<SECTION>__<KEY>`, or one starting
+        // `STIPPLE_<SECTION>__` for a section.
+        let var = if key.is_empty() {
+            format!(
+                "{ENV_PREFIX}{ENV_PREFIX_SEPARATOR}{}{ENV_SEPARATOR}",
+                field.to_uppercase()
+            )
         } else {
             format!(
-                "unknown key {key}.{field} ([{key}] takes {})",
-                expected.trim_start_matches("expected one of ")
+                "{ENV_PREFIX}{ENV_PREFIX_SEPARATOR}{}{ENV_SEPARATOR}{}",
+                key.to_uppercase(),
+                field.to_uppercase()
             )
+        };
+        let from = vars
+            .iter()
+            .find(|v| {
+                if key.is_empty() {
+                    v.starts_with(&var)
+                } else {
+                    **v == var
+                }
+            })
+            .map(|v| format!(", set by the environment variable {v}"))
+            .unwrap_or_default();
+        return if key.is_empty() {
+            format!("unknown section [{field}]{from} ({expected})")
+        } else {
+            let takes = expected
+                .trim_start_matches("expected one of ")
+                .trim_start_matches("expected ");
+            let section = if key.starts_with("sources[") {
+                "[[sources]]".to_owned()
+            } else {
+                format!("[{key}]")
+            };
+            format!("unknown key {key}.{field}{from} ({section} takes {takes})")
         };
     }
     if let Some((value, expected)) = value {
@@ -577,6 +631,7 @@ impl Config {
     }
 
     fn read(path: Option<&Path>, env: config::Map<String, String>) -> anyhow::Result<Config> {
+        let vars: Vec<String> = env.keys().cloned().collect();
         let merged = Self::merged(path, env)?;
         // Said here, with both places a key may come from (the deserialiser would say
         // only "missing field").
@@ -594,9 +649,9 @@ impl Config {
                 }
             }
         }
-        merged
-            .try_deserialize()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {}", explain(&e.to_string())))
+        merged.try_deserialize().map_err(|e| {
+            anyhow::anyhow!("invalid configuration: {}", explain(&e.to_string(), &vars))
+        })
     }
 
     /// The file and the environment's settings, merged, not yet read into sections.
@@ -1007,6 +1062,10 @@ mod tests {
             ),
             ("[pointillist3]\n", "unknown section [pointillist3]"),
             (
+                "[[sources]]\nname = \"b\"\nwrite_key = \"k\"\ncolor = 1\n",
+                "unknown key sources[1].color ([[sources]] takes `name` or `write_key`)",
+            ),
+            (
                 "[[sources]]\nwrite_key = \"other\"\n",
                 "missing key sources[1].name",
             ),
@@ -1122,6 +1181,60 @@ mod tests {
         assert!(
             err.contains("STIPPLE_POINTILLIST is not a setting")
                 && err.contains("STIPPLE_<SECTION>__<KEY>"),
+            "{err}"
+        );
+        assert!(!err.contains("SECRET"), "{err}");
+    }
+
+    /// An unknown key or section set in the environment names the variable: the file
+    /// does not hold it, and a reader would look for it there.
+    #[test]
+    fn an_unknown_key_from_the_environment_names_its_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stipple.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        for (var, expected) in [
+            (
+                "STIPPLE_POINTILLIST__APITOKEN",
+                "unknown key pointillist.apitoken, set by the environment variable \
+                 STIPPLE_POINTILLIST__APITOKEN ([pointillist] takes `api_token`, `endpoint`",
+            ),
+            (
+                "STIPPLE_BOGUS__X",
+                "unknown section [bogus], set by the environment variable STIPPLE_BOGUS__X (",
+            ),
+        ] {
+            let err = Config::load_with_env(Some(&path), Some(vars(&[(var, "tok-SECRET")])))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{expected:?} not in {err:?}");
+            assert!(!err.contains("SECRET"), "{err}");
+        }
+        // From the file: no variable named.
+        std::fs::write(
+            &path,
+            format!(
+                "{MINIMAL}[pointillist2]
+"
+            ),
+        )
+        .unwrap();
+        let err = Config::load_with_env(Some(&path), Some(config::Map::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown section [pointillist2] ("), "{err}");
+    }
+
+    #[test]
+    fn a_key_before_any_header_is_said_to_be_outside_any_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stipple.toml");
+        std::fs::write(&path, format!("api_token = \"tok-SECRET\"\n{MINIMAL}")).unwrap();
+        let err = Config::load_with_env(Some(&path), Some(config::Map::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("api_token is outside any section: put it under its section's header"),
             "{err}"
         );
         assert!(!err.contains("SECRET"), "{err}");

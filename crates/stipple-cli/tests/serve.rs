@@ -386,6 +386,13 @@ fn delivers_stops_and_keeps_rejected_input(extra: &str) {
     let live: serde_json::Value =
         serde_json::from_str(&admin(dir.path(), &["status", "--json"])).unwrap();
     assert_eq!(live["rejected"], 1, "{live}");
+    // A second refused item, for `list --limit`.
+    let (status, body) = post(
+        &format!("{}/v1/batch", service.ingress),
+        r#"{"batch":[{"type":"track","userId":"u-4"}]}"#,
+    );
+    assert_eq!(status, 200);
+    assert!(body.contains("missing_event"), "{body}");
 
     let exit = terminate(&mut service);
     assert!(exit.success(), "{exit:?}");
@@ -393,12 +400,23 @@ fn delivers_stops_and_keeps_rejected_input(extra: &str) {
     let status = admin(dir.path(), &["status", "--json"]);
     let stats: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(stats["queued"], 0);
-    assert_eq!(stats["rejected"], 1);
+    assert_eq!(stats["rejected"], 2);
     let rejected = admin(dir.path(), &["rejected", "list", "--json"]);
     let first: serde_json::Value = serde_json::from_str(rejected.lines().next().unwrap()).unwrap();
     assert_eq!(first["code"], "missing_event");
     assert_eq!(first["index"], 1);
     assert!(first["payload"].as_str().unwrap().contains("u-3"));
+    // A list cut short by --limit says how many it left out, on standard error.
+    let out = run_admin(dir.path(), &["rejected", "list", "--limit", "1"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1 more rejected input(s), newer than these: raise --limit"),
+        "{stderr}"
+    );
+    let out = run_admin(dir.path(), &["rejected", "list"]);
+    assert!(String::from_utf8_lossy(&out.stderr).is_empty());
     assert!(admin(dir.path(), &["dead-letters", "list"]).contains("no dead letters"));
     // Requeueing an id that names no dead letter says so, and fails.
     let stderr = admin_fails(dir.path(), &["dead-letters", "requeue", "424242"]);
@@ -418,7 +436,7 @@ fn delivers_stops_and_keeps_rejected_input(extra: &str) {
     );
     assert_eq!(
         purge("rejected", &["--all"]),
-        "deleted 1 rejected input(s)\n"
+        "deleted 2 rejected input(s)\n"
     );
     assert_eq!(
         purge("dead-letters", &["--all"]),
@@ -769,4 +787,45 @@ fn a_second_service_on_a_store_in_use_says_it_waits_then_refuses() {
         .find("is in use by another stipple service")
         .unwrap_or_else(|| panic!("then refuses: {stderr}"));
     assert!(waiting < refused, "{stderr}");
+}
+
+/// Also: a SIGTERM sent as soon as the address is printed stops the service cleanly
+/// (its handler was installed before; once in a few runs, it killed the process).
+#[test]
+fn a_memory_store_is_said_to_lose_what_it_holds_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("stipple.toml");
+    std::fs::write(
+        &config,
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n[[sources]]\nname = \"web\"\nwrite_key = \"wk\"\n\
+         [store]\nurl = \"memory://\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stipple"))
+        .args(["serve", "--mock", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while !lines
+        .next()
+        .expect("stipple prints its address")
+        .unwrap()
+        .starts_with("stipple listening on ")
+    {}
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("store.url is memory://: what is accepted and not yet delivered is lost"),
+        "{stderr}"
+    );
 }

@@ -535,6 +535,52 @@ async fn an_admin_works_beside_the_service_and_leaves_its_leases() {
     );
 }
 
+/// An admin that only reads writes nothing, opening included: on a full disk, where the
+/// service's appends fail, it can still show what the store holds (and purge, whose
+/// deletes the log can take once the service's checkpoints have emptied it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_that_only_reads_writes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.db");
+    let service = open_sqlite(&path, clock());
+    service
+        .append(numbered("web", "m", 3), DAY)
+        .await
+        .expect("append");
+    let leased = service.lease(1, HOUR).await.expect("lease");
+    let reason = DeadLetterReason {
+        status: Some(400),
+        detail: "bad".into(),
+    };
+    service
+        .dead_letter(leased[0].id, reason)
+        .await
+        .expect("dead letter");
+    // The service idles: from here on only the admin could write.
+    let files =
+        || ["s.db", "s.db-wal"].map(|name| std::fs::read(dir.path().join(name)).expect("read"));
+    let before = files();
+
+    // An hour later, so that a write of the time would change the files.
+    let later = clock();
+    later.advance(HOUR);
+    let admin = SqliteStore::open(
+        &path,
+        SqliteOptions {
+            role: Role::Admin,
+            clock: later,
+            ..SqliteOptions::default()
+        },
+    )
+    .expect("open as admin");
+    assert_eq!(admin.stats().await.expect("stats").queued, 2);
+    assert_eq!(admin.dead_letters(10).await.expect("list").len(), 1);
+    assert!(admin.rejected(10).await.expect("list").is_empty());
+    drop(admin);
+    assert!(files() == before, "the admin wrote to the store");
+    drop(service);
+}
+
 #[test]
 fn a_service_can_open_a_store_while_an_admin_has_it() {
     let dir = tempfile::tempdir().expect("temp dir");

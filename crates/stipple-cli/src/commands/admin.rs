@@ -55,8 +55,10 @@ pub(crate) fn dead_letters(command: &DeadLetterCommand) -> anyhow::Result<ExitCo
     match command {
         DeadLetterCommand::List { list } => {
             let store = open_store(&list.store)?;
-            let letters =
-                super::runtime()?.block_on(store.dead_letters(usize::try_from(list.limit)?))?;
+            let (letters, stats) = super::runtime()?.block_on(async {
+                let letters = store.dead_letters(usize::try_from(list.limit)?).await?;
+                anyhow::Ok((letters, store.stats().await?))
+            })?;
             if list.json {
                 for letter in &letters {
                     out!("{}", serde_json::to_string(letter)?)?;
@@ -81,6 +83,7 @@ pub(crate) fn dead_letters(command: &DeadLetterCommand) -> anyhow::Result<ExitCo
                     )?;
                 }
             }
+            more_than_listed(letters.len(), stats.dead_letters, "dead letter(s)");
         }
         DeadLetterCommand::Requeue { store, all, ids } => {
             anyhow::ensure!(
@@ -129,8 +132,10 @@ pub(crate) fn rejected(command: &RejectedCommand) -> anyhow::Result<ExitCode> {
     match command {
         RejectedCommand::List { list } => {
             let store = open_store(&list.store)?;
-            let rejected =
-                super::runtime()?.block_on(store.rejected(usize::try_from(list.limit)?))?;
+            let (rejected, stats) = super::runtime()?.block_on(async {
+                let rejected = store.rejected(usize::try_from(list.limit)?).await?;
+                anyhow::Ok((rejected, store.stats().await?))
+            })?;
             if list.json {
                 for r in &rejected {
                     let mut value = serde_json::to_value(r)?;
@@ -158,6 +163,7 @@ pub(crate) fn rejected(command: &RejectedCommand) -> anyhow::Result<ExitCode> {
                     )?;
                 }
             }
+            more_than_listed(rejected.len(), stats.rejected, "rejected input(s)");
         }
         RejectedCommand::Purge { purge: args } => {
             let deleted = purge(
@@ -168,6 +174,15 @@ pub(crate) fn rejected(command: &RejectedCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says on standard error (so that `--json` output stays lines of JSON) how many of
+/// `kept` a list of the oldest `listed` left out.
+fn more_than_listed(listed: usize, kept: u64, what: &str) {
+    let more = kept.saturating_sub(listed as u64);
+    if more > 0 {
+        note!("{more} more {what}, newer than these: raise --limit to list them");
+    }
 }
 
 /// At most 200 characters on one line, for a table.

@@ -29,9 +29,10 @@ pub(crate) fn run(args: MockArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
+        let shutdown = super::shutdown_signal();
         // Scripts wait for this line to know the port (with --listen 127.0.0.1:0).
         println!("mock Pointillist listening on http://{addr}");
-        stipple_mock::serve(listener, config, super::shutdown_signal())
+        stipple_mock::serve(listener, config, shutdown)
             .await
             .context("the mock server failed")
     })?;

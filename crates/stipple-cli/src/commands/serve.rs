@@ -300,6 +300,7 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
         concurrency = config.pointillist.concurrency,
         "stipple is listening"
     );
+    let shutdown = super::shutdown_signal();
     // Scripts read this line for the port (with listen = "127.0.0.1:0").
     println!("stipple listening on http://{addr}");
 
@@ -328,7 +329,7 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     tokio::pin!(server);
     let served = tokio::select! {
         served = &mut server => served,
-        () = super::shutdown_signal() => {
+        () = shutdown => {
             info!("shutting down: no new requests; finishing those in flight");
             let _ = signal_tx.send(true);
             // A client stalled mid-request must not hold the shutdown forever. Cutting off
@@ -405,8 +406,15 @@ fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         synchronous: config.synchronous()?,
         ..SqliteOptions::default()
     };
-    stipple_store::open(&config.store.url, options)
-        .with_context(|| format!("store.url {:?}", config.store.url))
+    let store = stipple_store::open(&config.store.url, options)
+        .with_context(|| format!("store.url {:?}", config.store.url))?;
+    if config.store.url.trim().starts_with("memory:") {
+        warn!(
+            "store.url is memory://: what is accepted and not yet delivered is lost when this \
+             process exits (for tests; sqlite://PATH keeps it)"
+        );
+    }
+    Ok(store)
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

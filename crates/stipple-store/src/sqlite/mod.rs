@@ -205,9 +205,13 @@ impl SqliteStore {
         .map_err(|e| open_error(path, e))?;
         configure(path, &conn, &options)?;
         schema::migrate(&mut conn, options.role == Role::Service)?;
-        let now = to_micros(options.clock.now());
-        // A first write, so that the write-ahead log exists for the writer to open.
-        ops::touch(&conn, now).map_err(|e| open_error(path, e))?;
+        if options.role == Role::Service {
+            // A first write, so that the write-ahead log exists for the writer to open.
+            // Not an admin's: it writes only when asked to, so that it can still list
+            // and purge on a full disk.
+            let now = to_micros(options.clock.now());
+            ops::touch(&conn, now).map_err(|e| open_error(path, e))?;
+        }
         let counts = conn
             .query_row(writer::SELECT_COUNTS, [], |row| {
                 Ok((row.get(0)?, row.get(1)?, row.get(2)?))
@@ -231,9 +235,10 @@ impl SqliteStore {
         let shared = Arc::new(Shared::default());
         shared.publish(counts);
 
-        let log = match options.synchronous {
-            Synchronous::Normal => None,
-            Synchronous::Full => {
+        // An admin never appends: nothing it does waits for an fsync of its own.
+        let log = match (options.synchronous, options.role) {
+            (Synchronous::Normal, _) | (_, Role::Admin) => None,
+            (Synchronous::Full, Role::Service) => {
                 let path = wal_path(path);
                 // Opened for writing only because some systems refuse to fsync otherwise.
                 let file = std::fs::OpenOptions::new()
