@@ -468,22 +468,25 @@ fn a_store_in_use_cannot_be_opened_again() {
 }
 
 fn admin(path: &Path) -> SqliteStore {
+    admin_on(path, clock())
+}
+
+fn admin_on(path: &Path, clock: Arc<ManualClock>) -> SqliteStore {
     SqliteStore::open(
         path,
         SqliteOptions {
             role: Role::Admin,
-            clock: clock(),
+            clock,
             ..SqliteOptions::default()
         },
     )
     .expect("open as admin")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_admin_works_beside_the_service_and_leaves_its_leases() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("s.db");
-    let service = open_sqlite(&path, clock());
+/// A service's store at `path` with m-0 to m-3 queued, m-0 and m-1 leased, and m-0 then
+/// dead-lettered.
+async fn service_with_a_dead_letter(path: &Path) -> SqliteStore {
+    let service = open_sqlite(path, clock());
     service
         .append(numbered("web", "m", 4), DAY)
         .await
@@ -497,6 +500,14 @@ async fn an_admin_works_beside_the_service_and_leaves_its_leases() {
         .dead_letter(leased[0].id, reason)
         .await
         .expect("dead letter");
+    service
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_works_beside_the_service_and_leaves_its_leases() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.db");
+    let service = service_with_a_dead_letter(&path).await;
 
     let admin = admin(&path);
     assert_eq!(
@@ -542,20 +553,7 @@ async fn an_admin_works_beside_the_service_and_leaves_its_leases() {
 async fn an_admin_that_only_reads_writes_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("s.db");
-    let service = open_sqlite(&path, clock());
-    service
-        .append(numbered("web", "m", 3), DAY)
-        .await
-        .expect("append");
-    let leased = service.lease(1, HOUR).await.expect("lease");
-    let reason = DeadLetterReason {
-        status: Some(400),
-        detail: "bad".into(),
-    };
-    service
-        .dead_letter(leased[0].id, reason)
-        .await
-        .expect("dead letter");
+    let service = service_with_a_dead_letter(&path).await;
     // The service idles: from here on only the admin could write.
     let files =
         || ["s.db", "s.db-wal"].map(|name| std::fs::read(dir.path().join(name)).expect("read"));
@@ -564,16 +562,8 @@ async fn an_admin_that_only_reads_writes_nothing() {
     // An hour later, so that a write of the time would change the files.
     let later = clock();
     later.advance(HOUR);
-    let admin = SqliteStore::open(
-        &path,
-        SqliteOptions {
-            role: Role::Admin,
-            clock: later,
-            ..SqliteOptions::default()
-        },
-    )
-    .expect("open as admin");
-    assert_eq!(admin.stats().await.expect("stats").queued, 2);
+    let admin = admin_on(&path, later);
+    assert_eq!(admin.stats().await.expect("stats").queued, 3);
     assert_eq!(admin.dead_letters(10).await.expect("list").len(), 1);
     assert!(admin.rejected(10).await.expect("list").is_empty());
     drop(admin);
