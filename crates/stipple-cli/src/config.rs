@@ -77,6 +77,7 @@ impl Default for PointillistSection {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct IngressSection {
     pub(crate) listen: String,
+    pub(crate) ops_listen: Option<String>,
     #[serde(with = "humantime_serde")]
     pub(crate) dedup_window: Duration,
     #[serde(deserialize_with = "list_or_commas")]
@@ -117,6 +118,7 @@ impl Default for IngressSection {
         let server = stipple_ingress::ServerConfig::default();
         Self {
             listen: "127.0.0.1:8088".into(),
+            ops_listen: None,
             dedup_window: d.dedup_window,
             cors_origins: d.cors_origins,
             max_in_flight_bytes: ByteSize(u64::try_from(d.max_in_flight_bytes).unwrap_or(u64::MAX)),
@@ -724,6 +726,7 @@ impl Config {
             bail!("pointillist.timeout must be longer than zero, e.g. \"10s\"");
         }
         self.listen()?;
+        self.ops_listen()?;
         if self.ingress.body_timeout.is_zero() {
             bail!("ingress.body_timeout must be longer than zero, e.g. \"30s\"");
         }
@@ -851,6 +854,23 @@ impl Config {
                 self.ingress.listen
             )
         })
+    }
+
+    /// `ingress.ops_listen`, when set.
+    pub(crate) fn ops_listen(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let Some(ops) = &self.ingress.ops_listen else {
+            return Ok(None);
+        };
+        let addr: SocketAddr = ops.parse().with_context(|| {
+            format!("ingress.ops_listen {ops:?} is not an address like 127.0.0.1:9090")
+        })?;
+        if addr.port() != 0 && addr == self.listen()? {
+            bail!(
+                "ingress.ops_listen {ops:?} is ingress.listen's address: give the probes and \
+                 metrics another port, or leave ops_listen out (ingress.listen serves them too)"
+            );
+        }
+        Ok(Some(addr))
     }
 
     /// `delivery.threads`, or when unset two (one on a single core, or with one request
@@ -1061,6 +1081,14 @@ mod tests {
                 "unknown key store.timeoutt ([store] takes `url`",
             ),
             ("[pointillist3]\n", "unknown section [pointillist3]"),
+            (
+                "[ingress]\nops_listen = \"nope\"\n",
+                "ingress.ops_listen \"nope\" is not an address like 127.0.0.1:9090",
+            ),
+            (
+                "[ingress]\nops_listen = \"127.0.0.1:8088\"\n",
+                "ingress.ops_listen \"127.0.0.1:8088\" is ingress.listen's address",
+            ),
             (
                 "[[sources]]\nname = \"b\"\nwrite_key = \"k\"\ncolor = 1\n",
                 "unknown key sources[1].color ([[sources]] takes `name` or `write_key`)",

@@ -18,6 +18,8 @@ struct Service {
     ingress: String,
     /// The in-process mock Pointillist's URL (`--mock` only).
     mock: Option<String>,
+    /// Where probes and metrics are served apart (`ingress.ops_listen` only).
+    ops: Option<String>,
 }
 
 impl Service {
@@ -89,19 +91,22 @@ fn launch(
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut ingress, mut mock_url) = (None, None);
+    let (mut ingress, mut mock_url, mut ops) = (None, None, None);
     while ingress.is_none() || (mock && mock_url.is_none()) {
         let line = lines.next().expect("stipple prints its addresses").unwrap();
         if let Some(url) = line.strip_prefix("stipple listening on ") {
             ingress = Some(url.to_owned());
         } else if let Some(url) = line.strip_prefix("mock Pointillist listening on ") {
             mock_url = Some(url.to_owned());
+        } else if let Some(url) = line.strip_prefix("stipple ops endpoints on ") {
+            ops = Some(url.to_owned());
         }
     }
     Service {
         child,
         ingress: ingress.unwrap(),
         mock: mock_url,
+        ops,
     }
 }
 
@@ -828,4 +833,68 @@ fn a_memory_store_is_said_to_lose_what_it_holds_at_exit() {
         stderr.contains("store.url is memory://: what is accepted and not yet delivered is lost"),
         "{stderr}"
     );
+}
+
+/// With `ingress.ops_listen`, probes and scrapes have an address of their own: they are
+/// answered while the clients' address is at `ingress.max_connections`.
+#[test]
+fn probes_on_the_ops_address_are_answered_while_clients_hold_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = launch(
+        dir.path(),
+        "",
+        None,
+        true,
+        &[
+            ("STIPPLE_INGRESS__OPS_LISTEN", Path::new("127.0.0.1:0")),
+            ("STIPPLE_INGRESS__MAX_CONNECTIONS", Path::new("1")),
+        ],
+    );
+    let ops = service.ops.clone().expect("stipple prints the ops address");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    // A client takes the one connection there is, and keeps it.
+    let _held =
+        std::net::TcpStream::connect(service.ingress.trim_start_matches("http://")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = client
+            .get(format!("{ops}/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        if metrics
+            .lines()
+            .any(|l| l == "stipple_ingress_connections 1")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the connection was never taken:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        client
+            .get(format!("{}/healthz", service.ingress))
+            .send()
+            .is_err(),
+        "the clients' address is at its limit"
+    );
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let answer = client.get(format!("{ops}{path}")).send().unwrap();
+        assert_eq!(answer.status(), 200, "{path}");
+    }
+    // The Tracking API is not served there.
+    let answer = client
+        .post(format!("{ops}/v1/track"))
+        .basic_auth("wk-web", Some(""))
+        .body(r#"{"type":"track","event":"E","userId":"u"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 404);
 }

@@ -107,6 +107,19 @@ impl Ingress {
     }
 }
 
+/// Only the operator's routes (`/healthz`, `/readyz`, `/metrics`), to serve on an address
+/// of their own: probes and scrapes there never wait behind clients at the connection
+/// limit, and the address need not face the clients' network.
+pub fn ops_router(state: IngressState) -> Router {
+    telemetry::describe_metrics();
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { IngressError::NoSuchEndpoint })
+        .with_state(state)
+}
+
 /// The ingress's HTTP routes, CORS included, ready to serve.
 pub fn router(state: IngressState) -> Router {
     telemetry::describe_metrics();

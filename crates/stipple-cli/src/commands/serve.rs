@@ -285,6 +285,15 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
     let state = IngressState::new(config.ingress_config(), store.clone())?
         .with_destination_health(Arc::new(Health(delivery.health())))
         .with_metrics(metrics.clone());
+    let ops = match config.ops_listen()? {
+        Some(ops) => {
+            let listener = tokio::net::TcpListener::bind(ops)
+                .await
+                .with_context(|| format!("cannot listen on {ops} (ingress.ops_listen)"))?;
+            Some((listener, stipple_ingress::ops_router(state.clone())))
+        }
+        None => None,
+    };
     let ingress = stipple_ingress::Ingress::new(state);
 
     let listen = config.listen()?;
@@ -301,6 +310,21 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
         "stipple is listening"
     );
     let shutdown = super::shutdown_signal();
+    let (signal_tx, signal_rx) = watch::channel(false);
+    if let Some((listener, router)) = ops {
+        let signal_rx = signal_rx.clone();
+        let ops_addr = listener.local_addr()?;
+        info!(addr = %ops_addr, "probes and metrics also served on ingress.ops_listen");
+        println!("stipple ops endpoints on http://{ops_addr}");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(stopped(signal_rx))
+                .await
+            {
+                warn!(error = %e, "the ops listener (ingress.ops_listen) failed");
+            }
+        });
+    }
     // Scripts read this line for the port (with listen = "127.0.0.1:0").
     println!("stipple listening on http://{addr}");
 
@@ -315,7 +339,6 @@ async fn serve(config: Config, mock: bool) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let delivering = spawn_delivery(pipelines, &stop_rx)?;
-    let (signal_tx, signal_rx) = watch::channel(false);
     let server = tokio::spawn(stipple_ingress::serve(
         listener,
         ingress,
