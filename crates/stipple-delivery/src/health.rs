@@ -21,8 +21,8 @@ pub struct DeliveryHealth {
     last_failure: Mutex<String>,
     /// Paused because Pointillist refused the token (not for an outage).
     for_credentials: AtomicBool,
-    /// When delivery last resumed after Pointillist refused the token.
-    credentials_resumed: Mutex<Option<DateTime<Utc>>>,
+    /// When delivery last resumed after a pause.
+    resumed: Mutex<Option<DateTime<Utc>>>,
     /// The latest end of a wait Pointillist asked for (`Retry-After`): a pause's probe
     /// does not go out before it.
     asked_until: Mutex<Option<Instant>>,
@@ -80,15 +80,18 @@ impl DeliveryHealth {
     }
 
     /// When an event queued at `enqueued_at` started its retry horizon: then, or when
-    /// delivery last resumed after a refused token if that is later. `None` while the
-    /// token is refused: no horizon runs then. Time paused for credentials is not time
-    /// spent trying, and an event is never discarded for a refused token. (Kept in
-    /// memory: a restart forgets an earlier pause.)
+    /// delivery last resumed after a pause if that is later. `None` while paused: no
+    /// horizon runs then. Time paused (Pointillist refusing the token, or answering
+    /// nothing at all) is not time spent trying the event: it waits, as every other
+    /// event does, and is never discarded for a fault that is not its own; otherwise a
+    /// pause longer than the horizon would leave every event one transient failure from
+    /// its dead letter once Pointillist is back. (Kept in memory: a restart forgets an
+    /// earlier pause.)
     pub(crate) fn retry_horizon_start(&self, enqueued_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        if self.for_credentials.load(Ordering::Acquire) {
+        if self.is_paused() {
             return None;
         }
-        Some(match *self.credentials_resumed.lock() {
+        Some(match *self.resumed.lock() {
             Some(resumed) => resumed.max(enqueued_at),
             None => enqueued_at,
         })
@@ -162,9 +165,12 @@ impl DeliveryHealth {
     pub(crate) fn resume(&self) -> bool {
         let _detail = self.detail.lock();
         self.failures.store(0, Ordering::Release);
-        if self.for_credentials.swap(false, Ordering::AcqRel) {
-            *self.credentials_resumed.lock() = Some(Utc::now());
+        self.for_credentials.store(false, Ordering::Release);
+        if !self.is_paused() {
+            return false;
         }
+        // Before the pause ends: a failure seen right after it then counts from here.
+        *self.resumed.lock() = Some(Utc::now());
         self.paused.swap(false, Ordering::AcqRel)
     }
 }

@@ -5,8 +5,10 @@
 //! - delivered: acknowledged (removed from the queue);
 //! - transient (5xx, 408, 429, timeouts, connection errors): retried with exponential
 //!   backoff and full jitter, never sooner than `Retry-After`, until the retry horizon
-//!   (default 72 h) has passed since it was queued (or since delivery resumed after a
-//!   refused token, if later), then dead-lettered;
+//!   (default 72 h) has passed since it was queued (or since delivery last resumed after
+//!   a pause, if later: no horizon runs while paused), then dead-lettered; transient
+//!   failures one after another with no answer in between pause delivery for an outage,
+//!   probing as for credentials;
 //! - credentials (401/403): delivery pauses for the whole destination, every event stays
 //!   queued, health reports it, and one event at a time probes with backoff until the
 //!   token works again;

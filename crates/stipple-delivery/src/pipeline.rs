@@ -513,7 +513,7 @@ impl Inner {
                     .emit();
                 }
                 let now = Utc::now();
-                // Time paused for a refused token does not count (see `DeliveryHealth`).
+                // Time paused does not count (see `DeliveryHealth`).
                 let age = match self.health.retry_horizon_start(event.enqueued_at) {
                     Some(start) => (now - start).to_std().unwrap_or_default(),
                     None => Duration::ZERO,

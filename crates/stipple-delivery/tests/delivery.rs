@@ -431,11 +431,11 @@ async fn a_refused_token_pauses_delivery_keeps_events_and_resumes_by_itself() {
     assert_eq!(mock.events().len(), 20);
 }
 
-/// A Pointillist stand-in that refuses the token for `refused_for`, then answers the
-/// requests that follow with `then` in order, then takes everything; with the events it
-/// took.
+/// A Pointillist stand-in that answers every request `down.0` (401 refuses the token,
+/// 503 is an outage) for `down.1`, then answers the requests that follow with `then` in
+/// order, then takes everything; with the events it took.
 async fn scripted(
-    refused_for: Duration,
+    (down, down_for): (u16, Duration),
     then: &[u16],
 ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let started = std::time::Instant::now();
@@ -447,8 +447,8 @@ async fn scripted(
         axum::routing::post(move |body: String| {
             let (script, took) = (script.clone(), took.clone());
             async move {
-                let status = if started.elapsed() < refused_for {
-                    401
+                let status = if started.elapsed() < down_for {
+                    down
                 } else {
                     let mut script = script.lock().unwrap();
                     if script.is_empty() {
@@ -472,15 +472,27 @@ async fn scripted(
 
 #[tokio::test]
 async fn time_paused_for_a_refused_token_does_not_count_toward_the_retry_horizon() {
-    // The token is refused for longer than the horizon. Then Pointillist fails a few
-    // requests: right as delivery resumes (200, 503, 503), or while the pause's probe is
-    // still going (503, 503). Either way the events are retried, not dead-lettered as
-    // if their horizon had run out while nothing could be sent.
+    paused_time_does_not_count_toward_the_retry_horizon(401).await;
+}
+
+#[tokio::test]
+async fn time_paused_for_an_outage_does_not_count_toward_the_retry_horizon() {
+    paused_time_does_not_count_toward_the_retry_horizon(503).await;
+}
+
+async fn paused_time_does_not_count_toward_the_retry_horizon(down: u16) {
+    // The token is refused, or every request fails, for longer than the horizon. Then
+    // Pointillist fails a few requests: right as delivery resumes (200, 503, 503), or
+    // while the pause's probe is still going (503, 503). Either way the events are
+    // retried, not dead-lettered as if their horizon had run out while nothing could be
+    // sent.
     for then in [&[200, 503, 503][..], &[503, 503]] {
-        let (url, taken) = scripted(Duration::from_millis(400), then).await;
+        let (url, taken) = scripted((down, Duration::from_millis(400)), then).await;
         let store = queued(3).await;
         let config = DeliveryConfig {
             retry_horizon: Duration::from_millis(200),
+            // Three failures in a row pause delivery, well within the horizon.
+            outage_after: 3,
             ..fast_config()
         };
         let running = start(store.clone(), &url, config);
