@@ -472,6 +472,13 @@ fn admin(path: &Path) -> SqliteStore {
 }
 
 fn admin_on(path: &Path, clock: Arc<ManualClock>) -> SqliteStore {
+    open_as_admin(path, clock).expect("open as admin")
+}
+
+fn open_as_admin(
+    path: &Path,
+    clock: Arc<ManualClock>,
+) -> Result<SqliteStore, stipple_store::StoreError> {
     SqliteStore::open(
         path,
         SqliteOptions {
@@ -480,7 +487,6 @@ fn admin_on(path: &Path, clock: Arc<ManualClock>) -> SqliteStore {
             ..SqliteOptions::default()
         },
     )
-    .expect("open as admin")
 }
 
 /// A service's store at `path` with m-0 to m-3 queued, m-0 and m-1 leased, and m-0 then
@@ -569,6 +575,40 @@ async fn an_admin_that_only_reads_writes_nothing() {
     drop(admin);
     assert!(files() == before, "the admin wrote to the store");
     drop(service);
+}
+
+/// An admin pointed at a file that holds no store (a mistyped path) refuses it and leaves
+/// it as it was: it never turns another program's database, or an empty file, into a store.
+#[test]
+fn an_admin_refuses_a_file_that_holds_no_store_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let other = dir.path().join("other.db");
+    {
+        let conn = rusqlite::Connection::open(&other).expect("sqlite");
+        conn.execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+            .expect("a table");
+    }
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").expect("an empty file");
+    for path in [&other, &empty] {
+        let before = std::fs::read(path).expect("read");
+        let error = open_as_admin(path, clock()).expect_err("not a store");
+        assert!(
+            error.to_string().contains("is not a stipple store"),
+            "{error}"
+        );
+        assert!(
+            std::fs::read(path).expect("read") == before,
+            "{}",
+            path.display()
+        );
+    }
+    let missing = dir.path().join("missing/stipple.db");
+    assert!(open_as_admin(&missing, clock()).is_err());
+    assert!(
+        !dir.path().join("missing").exists(),
+        "an admin creates nothing"
+    );
 }
 
 #[test]

@@ -179,11 +179,17 @@ impl SqliteStore {
     /// As [`Role::Service`] (the default) it takes the store's lock file, failing if
     /// another service holds it, and ends every lease left by a previous service (those
     /// events are due at once). As [`Role::Admin`] it does neither and can run next to
-    /// a service, but refuses appends.
+    /// a service, but refuses appends; it creates nothing either, and refuses a file that
+    /// holds no store (an empty one, another program's database) without writing to it.
     ///
     /// This does blocking file I/O: call it at startup, or inside `spawn_blocking`.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let service = options.role == Role::Service;
+        // An admin creates nothing: it opens a store a service made.
+        if let Some(parent) = path
+            .parent()
+            .filter(|p| service && !p.as_os_str().is_empty())
+        {
             std::fs::create_dir_all(parent).map_err(|e| {
                 StoreError::Open(format!(
                     "cannot create the directory {}: {e}",
@@ -195,14 +201,18 @@ impl SqliteStore {
             Role::Service => Some(take_service_lock(path, options.busy_timeout)?),
             Role::Admin => None,
         };
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if service {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
         let mut conn = match gathering_vfs() {
             Some(vfs) => Connection::open_with_flags_and_vfs(path, flags, vfs),
             None => Connection::open_with_flags(path, flags),
         }
         .map_err(|e| open_error(path, e))?;
+        if !service {
+            schema::check_is_store(&conn, path)?;
+        }
         configure(path, &conn, &options)?;
         schema::migrate(&mut conn, options.role == Role::Service)?;
         if options.role == Role::Service {

@@ -123,6 +123,23 @@ fn v3_to_v4(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch("DROP TABLE dedup")
 }
 
+/// Refuses a database that holds no store (an empty file, another program's database),
+/// before anything is written to it: for an admin, which opens what a service made and
+/// must not turn a mistyped path into an empty store.
+pub(super) fn check_is_store(conn: &Connection, path: &std::path::Path) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(open_error)?;
+    if version == 0 {
+        return Err(StoreError::Open(format!(
+            "{} is not a stipple store (it holds no stipple tables): check store.url, or start \
+             `stipple serve` once to create the store there",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Creates the schema in an empty database, brings an older one up to date (each step
 /// in its own transaction) and refuses a newer one. Only when `may_upgrade`: an admin
 /// command may run beside a service of the older version, which an upgrade under it
