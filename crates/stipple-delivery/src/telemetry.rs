@@ -102,8 +102,10 @@ impl Retried<'_> {
         debug!(message_id = self.message_id, attempts = self.attempts, delay = ?self.delay, reason = self.reason, "delivery will be retried");
         if let Some(held_back) = SEND_FAILURES.admit() {
             warn!(
+                message_id = self.message_id,
                 reason = self.reason,
-                held_back, "sending to Pointillist failed; the event stays queued and is retried"
+                held_back,
+                "sending to Pointillist failed; the event stays queued and is retried"
             );
         }
     }
@@ -115,15 +117,29 @@ pub(crate) struct DeadLettered<'a> {
     pub(crate) detail: &'a str,
 }
 
+/// Dead letters: a mistake that concerns every event (a wrong `actor_type`, say) makes
+/// Pointillist reject each, so one is logged per interval (each is at debug), with how
+/// many like it were held back; `stipple dead-letters list` has them all.
+static DEAD_LETTERS: Throttle = Throttle::new(STORE_WARNINGS_EVERY);
+
 impl DeadLettered<'_> {
     pub(crate) fn emit(self) {
         counter!(DEAD_LETTERED, "reason" => self.reason).increment(1);
-        warn!(
+        debug!(
             message_id = self.message_id,
             reason = self.reason,
             detail = self.detail,
             "event dead-lettered"
         );
+        if let Some(held_back) = DEAD_LETTERS.admit() {
+            warn!(
+                message_id = self.message_id,
+                reason = self.reason,
+                detail = self.detail,
+                held_back,
+                "event dead-lettered (`stipple dead-letters list` shows them all)"
+            );
+        }
     }
 }
 
