@@ -652,4 +652,16 @@ fn open_creates_missing_directories() {
     let store = SqliteStore::open(&path, SqliteOptions::default()).expect("open");
     assert_eq!(store.path(), path);
     assert!(path.exists());
+    // A file where a directory should be is said to be one.
+    std::fs::write(dir.path().join("file"), b"").expect("a file");
+    for path in ["file/stipple.db", "file/deeper/stipple.db"] {
+        let error = SqliteStore::open(&dir.path().join(path), SqliteOptions::default())
+            .expect_err("no directory can be made there");
+        assert!(
+            error
+                .to_string()
+                .contains("a file, not a directory, is on that path"),
+            "{path}: {error}"
+        );
+    }
 }

@@ -191,10 +191,16 @@ impl SqliteStore {
             .filter(|p| service && !p.as_os_str().is_empty())
         {
             std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Open(format!(
-                    "cannot create the directory {}: {e}",
-                    parent.display()
-                ))
+                use std::io::ErrorKind::{AlreadyExists, NotADirectory};
+                StoreError::Open(if matches!(e.kind(), AlreadyExists | NotADirectory) {
+                    format!(
+                        "cannot create the directory {}: a file, not a directory, is on that \
+                         path (or on the way to it)",
+                        parent.display()
+                    )
+                } else {
+                    format!("cannot create the directory {}: {e}", parent.display())
+                })
             })?;
         }
         let service_lock = match options.role {
