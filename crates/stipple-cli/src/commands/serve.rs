@@ -109,6 +109,13 @@ fn init_logging(config: &Config) -> anyhow::Result<Option<SdkTracerProvider>> {
         );
     }
     tracing_subscriber::registry().with(layers).init();
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        // Export failures are the OpenTelemetry SDK's to log, and name no address.
+        info!(
+            endpoint = %crate::config::without_credentials(endpoint),
+            "traces are exported to this OTLP/HTTP collector"
+        );
+    }
     Ok(provider)
 }
 
