@@ -151,3 +151,20 @@ fn a_reader_that_goes_away_ends_it_quietly() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{status}");
 }
+
+#[test]
+fn a_message_with_only_an_original_timestamp_happened_then() {
+    let out = stipple_map(
+        &[],
+        r#"{"type":"identify","userId":"u","originalTimestamp":"2026-01-01T00:00:00Z"}"#,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        lines(&out.stdout)[0]["eventTime"],
+        "2026-01-01T00:00:00.000Z"
+    );
+}

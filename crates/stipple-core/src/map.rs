@@ -103,21 +103,21 @@ impl Mapper {
                     MessageType::Identify => {
                         event_type = kind.as_str().to_owned();
                         let traits = m.traits.or_else(|| object(context.traits));
-                        attrs.flatten("", traits);
+                        attrs.flatten(None, traits);
                     }
                     MessageType::Group => {
                         event_type = kind.as_str().to_owned();
                         let mut account = BTreeMap::new();
                         insert_id(&mut account, "groupId", m.group_id);
                         actors.insert(ACCOUNT.to_owned(), account);
-                        attrs.flatten("group", m.traits);
+                        attrs.flatten(Some("group"), m.traits);
                     }
                     MessageType::Track | MessageType::Page | MessageType::Screen => {
-                        attrs.flatten("trait", object(context.traits));
-                        attrs.flatten("device", object(context.device));
-                        attrs.flatten("campaign", object(context.campaign));
-                        attrs.flatten("location", object(context.location));
-                        attrs.flatten("", m.properties);
+                        attrs.flatten(Some("trait"), object(context.traits));
+                        attrs.flatten(Some("device"), object(context.device));
+                        attrs.flatten(Some("campaign"), object(context.campaign));
+                        attrs.flatten(Some("location"), object(context.location));
+                        attrs.flatten(None, m.properties);
                         event_type = match kind {
                             MessageType::Track => m.event.unwrap_or_default(),
                             _ => kind.as_str().to_owned(),
@@ -138,8 +138,10 @@ impl Mapper {
                 }
             }
         }
-        if let Some(id) = m.message_id {
-            attrs.label("messageId".to_owned(), id);
+        match m.message_id {
+            Some(id) => attrs.label("messageId".to_owned(), id),
+            // The label is the message's id, which a property of that name is not.
+            None => attrs.remove("messageId"),
         }
         actors.insert(self.config.actor_type.clone(), customer);
         if attrs.over() {
@@ -254,25 +256,33 @@ impl Attributes {
         self.numbers.insert(key, value);
     }
 
-    /// Flattens `object` under `prefix` (`""` for none): nested objects join keys with
+    /// Removes `key`, a label or a number.
+    fn remove(&mut self, key: &str) {
+        self.labels.remove(key);
+        self.numbers.remove(key);
+    }
+
+    /// Flattens `object` under `prefix` (`None` for none): nested objects join keys with
     /// `.`, strings become labels, booleans the labels `"true"`/`"false"`, numbers
-    /// numbers, arrays labels of their compact JSON, nulls nothing.
-    fn flatten(&mut self, prefix: &str, object: Option<JsonMap>) {
+    /// numbers, arrays labels of their compact JSON, nulls nothing. An empty key is a
+    /// key like any other: `{"": {"b": 1}}` is `.b`, never `b`.
+    fn flatten(&mut self, prefix: Option<&str>, object: Option<JsonMap>) {
         if let Some(object) = object {
             self.flatten_into(prefix, object);
         }
     }
 
-    fn flatten_into(&mut self, path: &str, object: JsonMap) {
+    fn flatten_into(&mut self, path: Option<&str>, object: JsonMap) {
         for (key, value) in object {
-            let key = if path.is_empty() {
-                key
-            } else {
-                let mut full = String::with_capacity(path.len() + 1 + key.len());
-                full.push_str(path);
-                full.push('.');
-                full.push_str(&key);
-                full
+            let key = match path {
+                None => key,
+                Some(path) => {
+                    let mut full = String::with_capacity(path.len() + 1 + key.len());
+                    full.push_str(path);
+                    full.push('.');
+                    full.push_str(&key);
+                    full
+                }
             };
             match value {
                 Value::Null => {}
@@ -283,7 +293,7 @@ impl Attributes {
                     let text = serde_json::to_string(&items).unwrap_or_default();
                     self.label(key, text);
                 }
-                Value::Object(inner) => self.flatten_into(&key, inner),
+                Value::Object(inner) => self.flatten_into(Some(&key), inner),
             }
         }
     }

@@ -640,6 +640,14 @@ impl<'a> View<'a> {
         }
         // An empty one counts as none, as in `Message::validate`.
         let message_id = self.message_id.filter(|id| !id.is_empty());
+        if message_id.is_none() {
+            // As `Mapper::map`: the label is the message's id, not a property's.
+            if let Ok(at) = plain.binary_search_by(|e| (*e.key).cmp("messageId")) {
+                if !matches!(plain[at].value, Attr::Key) {
+                    plain.remove(at);
+                }
+            }
+        }
         set_label(&mut plain, "messageId", message_id);
         // With the call's own labels (`set_label` counts them): over the limit, the
         // reference path refuses it.

@@ -219,3 +219,52 @@ fn an_event_that_would_grow_past_the_limit_is_refused_on_both_paths() {
     assert!(mapper.map_json_fast(&fits).is_some());
     assert_same(&mapper, &fits);
 }
+
+/// The `messageId` label is the message's own id: a property of that name never stands
+/// in for it, on either path.
+#[test]
+fn a_property_named_message_id_is_never_the_message_id_label() {
+    let mapper = mapper();
+    let time = r#""timestamp":"2026-11-28T12:00:00.000Z""#;
+    for (text, expected) in [
+        (
+            format!(
+                r#"{{"type":"track","event":"E","userId":"u",{time},"properties":{{"messageId":"prop","n":1}}}}"#
+            ),
+            None,
+        ),
+        (
+            format!(
+                r#"{{"type":"track","event":"E","userId":"u","messageId":"","properties":{{"messageId":5}},{time}}}"#
+            ),
+            None,
+        ),
+        (
+            format!(
+                r#"{{"type":"identify","userId":"u","messageId":"m-1",{time},"traits":{{"messageId":"t"}}}}"#
+            ),
+            Some("m-1"),
+        ),
+    ] {
+        assert!(mapper.map_json_fast(&text).is_some(), "declined: {text}");
+        assert_same(&mapper, &text);
+        let body: Value =
+            serde_json::from_slice(&mapper.map_json(text.as_bytes()).unwrap().unwrap()).unwrap();
+        assert_eq!(body["labels"]["messageId"].as_str(), expected, "{text}");
+        assert!(body["numbers"].get("messageId").is_none(), "{text}");
+    }
+}
+
+/// An empty key is a key: nested under it, a member's path starts with `.`, and never
+/// lands on a key of the same name one level up.
+#[test]
+fn an_empty_key_keeps_its_place_in_the_path() {
+    let mapper = mapper();
+    let text = r#"{"type":"identify","userId":"u","messageId":"m","timestamp":"2026-11-28T12:00:00.000Z","traits":{"":{"b":2,"":{"q":1}},"b":"x"}}"#;
+    assert_same(&mapper, text);
+    let body: Value =
+        serde_json::from_slice(&mapper.map_json(text.as_bytes()).unwrap().unwrap()).unwrap();
+    assert_eq!(body["labels"]["b"], "x");
+    assert_eq!(body["numbers"][".b"], 2);
+    assert_eq!(body["numbers"]["..q"], 1);
+}

@@ -64,10 +64,12 @@ fn map_one(
 ) -> Result<Option<stipple_core::PointillistEvent>, ValidationError> {
     let mut valid = message.validate()?;
     // A receivedAt the message carries is the ingress's record: correct skew from it.
-    // With neither timestamp nor receivedAt, the message happened "now".
-    let received_at = match &valid.message().received_at {
+    // With no time at all, the message happened "now"; with only an originalTimestamp,
+    // it happened then.
+    let m = valid.message();
+    let received_at = match &m.received_at {
         Some(text) => stipple_core::parse_timestamp(text),
-        None if valid.message().timestamp.is_none() => Some(chrono_now()),
+        None if m.timestamp.is_none() && m.original_timestamp.is_none() => Some(chrono_now()),
         None => None,
     };
     if let Some(received_at) = received_at {
