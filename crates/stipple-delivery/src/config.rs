@@ -20,7 +20,8 @@ pub struct DeliveryConfig {
     pub backoff: Backoff,
     /// Backoff between probes while delivery is paused (for credentials or an outage).
     pub probe_backoff: Backoff,
-    /// Transient failures in a row, with no answer from Pointillist in between, after which
+    /// Distinct events failing (transiently) in a row, with no answer from Pointillist in
+    /// between, after which
     /// delivery pauses for an outage and probes with one event at a time instead of
     /// trying every queued event on its own backoff. Counted across a service's
     /// pipelines: set it from their total concurrency (twice it by default).

@@ -5,9 +5,16 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::Serialize;
+use stipple_store::EventId;
+
+/// Most failing events remembered at once: far past any pause's threshold, and a bound
+/// on what a long outage's probes add.
+const MAX_FAILING: usize = 65_536;
 
 /// Shared between the delivery pipeline (which writes it) and `/readyz` and the
 /// metrics (which read it).
@@ -15,8 +22,13 @@ use serde::Serialize;
 pub struct DeliveryHealth {
     paused: AtomicBool,
     detail: Mutex<String>,
-    /// Transient failures since Pointillist last answered.
+    /// How many distinct events failed (transiently) since Pointillist last answered:
+    /// the size of `failing`, read without its lock.
     failures: AtomicUsize,
+    /// Those events (up to [`MAX_FAILING`]). Distinct, so that one event Pointillist
+    /// always fails, retried on its backoff while nothing else is sent, never reads as
+    /// an outage: paused, it would be probed alone for ever, its horizon stopped.
+    failing: Mutex<HashSet<EventId>>,
     /// The last of those failures, for `/readyz` before they pause delivery.
     last_failure: Mutex<String>,
     /// Paused because Pointillist refused the token (not for an outage).
@@ -57,7 +69,7 @@ impl DeliveryHealth {
                 "delivering".into()
             } else {
                 format!(
-                    "delivering; the last {failures} request(s) failed in a row (the last: {}) and are retried",
+                    "delivering; {failures} event(s) failed in a row (the last: {}) and are retried",
                     self.last_failure.lock()
                 )
             };
@@ -111,12 +123,24 @@ impl DeliveryHealth {
         until.checked_duration_since(Instant::now())
     }
 
-    /// Counts a transient failure, for `reason`; returns how many there have been since
-    /// Pointillist last answered.
-    pub(crate) fn failed(&self, reason: &str) -> usize {
-        let mut last = self.last_failure.lock();
-        reason.clone_into(&mut last);
-        self.failures.fetch_add(1, Ordering::AcqRel) + 1
+    /// Counts a transient failure of `event`, for `reason`; returns how many distinct
+    /// events have failed since Pointillist last answered.
+    pub(crate) fn failed(&self, event: EventId, reason: &str) -> usize {
+        reason.clone_into(&mut self.last_failure.lock());
+        let mut failing = self.failing.lock();
+        if failing.len() < MAX_FAILING {
+            failing.insert(event);
+        }
+        let failures = failing.len();
+        self.failures.store(failures, Ordering::Release);
+        failures
+    }
+
+    /// Forgets the failures in a row.
+    fn clear_failures(&self) {
+        let mut failing = self.failing.lock();
+        failing.clear();
+        self.failures.store(0, Ordering::Release);
     }
 
     /// Pointillist answered (delivered or rejected an event): the failures in a row
@@ -125,16 +149,16 @@ impl DeliveryHealth {
         // Read first: every delivery writing the shared counter would bounce its cache
         // line between the delivery threads.
         if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Release);
+            self.clear_failures();
         }
     }
 
-    /// Pauses delivery for an outage after `failures` transient failures in a row, the
+    /// Pauses delivery for an outage after `failures` distinct events failed in a row, the
     /// last for `reason`; returns true when it was running until now.
     pub(crate) fn pause_for_outage(&self, failures: usize, reason: &str) -> bool {
         self.pause_because(
             format!(
-                "paused: Pointillist failed {failures} requests in a row (the last: {reason}); events stay queued, probing until it answers"
+                "paused: Pointillist failed {failures} events in a row (the last: {reason}); events stay queued, probing until it answers"
             ),
             false,
             false,
@@ -164,7 +188,7 @@ impl DeliveryHealth {
     /// Resumes delivery; returns true when it was paused until now.
     pub(crate) fn resume(&self) -> bool {
         let _detail = self.detail.lock();
-        self.failures.store(0, Ordering::Release);
+        self.clear_failures();
         self.for_credentials.store(false, Ordering::Release);
         if !self.is_paused() {
             return false;
@@ -183,17 +207,26 @@ mod tests {
     fn failures_count_in_a_row_until_pointillist_answers() {
         let health = DeliveryHealth::default();
         assert_eq!(health.status().detail, "delivering");
-        assert_eq!(health.failed("connection refused"), 1);
-        assert_eq!(health.failed("503"), 2);
+        assert_eq!(health.failed(1, "connection refused"), 1);
+        assert_eq!(health.failed(2, "503"), 2);
+        assert_eq!(
+            health.failed(2, "503"),
+            2,
+            "one event failing again is no more"
+        );
         let status = health.status();
         assert!(status.healthy, "failures alone do not pause");
         assert_eq!(
             status.detail,
-            "delivering; the last 2 request(s) failed in a row (the last: 503) and are retried"
+            "delivering; 2 event(s) failed in a row (the last: 503) and are retried"
         );
         health.answered();
         assert_eq!(health.status().detail, "delivering");
-        assert_eq!(health.failed("503"), 1, "an answer starts the count again");
+        assert_eq!(
+            health.failed(2, "503"),
+            1,
+            "an answer starts the count again"
+        );
         assert!(health.pause_for_outage(1, "429"));
         assert!(health.status().detail.contains("(the last: 429)"));
         // Probes that fail otherwise while paused: the detail follows them.
@@ -203,12 +236,16 @@ mod tests {
         assert!(
             status
                 .detail
-                .contains("failed 2 requests in a row (the last: 503)"),
+                .contains("failed 2 events in a row (the last: 503)"),
             "{}",
             status.detail
         );
         assert!(health.resume());
-        assert_eq!(health.failed("503"), 1, "resuming starts the count again");
+        assert_eq!(
+            health.failed(2, "503"),
+            1,
+            "resuming starts the count again"
+        );
         assert!(health.status().healthy);
     }
 

@@ -200,8 +200,8 @@ impl Delivery {
                 continue;
             }
             if inner.health.is_paused() {
-                // Not before a `Retry-After` Pointillist gave (capped at the horizon, past
-                // which any event would be dead-lettered anyway).
+                // Not before a `Retry-After` Pointillist gave, up to the retry horizon (the
+                // longest any event waits for a retry; it does not run while paused).
                 let asked = inner
                     .health
                     .asked_wait_left()
@@ -499,7 +499,7 @@ impl Inner {
                 reason,
                 retry_after,
             } => {
-                let failures = self.health.failed(&reason);
+                let failures = self.health.failed(event.id, &reason);
                 if let Some(asked) = retry_after {
                     self.health.asked_to_wait(asked);
                 }

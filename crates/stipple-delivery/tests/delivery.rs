@@ -431,6 +431,14 @@ async fn a_refused_token_pauses_delivery_keeps_events_and_resumes_by_itself() {
     assert_eq!(mock.events().len(), 20);
 }
 
+/// Serves `app`, a stand-in for Pointillist, on a free port; its URL.
+async fn stand_in(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
 /// A Pointillist stand-in that answers every request `down.0` (401 refuses the token,
 /// 503 is an outage) for `down.1`, then answers the requests that follow with `then` in
 /// order, then takes everything; with the events it took.
@@ -464,10 +472,7 @@ async fn scripted(
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), taken)
+    (stand_in(app).await, taken)
 }
 
 #[tokio::test]
@@ -508,6 +513,72 @@ async fn paused_time_does_not_count_toward_the_retry_horizon(down: u16) {
     }
 }
 
+/// A Pointillist stand-in that answers 503 to every event whose `messageId` label starts
+/// with `bad` and takes the others; with the events it took.
+async fn poisoned() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let taken = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let took = taken.clone();
+    let app = axum::Router::new().route(
+        "/event",
+        axum::routing::post(move |body: String| {
+            let took = took.clone();
+            async move {
+                if body.contains(r#""messageId":"bad"#) {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                took.lock().unwrap().push(body);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    (stand_in(app).await, taken)
+}
+
+/// One event Pointillist always fails, retried alone on a quiet queue, is no outage:
+/// counted as one failing event however often it is retried, it never pauses delivery
+/// (paused, it would be the only event probed, its horizon stopped, and every event
+/// after it would wait for ever). It is dead-lettered at its horizon; the others go out.
+#[tokio::test]
+async fn one_event_that_always_fails_pauses_nothing() {
+    let (url, taken) = poisoned().await;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut bad = message(0, "");
+    bad.message_id = "bad-0".into();
+    bad.payload = String::from_utf8(bad.payload)
+        .unwrap()
+        .replace(r#""messageId":"m-0""#, r#""messageId":"bad-0""#)
+        .into_bytes();
+    queue(&store, vec![bad]).await;
+    let config = DeliveryConfig {
+        concurrency: 2,
+        outage_after: 4,
+        retry_horizon: Duration::from_millis(800),
+        backoff: Backoff {
+            min: Duration::from_millis(5),
+            max: Duration::from_millis(10),
+            multiplier: 2.0,
+        },
+        ..fast_config()
+    };
+    let running = start(store.clone(), &url, config);
+    let health = running.delivery.health();
+    // Dozens of retries of the one event meanwhile.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(health.status().healthy, "{}", health.status().detail);
+    queue(&store, (1..6).map(|i| message(i, "")).collect()).await;
+    eventually("the 5 good events are delivered", async || {
+        taken.lock().unwrap().len() == 5
+    })
+    .await;
+    eventually(
+        "the failing one is dead-lettered at its horizon",
+        async || store.stats().await.unwrap().dead_letters == 1,
+    )
+    .await;
+    running.stop().await;
+    assert_eq!(store.dead_letters(10).await.unwrap()[0].message_id, "bad-0");
+}
+
 #[tokio::test]
 async fn a_rejected_event_alone_is_dead_lettered() {
     // A Pointillist stand-in that refuses one event with 422 and takes the rest.
@@ -530,14 +601,12 @@ async fn a_rejected_event_alone_is_dead_lettered() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = stand_in(app).await;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let mut events: Vec<_> = (0..9).map(|i| message(i, "")).collect();
     events.push(message(99, r#","context":{"traits":{"tag":"poison"}}"#));
     queue(&store, events).await;
-    let running = start(store.clone(), &format!("http://{addr}"), fast_config());
+    let running = start(store.clone(), &url, fast_config());
     eventually("the queue drains", async || {
         store.stats().await.unwrap().queued == 0
     })
@@ -757,9 +826,7 @@ impl Slow {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = stand_in(app).await;
         Self { url, arrivals }
     }
 
