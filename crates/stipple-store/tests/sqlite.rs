@@ -603,6 +603,42 @@ fn an_admin_refuses_a_file_that_holds_no_store_and_leaves_it_alone() {
             path.display()
         );
     }
+    // Another program's database in WAL mode, its log not yet checkpointed (it crashed):
+    // the admin's close must not checkpoint that log into it.
+    let crashed = dir.path().join("crashed.db");
+    {
+        let conn = rusqlite::Connection::open(&crashed).expect("sqlite");
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .expect("no checkpoint on close");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+             CREATE TABLE t (x TEXT); INSERT INTO t VALUES ('a'), ('b');",
+        )
+        .expect("a table in the log");
+    }
+    let log = dir.path().join("crashed.db-wal");
+    let before = [
+        std::fs::read(&crashed).expect("read"),
+        std::fs::read(&log).expect("log"),
+    ];
+    assert!(!before[1].is_empty(), "the log holds the table");
+    let error = open_as_admin(&crashed, clock()).expect_err("not a store");
+    assert!(
+        error.to_string().contains("is not a stipple store"),
+        "{error}"
+    );
+    let after = [
+        std::fs::read(&crashed).expect("read"),
+        std::fs::read(&log).expect("log"),
+    ];
+    assert!(
+        after == before,
+        "the other program's database or log changed"
+    );
+
     let missing = dir.path().join("missing/stipple.db");
     assert!(open_as_admin(&missing, clock()).is_err());
     assert!(

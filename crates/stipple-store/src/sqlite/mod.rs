@@ -29,6 +29,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
@@ -179,8 +180,9 @@ impl SqliteStore {
     /// As [`Role::Service`] (the default) it takes the store's lock file, failing if
     /// another service holds it, and ends every lease left by a previous service (those
     /// events are due at once). As [`Role::Admin`] it does neither and can run next to
-    /// a service, but refuses appends; it creates nothing either, and refuses a file that
-    /// holds no store (an empty one, another program's database) without writing to it.
+    /// a service, but refuses appends; it creates no directory or database, writes
+    /// nothing at open, does not checkpoint at close, and refuses a file that holds no
+    /// store (an empty one, another program's database) without changing it.
     ///
     /// This does blocking file I/O: call it at startup, or inside `spawn_blocking`.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
@@ -217,6 +219,10 @@ impl SqliteStore {
         }
         .map_err(|e| open_error(path, e))?;
         if !service {
+            // Closing as the last connection would otherwise checkpoint the log into the
+            // database: another program's too, when the file turns out not to be a store.
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+                .map_err(|e| open_error(path, e))?;
             schema::check_is_store(&conn, path)?;
         }
         configure(path, &conn, &options)?;
