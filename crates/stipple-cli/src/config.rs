@@ -464,11 +464,10 @@ fn explain(message: &str, vars: &[String]) -> String {
         let from = vars
             .iter()
             .find(|v| {
-                if key.is_empty() {
-                    v.starts_with(&var)
-                } else {
-                    **v == var
-                }
+                // `STIPPLE_DELIVERY__RETRY__HORIZON` sets `delivery.retry` (a table).
+                v.strip_prefix(&var).is_some_and(|rest| {
+                    key.is_empty() || rest.is_empty() || rest.starts_with(ENV_SEPARATOR)
+                })
             })
             .map(|v| format!(", set by the environment variable {v}"))
             .unwrap_or_default();
@@ -1230,6 +1229,11 @@ mod tests {
             (
                 "STIPPLE_BOGUS__X",
                 "unknown section [bogus], set by the environment variable STIPPLE_BOGUS__X (",
+            ),
+            (
+                "STIPPLE_DELIVERY__RETRY__HORIZON",
+                "unknown key delivery.retry, set by the environment variable \
+                 STIPPLE_DELIVERY__RETRY__HORIZON ([delivery] takes",
             ),
         ] {
             let err = Config::load_with_env(Some(&path), Some(vars(&[(var, "tok-SECRET")])))
