@@ -50,7 +50,14 @@ impl<T> EnvelopeField<T> {
         };
         Ok(Some(match serde_json::from_str(raw.get()) {
             Ok(value) => Self::Valid(value),
-            Err(e) => Self::Invalid(e.to_string()),
+            Err(e) => {
+                // Its place in the field's own text would mean nothing to the client.
+                let why = e.to_string();
+                Self::Invalid(match why.rsplit_once(" at line ") {
+                    Some((why, _)) => why.to_owned(),
+                    None => why,
+                })
+            }
         }))
     }
 
@@ -312,6 +319,7 @@ mod tests {
                 "{}",
                 error.message
             );
+            assert!(!error.message.contains(" at line "), "{}", error.message);
             assert!(batch.split_item(index).is_none());
         }
         let body =
