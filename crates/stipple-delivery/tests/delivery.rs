@@ -513,9 +513,13 @@ async fn paused_time_does_not_count_toward_the_retry_horizon(down: u16) {
     }
 }
 
-/// A Pointillist stand-in that answers 503 to every event whose `messageId` label starts
-/// with `bad` and takes the others; with the events it took.
-async fn poisoned() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+/// A Pointillist stand-in that answers `status` with `answer` to every event whose body
+/// holds `marker` and takes the others; with the events it took.
+async fn refusing(
+    marker: &'static str,
+    status: axum::http::StatusCode,
+    answer: &'static str,
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let taken = Arc::new(std::sync::Mutex::new(Vec::new()));
     let took = taken.clone();
     let app = axum::Router::new().route(
@@ -523,11 +527,11 @@ async fn poisoned() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
         axum::routing::post(move |body: String| {
             let took = took.clone();
             async move {
-                if body.contains(r#""messageId":"bad"#) {
-                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                if body.contains(marker) {
+                    return (status, answer);
                 }
                 took.lock().unwrap().push(body);
-                axum::http::StatusCode::OK
+                (axum::http::StatusCode::OK, "{}")
             }
         }),
     );
@@ -540,7 +544,13 @@ async fn poisoned() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
 /// after it would wait for ever). It is dead-lettered at its horizon; the others go out.
 #[tokio::test]
 async fn one_event_that_always_fails_pauses_nothing() {
-    let (url, taken) = poisoned().await;
+    // Every event whose `messageId` label starts with `bad` fails.
+    let (url, taken) = refusing(
+        r#""messageId":"bad"#,
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "",
+    )
+    .await;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let mut bad = message(0, "");
     bad.message_id = "bad-0".into();
@@ -582,26 +592,12 @@ async fn one_event_that_always_fails_pauses_nothing() {
 #[tokio::test]
 async fn a_rejected_event_alone_is_dead_lettered() {
     // A Pointillist stand-in that refuses one event with 422 and takes the rest.
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = accepted.clone();
-    let app = axum::Router::new().route(
-        "/event",
-        axum::routing::post(move |body: String| {
-            let counter = counter.clone();
-            async move {
-                if body.contains("poison") {
-                    (
-                        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                        "eventType not allowed".to_owned(),
-                    )
-                } else {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    (axum::http::StatusCode::OK, "{}".to_owned())
-                }
-            }
-        }),
-    );
-    let url = stand_in(app).await;
+    let (url, taken) = refusing(
+        "poison",
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "eventType not allowed",
+    )
+    .await;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let mut events: Vec<_> = (0..9).map(|i| message(i, "")).collect();
     events.push(message(99, r#","context":{"traits":{"tag":"poison"}}"#));
@@ -612,7 +608,8 @@ async fn a_rejected_event_alone_is_dead_lettered() {
     })
     .await;
     running.stop().await;
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 9);
+    let accepted = taken.lock().unwrap().len();
+    assert_eq!(accepted, 9);
     let dead = store.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message_id, "m-99");

@@ -112,12 +112,17 @@ impl Ingress {
 /// limit, and the address need not face the clients' network.
 pub fn ops_router(state: IngressState) -> Router {
     telemetry::describe_metrics();
-    Router::new()
+    ops_routes(Router::new())
+        .fallback(|| async { IngressError::NoSuchEndpoint })
+        .with_state(state)
+}
+
+/// `routes` with the operator's routes added (`/healthz`, `/readyz`, `/metrics`).
+fn ops_routes(routes: Router<IngressState>) -> Router<IngressState> {
+    routes
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .fallback(|| async { IngressError::NoSuchEndpoint })
-        .with_state(state)
 }
 
 /// The ingress's HTTP routes, CORS included, ready to serve.
@@ -150,9 +155,7 @@ pub fn router(state: IngressState) -> Router {
         .allow_headers(AllowHeaders::mirror_request())
         .expose_headers([header::RETRY_AFTER])
         .max_age(Duration::from_secs(24 * 60 * 60));
-    api.route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+    ops_routes(api)
         .fallback(|| async { IngressError::NoSuchEndpoint })
         .with_state(state)
         .layer(cors::BrowserCorsLayer::new(cors))
